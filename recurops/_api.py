@@ -1,0 +1,138 @@
+"""The public entry points: ``scan`` and ``explain``, and the dispatch between paths."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import mlx.core as mx
+
+from ._kind import Bound, Kind, bind
+from .kinds import KINDS
+
+PATHS = ("auto", "kernel", "fallback", "reference")
+
+
+class Explanation(NamedTuple):
+    """The path ``scan(..., impl="auto")`` takes and why."""
+
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+def get_kind(name: str) -> Kind:
+    """The registered kind called ``name``; ValueError naming the kinds otherwise."""
+    try:
+        return KINDS[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown kind {name!r}; the kinds are {', '.join(map(repr, KINDS))}"
+        ) from None
+
+
+def _collect(kind: Kind, inputs: tuple, named: dict) -> tuple:
+    """Positional plus keyword inputs in declared order; TypeError if the count is off."""
+    names = kind.input_names
+    unknown = set(named) - set(names)
+    if unknown:
+        raise TypeError(
+            f"{kind.name}: unexpected keyword input(s) {sorted(unknown)}; "
+            f"expected inputs in order: {', '.join(names)}"
+        )
+    given = list(inputs) + [named[n] for n in names[len(inputs):] if n in named]
+    clash = [n for n in names[: len(inputs)] if n in named]
+    if len(given) != len(names) or clash:
+        raise TypeError(
+            f"{kind.name}: expected {len(names)} inputs in order ({', '.join(names)}), "
+            f"got {len(inputs)} positional"
+            + (f" and keyword(s) {sorted(named)}" if named else "")
+        )
+    for name, x in zip(names, given):
+        if not isinstance(x, mx.array):
+            raise TypeError(
+                f"{kind.name}: input {name!r} must be an array, got {type(x).__name__}"
+            )
+    return tuple(given)
+
+
+def _promote(dtypes) -> mx.Dtype:
+    dtypes = set(dtypes)
+    if mx.float64 in dtypes:
+        return mx.float64
+    return dtypes.pop() if len(dtypes) == 1 else mx.float32
+
+
+def gpu_backend() -> str | None:
+    """``"metal"`` or ``"cuda"`` when MLX's default device is a GPU, else None."""
+    if mx.default_device().type != mx.DeviceType.gpu:
+        return None
+    if mx.metal.is_available():
+        return "metal"
+    cuda = getattr(mx, "cuda", None)
+    return "cuda" if cuda is not None and cuda.is_available() else None
+
+
+def _choose(kind: Kind, bound: Bound, arrays: tuple, impl: str) -> Explanation:
+    if impl not in PATHS:
+        raise ValueError(f"impl must be one of {PATHS}, got {impl!r}")
+    if impl in ("fallback", "reference"):
+        return Explanation(impl, "forced by impl=")
+    backend = gpu_backend()
+    if kind.kernel is None:
+        why = f"no fused kernel is registered for {kind.name!r}"
+    elif backend is None:
+        why = f"the default device is {mx.default_device()}, not a Metal or CUDA GPU"
+    else:
+        why = kind.kernel.unsupported(bound, arrays, backend)
+    if why is None:
+        return Explanation("kernel", f"{backend} kernel on the GPU")
+    if impl == "kernel":
+        raise ValueError(f"{kind.name}: impl='kernel' cannot run here: {why}")
+    return Explanation("fallback", why)
+
+
+def explain(kind: str, *inputs, state=None, **named) -> Explanation:
+    """Which path ``scan(kind, *inputs, state=state)`` takes, and why."""
+    spec = get_kind(kind)
+    arrays = _collect(spec, inputs, named)
+    return _choose(spec, bind(spec, arrays, state), arrays, "auto")
+
+
+def scan(kind: str, *inputs, state=None, impl: str = "auto", **named):
+    """Run the recurrence ``kind`` over the time axis ``L`` of ``inputs``.
+
+    Returns ``(y, final_state)``: ``y`` in the dtype the inputs promote to,
+    ``final_state`` in float32 (float64 for float64 inputs). ``state`` is the
+    initial state (zeros when None). Differentiable in every input and in
+    ``state``. See ``recurops.KINDS[kind].signature()`` for the shapes.
+    """
+    spec = get_kind(kind)
+    arrays = _collect(spec, inputs, named)
+    bound = bind(spec, arrays, state)
+    path = _choose(spec, bound, arrays, impl).path
+
+    out_dtype = _promote(x.dtype for x in arrays)
+    state_dtype = mx.float64 if out_dtype == mx.float64 else mx.float32
+    flat = math.prod(bound.batch)
+    state_shape = bound.shape_of(spec.state)
+    if state is None:
+        state = mx.zeros(state_shape, state_dtype)
+    state = state.astype(state_dtype).reshape(flat, *state_shape[len(bound.batch):])
+    args = tuple(
+        x.reshape(flat, *x.shape[len(bound.batch):]) if i.batched else x
+        for i, x in zip(spec.inputs, arrays)
+    )
+
+    if bound.dims["L"] == 0:
+        y = mx.zeros((flat, *bound.shape_of(spec.output)[len(bound.batch):]), state_dtype)
+        final = state
+    elif path == "kernel":
+        y, final = spec.kernel.run(*args, state)
+    else:
+        y, final = getattr(spec, path)(*args, state)
+
+    y = y.astype(out_dtype).reshape(bound.shape_of(spec.output))
+    return y, final.reshape(state_shape)

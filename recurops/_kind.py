@@ -1,0 +1,179 @@
+"""What a kind is: its declared inputs and shapes, and the checks they imply.
+
+A kind declares each input's symbolic shape (``"... L H P"``); validation,
+error messages, the state shape and the batch handling all follow from those
+declarations, so no kind writes its own checks.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import mlx.core as mx
+
+_FLOATING = (mx.float16, mx.bfloat16, mx.float32, mx.float64)
+_TOKEN = re.compile(r"^(\d*)([A-Za-z_]\w*)$")
+
+
+def _parse(shape: str) -> tuple[bool, tuple[tuple[int, str], ...]]:
+    """``"... L 2P"`` -> (batched=True, ((1, "L"), (2, "P")))."""
+    tokens = shape.split()
+    batched = bool(tokens) and tokens[0] == "..."
+    dims = []
+    for token in tokens[batched:]:
+        match = _TOKEN.match(token)
+        if match is None:
+            raise ValueError(f"bad symbolic dimension {token!r} in {shape!r}")
+        dims.append((int(match[1] or 1), match[2]))
+    return batched, tuple(dims)
+
+
+@dataclass(frozen=True)
+class Input:
+    """One positional input: its name and the symbolic shapes it may take."""
+
+    name: str
+    shapes: tuple[str, ...]
+    doc: str = ""
+
+    @property
+    def batched(self) -> bool:
+        return _parse(self.shapes[0])[0]
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A registered recurrence.
+
+    ``reference``, ``fallback`` and ``kernel.run`` all take the inputs in
+    declared order with the batch dimensions flattened to one leading axis
+    ``B``, plus ``state`` (never None, float32 or float64), and return
+    ``(y, final_state)`` with ``y`` in float32/float64; the API casts ``y``.
+    """
+
+    name: str
+    summary: str
+    inputs: tuple[Input, ...]
+    state: str
+    output: str
+    reference: Callable
+    fallback: Callable
+    divides: tuple[tuple[str, str], ...] = ()
+    kernel: object = None
+    domain: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(i.name for i in self.inputs)
+
+    def signature(self) -> str:
+        args = ", ".join(f"{i.name} [{' | '.join(i.shapes)}]" for i in self.inputs)
+        return f"scan({self.name!r}, {args}, state=[{self.state}])"
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The result of checking a call: sizes of every symbol and the batch shape."""
+
+    dims: dict
+    batch: tuple[int, ...]
+    variant: dict  # input name -> index of the declared shape it matched
+
+    def shape_of(self, symbolic: str) -> tuple[int, ...]:
+        batched, dims = _parse(symbolic)
+        return (self.batch if batched else ()) + tuple(c * self.dims[s] for c, s in dims)
+
+
+def _fmt(shape) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def bind(kind: Kind, arrays: tuple, state=None) -> Bound:
+    """Check shapes and dtypes of one call against ``kind``'s declarations.
+
+    Raises TypeError for non-floating dtypes and ValueError for shapes,
+    naming the input, the expected symbolic shape, the actual shape and the
+    dimension that disagrees.
+    """
+    dims: dict[str, int] = {}
+    source: dict[str, str] = {}
+    batch = None
+    batch_from = None
+    variant = {}
+    for spec, x in zip(kind.inputs, arrays):
+        if x.dtype not in _FLOATING:
+            raise TypeError(
+                f"{kind.name}: input {spec.name!r} must be floating "
+                f"(float32, bfloat16, float16 or float64), got {x.dtype}"
+            )
+        problems = []
+        for index, symbolic in enumerate(spec.shapes):
+            problem = _match(symbolic, x.shape, dims, source, spec.name)
+            if problem is None:
+                variant[spec.name] = index
+                break
+            problems.append(problem)
+        else:
+            expected = " or ".join(f"[{s}]" for s in spec.shapes)
+            raise ValueError(
+                f"{kind.name}: input {spec.name!r} expected shape {expected}, "
+                f"got {_fmt(x.shape)}: {'; '.join(problems)}"
+            )
+        if spec.batched:
+            lead = tuple(x.shape[: x.ndim - len(_parse(spec.shapes[variant[spec.name]])[1])])
+            if batch is None:
+                batch, batch_from = lead, spec.name
+            elif lead != batch:
+                raise ValueError(
+                    f"{kind.name}: input {spec.name!r} has batch dimensions "
+                    f"{_fmt(lead)} but {batch_from!r} has {_fmt(batch)}; "
+                    f"leading dimensions must be identical across inputs"
+                )
+    for small, big in kind.divides:
+        if dims[big] % dims[small]:
+            raise ValueError(
+                f"{kind.name}: dimension {small}={dims[small]} must divide "
+                f"{big}={dims[big]}"
+            )
+    bound = Bound(dims, batch or (), variant)
+    if state is not None:
+        if state.dtype not in _FLOATING:
+            raise TypeError(f"{kind.name}: 'state' must be floating, got {state.dtype}")
+        expected = bound.shape_of(kind.state)
+        if tuple(state.shape) != expected:
+            raise ValueError(
+                f"{kind.name}: 'state' expected shape [{kind.state}] = "
+                f"{_fmt(expected)}, got {_fmt(state.shape)}"
+            )
+    return bound
+
+
+def _match(symbolic, shape, dims, source, name):
+    """Bind ``shape`` against ``symbolic``; return None or what disagrees.
+
+    ``dims`` and ``source`` are updated only when the whole shape matches.
+    """
+    batched, want = _parse(symbolic)
+    if len(shape) < len(want) or (not batched and len(shape) != len(want)):
+        extra = "at least " if batched else ""
+        return f"expected {extra}{len(want)} dimensions, got {len(shape)}"
+    new = {}
+    tail = shape[len(shape) - len(want):]
+    for (coef, sym), size in zip(want, tail):
+        if size % coef:
+            return f"dimension {coef}{sym} is {size}, not a multiple of {coef}"
+        value = size // coef
+        known = new.get(sym, dims.get(sym))
+        if known is not None and known != value:
+            where = source.get(sym, name)
+            return (
+                f"dimension {sym} is {value} here but {known} from {where!r}"
+            )
+        new[sym] = value
+    for sym, value in new.items():
+        if sym not in dims:
+            dims[sym], source[sym] = value, name
+    return None

@@ -1,0 +1,66 @@
+"""``"ssd"`` — the Mamba-2 state-space-duality scan.
+
+    h[h,p,n] <- exp(dt[h] * A[h,n]) * h[h,p,n] + dt[h] * B[g(h),n] * x[h,p]
+    y[h,p]    = sum_n C[g(h),n] * h[h,p,n]
+
+with ``g(h) = h // (H // G)``. The fallback maps it onto the gated matrix
+recurrence (keys ``dt * B``, values ``x``, queries ``C``, gates
+``exp(dt * A)``) and runs its chunked form.
+"""
+
+import mlx.core as mx
+
+from .._kind import Input, Kind
+from ..fallback.chunked import gated_chunked_scan
+
+
+def _per_head(groups: mx.array, heads: int) -> mx.array:
+    """[B, L, G, N] -> [B, L, H, N]: head h reads group h // (H // G)."""
+    return mx.repeat(groups, heads // groups.shape[2], axis=2)
+
+
+def _prepare(x, dt, A, B, C, state):
+    x, dt, A, B, C = (t.astype(state.dtype) for t in (x, dt, A, B, C))
+    heads = x.shape[2]
+    return x, dt, (A if A.ndim == 2 else A[:, None]), _per_head(B, heads), _per_head(C, heads)
+
+
+def reference(x, dt, A, B, C, state):
+    x, dt, A, B, C = _prepare(x, dt, A, B, C, state)
+    h, ys = state, []
+    for t in range(x.shape[1]):
+        decay = mx.exp(dt[:, t, :, None] * A)  # [B, H, N]
+        inject = (dt[:, t, :, None] * x[:, t])[..., None] * B[:, t, :, None, :]
+        h = decay[:, :, None, :] * h + inject
+        ys.append((h * C[:, t, :, None, :]).sum(-1))
+    return mx.stack(ys, axis=1), h
+
+
+def fallback(x, dt, A, B, C, state):
+    x, dt, A, B, C = _prepare(x, dt, A, B, C, state)
+    per_channel = A.shape[-1] > 1
+    gate = mx.exp(dt[..., None] * A) if per_channel else mx.exp(dt * A[:, 0])
+    y, final = gated_chunked_scan(
+        C, dt[..., None] * B, x, gate, mx.swapaxes(state, -1, -2),
+        chunk=16 if per_channel else 64,
+    )
+    return y, mx.swapaxes(final, -1, -2)
+
+
+KIND = Kind(
+    name="ssd",
+    summary="Mamba-2 state-space duality scan",
+    inputs=(
+        Input("x", ("... L H P",), "token inputs per head"),
+        Input("dt", ("... L H",), "step sizes, >= 0"),
+        Input("A", ("H", "H N"), "decay rates, <= 0, per head or per head and state channel"),
+        Input("B", ("... L G N",), "input projections per group"),
+        Input("C", ("... L G N",), "output projections per group"),
+    ),
+    state="... H P N",
+    output="... L H P",
+    divides=(("G", "H"),),
+    domain="dt >= 0, A <= 0",
+    reference=reference,
+    fallback=fallback,
+)
