@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
 import mlx.core as mx
 
+from . import _interop
 from ._kind import Bound, Kind, bind
 from .kinds import KINDS
 
@@ -34,7 +36,10 @@ def get_kind(name: str) -> Kind:
 
 
 def _collect(kind: Kind, inputs: tuple, named: dict) -> tuple:
-    """Positional plus keyword inputs in declared order; TypeError if the count is off."""
+    """Positional plus keyword inputs in declared order; TypeError if the count is off.
+
+    Whether each one is an array is checked by ``_interop`` (any array-API library).
+    """
     names = kind.input_names
     unknown = set(named) - set(names)
     if unknown:
@@ -50,11 +55,6 @@ def _collect(kind: Kind, inputs: tuple, named: dict) -> tuple:
             f"got {len(inputs)} positional"
             + (f" and keyword(s) {sorted(named)}" if named else "")
         )
-    for name, x in zip(names, given):
-        if not isinstance(x, mx.array):
-            raise TypeError(
-                f"{kind.name}: input {name!r} must be an array, got {type(x).__name__}"
-            )
     return tuple(given)
 
 
@@ -98,6 +98,9 @@ def explain(kind: str, *inputs, state=None, **named) -> Explanation:
     """Which path ``scan(kind, *inputs, state=state)`` takes, and why."""
     spec = get_kind(kind)
     arrays = _collect(spec, inputs, named)
+    if not _interop.all_mlx(arrays, state):  # array-API bridge: see _interop
+        run = functools.partial(explain, kind)
+        return _interop.explained(run, spec.name, spec.input_names, arrays, state)
     return _choose(spec, bind(spec, arrays, state), arrays, "auto")
 
 
@@ -111,6 +114,9 @@ def scan(kind: str, *inputs, state=None, impl: str = "auto", **named):
     """
     spec = get_kind(kind)
     arrays = _collect(spec, inputs, named)
+    if not _interop.all_mlx(arrays, state):  # array-API bridge: MLX in, caller's library out
+        run = functools.partial(scan, kind, impl=impl)
+        return _interop.bridged(run, spec.name, spec.input_names, arrays, state)
     bound = bind(spec, arrays, state)
     path = _choose(spec, bound, arrays, impl).path
 
