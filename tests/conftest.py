@@ -1,0 +1,25 @@
+"""Hypothesis profiles for the suite.
+
+``default`` (loaded unless told otherwise) keeps the quick suite to a few
+minutes on a two-core CI machine; ``thorough`` (``pytest
+--hypothesis-profile=thorough``, the ``nox -s properties`` session) draws many
+more calls.
+"""
+
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "default",
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    print_blob=True,
+)
+settings.register_profile(
+    "thorough",
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    print_blob=True,
+)
+settings.load_profile("default")
