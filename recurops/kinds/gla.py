@@ -10,6 +10,7 @@
 import mlx.core as mx
 
 from .._kind import Input, Kind
+from ..kernels.gla import KERNEL
 from ..fallback.chunked import gated_chunked_scan
 
 
@@ -47,4 +48,5 @@ KIND = Kind(
     domain="0 <= g <= 1",
     reference=reference,
     fallback=fallback,
+    kernel=KERNEL,
 )

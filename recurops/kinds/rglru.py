@@ -8,6 +8,7 @@ Any real ``a``. The fallback is an exact associative scan.
 import mlx.core as mx
 
 from .._kind import Input, Kind
+from ..kernels.rglru import KERNEL
 from ..fallback.scan import linear_scan
 
 
@@ -34,4 +35,5 @@ KIND = Kind(
     domain="any real a",
     reference=reference,
     fallback=fallback,
+    kernel=KERNEL,
 )

@@ -11,6 +11,7 @@ the fallback runs as an exact associative scan over complex pairs.
 import mlx.core as mx
 
 from .._kind import Input, Kind
+from ..kernels.rotlru import KERNEL
 from ..fallback.scan import linear_scan
 
 
@@ -57,4 +58,5 @@ KIND = Kind(
     domain="any real values",
     reference=reference,
     fallback=fallback,
+    kernel=KERNEL,
 )

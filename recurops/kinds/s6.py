@@ -10,6 +10,7 @@ exact associative scan.
 import mlx.core as mx
 
 from .._kind import Input, Kind
+from ..kernels.s6 import KERNEL
 from ..fallback.scan import linear_scan
 
 
@@ -49,4 +50,5 @@ KIND = Kind(
     domain="delta >= 0, A <= 0",
     reference=reference,
     fallback=fallback,
+    kernel=KERNEL,
 )

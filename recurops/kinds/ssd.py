@@ -11,6 +11,7 @@ recurrence (keys ``dt * B``, values ``x``, queries ``C``, gates
 import mlx.core as mx
 
 from .._kind import Input, Kind
+from ..kernels.ssd import KERNEL
 from ..fallback.chunked import gated_chunked_scan
 
 
@@ -63,4 +64,5 @@ KIND = Kind(
     domain="dt >= 0, A <= 0",
     reference=reference,
     fallback=fallback,
+    kernel=KERNEL,
 )

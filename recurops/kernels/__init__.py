@@ -1,0 +1,1 @@
+"""Fused GPU kernels: the shared chassis and one module per kind."""

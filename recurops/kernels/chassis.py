@@ -1,0 +1,192 @@
+"""The kernel chassis shared by every kind.
+
+* One kernel body per kind and direction, written once in a small neutral
+  dialect: C++ plus the tokens below. ``render`` turns it into Metal (for
+  ``mx.fast.metal_kernel``) or CUDA (for ``mx.fast.cuda_kernel``).
+* ``build`` compiles a body once per backend and caches it. Everything baked
+  into a kernel (head dims, ``SEG``, the input dtype ``T``, flags) is passed as
+  template arguments, which MLX folds into the compiled kernel's name; batch
+  and length are read at run time from the input shapes (``x_shape[i]``), so
+  a new prompt length never compiles a new kernel.
+* ``checkpointed`` wires a forward kernel (outputs and a state checkpoint
+  every ``SEG`` steps) and a backward kernel (recompute each segment from its
+  checkpoint, then the adjoint sweep) into one ``mx.custom_function``.
+
+Neutral tokens: ``THREAD_ID`` (global thread index along x), ``LANE_ID``
+(index within the 32-lane simdgroup / warp), ``WARP_SUM(v)`` (sum over the
+32 lanes; every lane of the warp must reach it), ``EXP(v)``.
+Kernels are launched with whole warps only: a warp either returns as a whole
+or reaches every ``WARP_SUM``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import mlx.core as mx
+
+WARP = 32
+THREADS_PER_GROUP = 128
+
+
+@dataclass(frozen=True)
+class Dialect:
+    name: str
+    header: str
+    tokens: dict
+
+
+CUDA = Dialect(
+    "cuda",
+    header="""
+__device__ __forceinline__ float recurops_warp_sum(float v) {
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    v += __shfl_xor_sync(0xffffffffu, v, offset);
+  }
+  return v;
+}
+""",
+    tokens={
+        "THREAD_ID": "((int)(blockIdx.x * blockDim.x + threadIdx.x))",
+        "LANE_ID": "((int)(threadIdx.x & 31u))",
+        "WARP_SUM": "recurops_warp_sum",
+        "EXP": "expf",
+    },
+)
+
+METAL = Dialect(
+    "metal",
+    header="",
+    tokens={
+        "THREAD_ID": "((int)thread_position_in_grid.x)",
+        "LANE_ID": "((int)thread_index_in_simdgroup)",
+        "WARP_SUM": "simd_sum",
+        "EXP": "metal::exp",
+    },
+)
+
+DIALECTS = {"cuda": CUDA, "metal": METAL}
+
+
+def render(body: str, dialect: str) -> tuple[str, str]:
+    """``(header, source)`` of ``body`` in ``dialect`` ("cuda" or "metal")."""
+    spec = DIALECTS[dialect]
+    pattern = re.compile(r"\b(" + "|".join(spec.tokens) + r")\b")
+    return spec.header, pattern.sub(lambda m: spec.tokens[m[1]], body)
+
+
+@dataclass(frozen=True)
+class Source:
+    """One kernel: its name, argument names and neutral body."""
+
+    name: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    body: str
+
+
+_CACHE: dict = {}
+COMPILED: set = set()  # (kernel name, baked constants) launched so far
+
+
+def build(source: Source, backend: str):
+    """The compiled MLX kernel of ``source`` for ``backend``, built once."""
+    key = (source.name, backend)
+    if key not in _CACHE:
+        header, body = render(source.body, backend)
+        make = mx.fast.metal_kernel if backend == "metal" else mx.fast.cuda_kernel
+        _CACHE[key] = make(
+            name=f"recurops_{source.name}",
+            input_names=list(source.inputs),
+            output_names=list(source.outputs),
+            source=body,
+            header=header,
+        )
+    return _CACHE[key]
+
+
+def backend() -> str:
+    return "metal" if mx.metal.is_available() else "cuda"
+
+
+def launch(source: Source, inputs, outputs: dict, threads: int, template: dict):
+    """Run ``source`` over ``threads`` threads (a multiple of 32).
+
+    ``outputs`` maps each output name to ``(shape, dtype)``; ``template``
+    holds the baked constants. Returns the outputs as a tuple, in order.
+    """
+    assert threads % WARP == 0
+    kernel = build(source, backend())
+    COMPILED.add((source.name, tuple(sorted((k, str(v)) for k, v in template.items()))))
+    shapes = [outputs[name] for name in source.outputs]
+    return tuple(
+        kernel(
+            inputs=list(inputs),
+            template=list(template.items()),
+            grid=(max(threads, WARP), 1, 1),
+            threadgroup=(THREADS_PER_GROUP, 1, 1),
+            output_shapes=[s for s, _ in shapes],
+            output_dtypes=[d for _, d in shapes],
+        )
+    )
+
+
+def lanes(n: int) -> int:
+    """``n`` rounded up to whole warps."""
+    return -(-n // WARP) * WARP
+
+
+def segments(length: int, seg: int) -> int:
+    return -(-length // seg)
+
+
+def checkpointed(forward: Callable, backward: Callable) -> Callable:
+    """Differentiable ``run(*inputs, state) -> (y, final_state)``.
+
+    ``forward(*inputs, state)`` returns ``(y, ckpt)`` with ``ckpt`` of shape
+    ``[B, n_seg + 1, ...state]``: the state before every segment and, last,
+    the final state. ``backward(dy, dfinal, ckpt, *inputs, state)`` returns
+    one gradient per input and one for ``state``.
+    """
+
+    @mx.custom_function
+    def op(*args):
+        return forward(*args)
+
+    @op.vjp
+    def op_vjp(primals, cotangents, outputs):
+        dy, dckpt = cotangents
+        ckpt = outputs[1]
+        grads = backward(dy.astype(mx.float32), dckpt[:, -1], ckpt, *primals)
+        return tuple(g.astype(p.dtype) for g, p in zip(grads, primals))
+
+    def run(*args):
+        y, ckpt = op(*args)
+        return y, ckpt[:, -1]
+
+    return run
+
+
+def common_unsupported(arrays, checkpoint_size: int = 0) -> str | None:
+    """Reasons shared by every kernel to fall back; None if none applies."""
+    if any(x.dtype == mx.float64 for x in arrays):
+        return "float64 inputs have no GPU kernel"
+    if max(max(x.size for x in arrays), checkpoint_size) >= 2**31:
+        return "an input or the checkpoints are too large for 32-bit kernel indexing"
+    return None
+
+
+@dataclass(frozen=True)
+class KernelPath:
+    """What a kind registers as its kernel: when it applies and how to run it."""
+
+    run: Callable  # (*inputs, state) -> (y, final_state), batch flattened
+    unsupported: Callable  # (bound, arrays, backend) -> reason to fall back, or None
+
+
+def compute_dtype(arrays) -> mx.Dtype:
+    """The one dtype ``T`` the kernel reads its inputs in."""
+    dtypes = {x.dtype for x in arrays}
+    return dtypes.pop() if len(dtypes) == 1 else mx.float32

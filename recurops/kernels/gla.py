@@ -1,0 +1,182 @@
+"""Fused kernels for ``"gla"``, gated linear attention.
+
+One thread per (batch, head, j) holds the state column ``S[:, j]`` (``K``
+values) in registers; lanes of a warp are consecutive ``j``, so the
+gradients of ``q``, ``k`` and the gates (sums over ``j``) are warp sums, one
+partial per warp, finished by MLX. ``GK`` is ``K`` for per-key-channel gates
+and 1 for one gate per head.
+"""
+
+import math
+
+import mlx.core as mx
+
+from .chassis import KernelPath, Source, checkpointed, common_unsupported, compute_dtype
+from .chassis import WARP, launch, lanes, segments
+
+_PROLOGUE = """
+    const int B = q_shape[0];
+    const int L = q_shape[1];
+    const int H = q_shape[2];
+    const int VP = (V + 31) / 32 * 32;
+    const int NS = (L + SEG - 1) / SEG;
+    const int tid = THREAD_ID;
+    const int j = tid % VP;
+    const int bh = tid / VP;
+    const int b = bh / H;
+    const int hh = bh % H;
+    const bool active = j < V;
+"""
+
+FORWARD = Source(
+    "gla_fwd",
+    inputs=("q", "k", "v", "g", "h0"),
+    outputs=("y", "ckpt"),
+    body=_PROLOGUE + """
+    if (bh >= B * H || !active) return;
+    float S[K];
+    for (int i = 0; i < K; ++i) {
+        S[i] = h0[(bh * K + i) * V + j];
+        ckpt[(((b * (NS + 1)) * H + hh) * K + i) * V + j] = S[i];
+    }
+    for (int t = 0; t < L; ++t) {
+        const int row = (b * L + t) * H + hh;
+        const float vj = static_cast<float>(v[row * V + j]);
+        float out = 0.0f;
+        for (int i = 0; i < K; ++i) {
+            const float gi = static_cast<float>(g[row * GK + ((GK == 1) ? 0 : i)]);
+            S[i] = gi * S[i] + static_cast<float>(k[row * K + i]) * vj;
+            out += static_cast<float>(q[row * K + i]) * S[i];
+        }
+        y[row * V + j] = out;
+        if ((t + 1) % SEG == 0 || t == L - 1) {
+            const int c = ((b * (NS + 1) + (t + SEG) / SEG) * H + hh) * K;
+            for (int i = 0; i < K; ++i) ckpt[(c + i) * V + j] = S[i];
+        }
+    }
+""",
+)
+
+BACKWARD = Source(
+    "gla_bwd",
+    inputs=("q", "k", "v", "g", "ckpt", "dy", "dfinal"),
+    outputs=("dq", "dk", "dv", "dg", "dh0"),
+    body=_PROLOGUE + """
+    if (bh >= B * H) return;  // whole warps only: VP is a multiple of 32
+    const int W = VP / 32;
+    const int warp = j / 32;
+    float carry[K];  // dLoss/dS[t][:, j] from steps after t
+    for (int i = 0; i < K; ++i) carry[i] = active ? dfinal[(bh * K + i) * V + j] : 0.0f;
+    float before[SEG * K];  // S[t-1][:, j] for each step t of the segment
+    for (int s = NS - 1; s >= 0; --s) {
+        const int t0 = s * SEG;
+        const int t1 = (t0 + SEG < L) ? t0 + SEG : L;
+        float S[K];
+        for (int i = 0; i < K; ++i) {
+            S[i] = active ? ckpt[(((b * (NS + 1) + s) * H + hh) * K + i) * V + j] : 0.0f;
+        }
+        for (int t = t0; t < t1; ++t) {
+            const int row = (b * L + t) * H + hh;
+            const float vj = active ? static_cast<float>(v[row * V + j]) : 0.0f;
+            for (int i = 0; i < K; ++i) {
+                const float gi = static_cast<float>(g[row * GK + ((GK == 1) ? 0 : i)]);
+                before[(t - t0) * K + i] = S[i];
+                S[i] = gi * S[i] + static_cast<float>(k[row * K + i]) * vj;
+            }
+        }
+        for (int t = t1 - 1; t >= t0; --t) {
+            const int row = (b * L + t) * H + hh;
+            const float vj = active ? static_cast<float>(v[row * V + j]) : 0.0f;
+            const float g_out = active ? dy[row * V + j] : 0.0f;
+            float dv_t = 0.0f;
+            float dg_head = 0.0f;
+            for (int i = 0; i < K; ++i) {
+                const float gi = static_cast<float>(g[row * GK + ((GK == 1) ? 0 : i)]);
+                const float ki = static_cast<float>(k[row * K + i]);
+                const float qi = static_cast<float>(q[row * K + i]);
+                const float prev = before[(t - t0) * K + i];
+                const float st = gi * prev + ki * vj;
+                const float gt = carry[i] + qi * g_out;
+                const float dq_i = WARP_SUM(st * g_out);
+                const float dk_i = WARP_SUM(gt * vj);
+                if (GK == 1) {
+                    dg_head += gt * prev;
+                } else {
+                    const float dg_i = WARP_SUM(gt * prev);
+                    if (LANE_ID == 0) dg[(row * W + warp) * GK + i] = dg_i;
+                }
+                if (LANE_ID == 0) {
+                    dq[(row * W + warp) * K + i] = dq_i;
+                    dk[(row * W + warp) * K + i] = dk_i;
+                }
+                dv_t += gt * ki;
+                carry[i] = gi * gt;
+            }
+            if (GK == 1) {
+                const float dg_sum = WARP_SUM(dg_head);
+                if (LANE_ID == 0) dg[row * W + warp] = dg_sum;
+            }
+            if (active) dv[row * V + j] = dv_t;
+        }
+    }
+    if (active) {
+        for (int i = 0; i < K; ++i) dh0[(bh * K + i) * V + j] = carry[i];
+    }
+""",
+)
+
+
+def _seg(k: int) -> int:
+    return 32 if k <= 64 else 16
+
+
+def _prepare(q, k, v, g):
+    dtype = compute_dtype((q, k, v, g))
+    gates = g[..., None] if g.ndim == 3 else g
+    return dtype, tuple(t.astype(dtype) for t in (q, k, v, gates))
+
+
+def _template(dtype, q, v, gates):
+    return {"T": dtype, "K": q.shape[-1], "V": v.shape[-1], "GK": gates.shape[-1],
+            "SEG": _seg(q.shape[-1])}
+
+
+def _forward(q, k, v, g, state):
+    batch, length, heads, dk = q.shape
+    dtype, (q, k, v, gates) = _prepare(q, k, v, g)
+    ckpt_shape = (batch, segments(length, _seg(dk)) + 1, heads, dk, v.shape[-1])
+    return launch(
+        FORWARD,
+        (q, k, v, gates, state),
+        {"y": (v.shape, mx.float32), "ckpt": (ckpt_shape, mx.float32)},
+        threads=batch * heads * lanes(v.shape[-1]),
+        template=_template(dtype, q, v, gates),
+    )
+
+
+def _backward(dy, dfinal, ckpt, q, k, v, g, state):
+    batch, length, heads, dk = q.shape
+    dtype, (q_, k_, v_, gates) = _prepare(q, k, v, g)
+    warps = lanes(v.shape[-1]) // WARP
+    f32 = mx.float32
+    partial = (batch, length, heads, warps)
+    dq, dk_, dv, dg, dh0 = launch(
+        BACKWARD,
+        (q_, k_, v_, gates, ckpt, dy, dfinal),
+        {"dq": ((*partial, dk), f32), "dk": ((*partial, dk), f32), "dv": (v.shape, f32),
+         "dg": ((*partial, gates.shape[-1]), f32), "dh0": (state.shape, f32)},
+        threads=batch * heads * lanes(v.shape[-1]),
+        template=_template(dtype, q_, v_, gates),
+    )
+    return dq.sum(3), dk_.sum(3), dv, dg.sum(3).reshape(g.shape), dh0
+
+
+def _unsupported(bound, arrays, backend):
+    dims = bound.dims
+    if dims["K"] > 128:
+        return f"K={dims['K']} > 128 does not fit the kernel's registers"
+    ckpt = math.prod(bound.batch) * (dims["L"] // _seg(dims["K"]) + 2) * dims["H"]
+    return common_unsupported(arrays, ckpt * dims["K"] * dims["V"])
+
+
+KERNEL = KernelPath(run=checkpointed(_forward, _backward), unsupported=_unsupported)

@@ -1,0 +1,120 @@
+"""Fused kernels against the float64 reference and the fallback.
+
+These run where MLX has a GPU (Metal or CUDA) and skip elsewhere, so CI on
+a CPU stays green; the device machine runs them on an H100.
+"""
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+import recurops
+from recurops._api import gpu_backend
+
+pytestmark = pytest.mark.skipif(gpu_backend() is None, reason="no Metal or CUDA GPU")
+
+TOL = {mx.float32: 1e-4, mx.bfloat16: 2e-2, mx.float16: 2e-2}
+
+
+def _inputs(kind, rng, batch, length, dims, per_channel=False):
+    """Inputs of ``kind`` as float32 numpy arrays, values across the domain."""
+    def normal(*shape):
+        return rng.standard_normal((*batch, *shape)).astype(np.float32)
+
+    def unit(*shape, lead=True):
+        shape = (*batch, *shape) if lead else shape
+        u = rng.uniform(0, 1, shape).astype(np.float32)
+        u[u < 0.05] = 0.0  # exact zeros and ones in every decay
+        u[u > 0.95] = 1.0
+        return u
+
+    L = length
+    if kind == "ssd":
+        H, P, N, G = dims["H"], dims["P"], dims["N"], dims["G"]
+        A = -unit(H, N, lead=False) if per_channel else -unit(H, lead=False)
+        return (normal(L, H, P), unit(L, H), A, normal(L, G, N), normal(L, G, N))
+    if kind == "gla":
+        H, K, V = dims["H"], dims["K"], dims["V"]
+        g = unit(L, H, K) if per_channel else unit(L, H)
+        return (normal(L, H, K) / np.sqrt(K), normal(L, H, K), normal(L, H, V), g)
+    if kind == "rglru":
+        D = dims["D"]
+        return (rng.uniform(-1.1, 1.1, (*batch, L, D)).astype(np.float32), normal(L, D))
+    if kind == "rotlru":
+        P = dims["P"]
+        a = rng.uniform(-1.0, 1.0, (*batch, L, P)).astype(np.float32)
+        theta = rng.uniform(-np.pi, np.pi, (*batch, L, P)).astype(np.float32)
+        return (a, np.cos(theta), np.sin(theta) * 1.05, normal(L, 2 * P))
+    D, N = dims["D"], dims["N"]
+    return (normal(L, D), unit(L, D), -unit(D, N, lead=False), normal(L, N), normal(L, N))
+
+
+CASES = [
+    # kind, batch, L, dims, per_channel
+    ("rglru", (2,), 77, {"D": 45}, False),
+    ("rglru", (), 1, {"D": 64}, False),
+    ("rotlru", (2, 2), 70, {"P": 33}, False),
+    ("s6", (3,), 65, {"D": 40, "N": 16}, False),
+    ("s6", (1,), 33, {"D": 64, "N": 5}, False),
+    ("ssd", (2,), 70, {"H": 4, "P": 40, "N": 16, "G": 2}, False),
+    ("ssd", (1,), 37, {"H": 2, "P": 64, "N": 64, "G": 1}, True),
+    ("ssd", (2,), 40, {"H": 2, "P": 16, "N": 128, "G": 1}, False),
+    ("gla", (2,), 70, {"H": 3, "K": 16, "V": 40}, False),
+    ("gla", (1,), 45, {"H": 2, "K": 24, "V": 33}, True),
+    ("gla", (2,), 20, {"H": 2, "K": 128, "V": 64}, False),
+]
+
+
+def _rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)
+
+
+def _value_and_grads(kind, arrays, state, impl, wy, ws):
+    def loss(*args):
+        y, final = recurops.scan(kind, *args[:-1], state=args[-1], impl=impl)
+        return (y.astype(mx.float32) * wy).sum() + (final * ws).sum()
+
+    argnums = tuple(range(len(arrays) + 1))
+    (y, final) = recurops.scan(kind, *arrays, state=state, impl=impl)
+    grads = mx.grad(loss, argnums)(*arrays, state)
+    mx.eval(y, final, grads)
+    return [np.array(t.astype(mx.float32)) for t in (y, final, *grads)]
+
+
+@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16])
+@pytest.mark.parametrize("impl", ["kernel", "fallback"])
+@pytest.mark.parametrize("kind,batch,length,dims,per_channel", CASES)
+def test_gpu_path_matches_reference(kind, batch, length, dims, per_channel, impl, dtype):
+    """Outputs, final state and every gradient on the GPU against float64."""
+    rng = np.random.default_rng(hash((kind, length)) % 2**32)
+    host = _inputs(kind, rng, batch, length, dims, per_channel)
+    arrays = tuple(mx.array(x).astype(dtype) for x in host)
+    probe_y, probe_s = recurops.scan(kind, *arrays, impl="fallback")
+    state = mx.array(rng.standard_normal(probe_s.shape).astype(np.float32))
+    wy = mx.array(rng.standard_normal(probe_y.shape).astype(np.float32))
+    ws = mx.array(rng.standard_normal(probe_s.shape).astype(np.float32))
+    assert recurops.explain(kind, *arrays, state=state).path == "kernel"
+
+    got = _value_and_grads(kind, arrays, state, impl, wy, ws)
+    with mx.stream(mx.cpu):
+        exact = _value_and_grads(
+            kind, tuple(x.astype(mx.float64) for x in arrays), state.astype(mx.float64),
+            "reference", wy.astype(mx.float64), ws.astype(mx.float64),
+        )
+    names = ["y", "final_state"] + [f"d{n}" for n in recurops.KINDS[kind].input_names]
+    errors = {name: _rel(g, e) for name, g, e in zip(names + ["dstate"], got, exact)}
+    assert max(errors.values()) < TOL[dtype], errors
+
+
+@pytest.mark.parametrize("kind,dims", [("ssd", {"H": 2, "P": 32, "N": 16, "G": 1}),
+                                        ("gla", {"H": 2, "K": 16, "V": 32})])
+def test_new_batch_or_length_compiles_no_new_kernel(kind, dims):
+    from recurops.kernels.chassis import COMPILED
+
+    rng = np.random.default_rng(0)
+    before = set(COMPILED)
+    for batch, length in (((1,), 5), ((3,), 17), ((2,), 100)):
+        arrays = tuple(mx.array(t) for t in _inputs(kind, rng, batch, length, dims))
+        mx.eval(mx.grad(lambda *a: recurops.scan(kind, *a, impl="kernel")[0].sum())(*arrays))
+    assert len(COMPILED - before) == 2  # one forward and one backward variant
