@@ -10,10 +10,11 @@ is an ``mx.array`` nothing here runs beyond one ``isinstance`` check per input
    DLPack capsule or buffer (never Python lists), keeping the dtype
    (float64 and bfloat16 included);
 3. runs the MLX scan;
-4. hands ``(y, final_state)`` back through the caller's ``from_dlpack`` (a
-   view of MLX's result buffer, no extra copy for ``y``; ``final_state`` is
-   copied so it never aliases ``y``) and moves them to the device of the
-   first input where the namespace has devices.
+4. hands ``(y, final_state)`` back through the caller's ``from_dlpack`` (the
+   buffer protocol for NumPy-backed namespaces, whose DLPack imports are
+   read-only): a view of MLX's result buffer, no extra copy for ``y``;
+   ``final_state`` is copied so it never aliases ``y``. Both are moved to the
+   device of the first input where the namespace has devices.
 
 Autodiff across the bridge:
 
@@ -36,6 +37,10 @@ from collections.abc import Callable
 
 import array_api_compat
 import mlx.core as mx
+import numpy as np
+
+# Namespaces whose arrays are NumPy arrays underneath.
+_NUMPY_BACKED = ("numpy", "array_api_strict")
 
 # DLPack device types that are host memory MLX can read directly.
 _HOST_DEVICES = (1, 3)  # kDLCPU, kDLCUDAHost
@@ -131,7 +136,12 @@ def to_mlx(x) -> mx.array:
 
 def from_mlx(x: mx.array, xp, device, copy: bool = False):
     """An MLX result as an array of namespace ``xp`` on ``device``."""
-    out = xp.from_dlpack(mx.contiguous(x))
+    x = mx.contiguous(x)
+    if _library(xp) in _NUMPY_BACKED:
+        # The buffer protocol gives NumPy a writable view; a DLPack import is read-only.
+        out = xp.asarray(np.asarray(x))
+    else:
+        out = xp.from_dlpack(x)
     if device is not None and array_api_compat.device(out) != device:
         out = array_api_compat.to_device(out, device)
     elif copy:
