@@ -10,7 +10,7 @@ nox.options.sessions = ["tests", "lint"]
 @nox.session
 def tests(session):
     """The quick suite: every kind, every path that can run here."""
-    session.install("-e", ".[test]")
+    session.install("-e", ".[test,compat-test]")
     session.run("pytest", "-q", *session.posargs)
 
 
