@@ -13,6 +13,7 @@ import mlx.core as mx
 from .._kind import Input, Kind
 from ..kernels.ssd import KERNEL
 from ..fallback.chunked import gated_chunked_scan
+from ..fallback.scalar_chunked import scalar_gate_chunked_scan
 
 
 def _per_head(groups: mx.array, heads: int) -> mx.array:
@@ -38,6 +39,8 @@ def reference(x, dt, A, B, C, state):
 
 
 def fallback(x, dt, A, B, C, state):
+    if A.ndim == 1:
+        return _fallback_per_head(x, dt, A, B, C, state)
     x, dt, A, B, C = _prepare(x, dt, A, B, C, state)
     per_channel = A.shape[-1] > 1
     gate = mx.exp(dt[..., None] * A) if per_channel else mx.exp(dt * A[:, 0])
@@ -46,6 +49,32 @@ def fallback(x, dt, A, B, C, state):
         chunk=16 if per_channel else 64,
     )
     return y, mx.swapaxes(final, -1, -2)
+
+
+CHUNK = 32  # chunk length of the A [H] fallback, chosen by measurement
+
+
+def _fallback_per_head(x, dt, A, B, C, state):
+    """A [H]: scalar gates per head; the R = H // G heads of a group share B and C."""
+    x, dt, A, B, C = (t.astype(state.dtype) for t in (x, dt, A, B, C))
+    b, length, h, p = x.shape
+    groups, n = B.shape[2], B.shape[3]
+    r = h // groups
+
+    def groups_first(t):  # [B, L, G, ...] -> [B*G, L, ...]
+        t = mx.moveaxis(t, 2, 1)
+        return t.reshape(b * groups, *t.shape[2:])
+
+    v = (dt[..., None] * x).reshape(b, length, groups, r, p)
+    gate = mx.exp(dt * A).reshape(b, length, groups, r)
+    h0 = state.reshape(b, groups, r, p, n).transpose(0, 1, 4, 2, 3)  # [B,G,N,R,P]
+    y, final = scalar_gate_chunked_scan(
+        groups_first(C), groups_first(B), groups_first(v), groups_first(gate),
+        h0.reshape(b * groups, n, r, p), chunk=CHUNK,
+    )
+    y = mx.moveaxis(y.reshape(b, groups, length, r, p), 1, 2).reshape(b, length, h, p)
+    final = final.reshape(b, groups, n, r, p).transpose(0, 1, 3, 4, 2)
+    return y, final.reshape(b, h, p, n)
 
 
 KIND = Kind(

@@ -1,0 +1,246 @@
+"""Chunked matmul form of the matrix recurrence with one scalar gate per head.
+
+    S_h[t] = g_h[t] S_h[t-1] + k[t] v_h[t]^T        S_h: [K, V]
+    o_h[t] = S_h[t]^T q[t]
+
+``q`` and ``k`` may be shared by ``R`` heads (Mamba-2 groups: ``q = C``,
+``k = B``, ``v = dt * x``; GLA is ``R = 1``). This is the form both the
+``"gla"`` kind with per-head gates and the ``"ssd"`` kind with ``A [H]`` take.
+
+The sequence is cut into chunks of ``T`` steps. Inside a chunk
+
+    o = (q k^T * D_h) v_h + cum_h * (q S_before)
+
+with ``D[t, s] = prod_{s < r <= t} g[r]`` (built by a cumulative product of
+a masked copy of the gates) and ``cum[t] = prod_{r <= t} g[r]``. Chunk end
+states follow ``S_end = a S_before + k^T (w * v)``, ``a = cum[T-1]``,
+``w[s] = D[T-1, s]``, run over chunks as an associative (log-depth) scan.
+
+The backward pass is written by hand (``mx.custom_function``): it is the
+same chunked form run backwards, with a reverse associative scan for the
+state cotangents. Gate gradients use only products of gates (no division by
+cumulative products, no logarithm), so gates of exactly 0 and 1 are exact:
+
+    dg[r] = sum_t D[t, r] * (sum_s dD[t, s] D[r-1, s] + dcum[t] cum[r-1])
+
+which is one small ``T x T x T`` matmul per chunk. The forward keeps only the
+per-chunk states, ``q k^T`` and ``q S_before`` for the backward: memory is
+O(L (K + V + T) + (L / T) K V) per head, never a state per time step.
+
+Work is split over CPU threads (one MLX CPU stream per core) along the
+independent batch x group axis when running on the CPU: MLX's CPU backend
+runs each stream on its own thread, and its reference BLAS is
+single-threaded.
+"""
+
+from __future__ import annotations
+
+import os
+
+import mlx.core as mx
+
+# --------------------------------------------------------------------------
+# scan over chunks with a gate that broadcasts against the state
+
+
+def _sl(x: mx.array, start=None, stop=None, step=None) -> mx.array:
+    return x[:, start:stop:step]
+
+
+def _inclusive(a: mx.array, b: mx.array) -> mx.array:
+    """``h[c] = a[c] * h[c-1] + b[c]`` along axis 1, ``h[-1] = 0``.
+
+    ``a`` broadcasts against ``b`` (it may be much smaller); odd-even
+    recursion, O(C) work and O(log C) depth, exact for any ``a``.
+    """
+    n = b.shape[1]
+    if n < 2:
+        return b
+    half = n // 2
+    a_e, a_o = _sl(a, 0, 2 * half, 2), _sl(a, 1, 2 * half, 2)
+    b_e, b_o = _sl(b, 0, 2 * half, 2), _sl(b, 1, 2 * half, 2)
+    odd = _inclusive(a_o * a_e, a_o * b_e + b_o)  # prefix at positions 1, 3, 5, ...
+    count = (n - 1) // 2  # even positions 2, 4, ... below n
+    tail = _sl(a, 2, None, 2) * _sl(odd, 0, count) + _sl(b, 2, None, 2)
+    evens = mx.concatenate([_sl(b, 0, 1), tail], axis=1)  # length n - half
+    pairs = mx.stack([_sl(evens, 0, half), odd], axis=2)
+    merged = pairs.reshape(b.shape[0], 2 * half, *b.shape[2:])
+    if n % 2:
+        merged = mx.concatenate([merged, _sl(evens, half)], axis=1)
+    return merged
+
+
+def _states(a: mx.array, b: mx.array, h0: mx.array) -> tuple[mx.array, mx.array]:
+    """States before each chunk and after the last one, starting from ``h0``."""
+    first = _sl(a, 0, 1) * h0[:, None] + _sl(b, 0, 1)
+    h = _inclusive(a, mx.concatenate([first, _sl(b, 1)], axis=1))
+    return mx.concatenate([h0[:, None], _sl(h, 0, -1)], axis=1), h[:, -1]
+
+
+# --------------------------------------------------------------------------
+# one chunked block: forward and backward on [Z, C, T, ...] arrays
+
+
+def _decays(g: mx.array) -> tuple[mx.array, mx.array]:
+    """``g [..., T]`` -> (D [..., T(t), T(s)], cum [..., T]), products only."""
+    steps = g.shape[-1]
+    idx = mx.arange(steps)
+    later = idx[None, :] > idx[:, None]  # [s, r]: r > s
+    masked = mx.where(later, mx.expand_dims(g, -2), 1.0)  # [..., s, r]
+    from_s = mx.cumprod(masked, axis=-1)  # [..., s, t] = prod_{s<r<=t} g[r] (1 if t<=s)
+    decay = mx.swapaxes(from_s, -1, -2) * (~later).astype(g.dtype)  # [..., t, s], s<=t
+    return decay, mx.cumprod(g, axis=-1)
+
+
+def _tr(x: mx.array) -> mx.array:
+    return mx.swapaxes(x, -1, -2)
+
+
+def _forward(q, k, v, g, h0):
+    """q, k [Z,C,T,K]; v [Z,C,T,R,V]; g [Z,C,T,R]; h0 [Z,K,R,V]."""
+    z, c, t, r, dv = v.shape
+    dk = q.shape[-1]
+    decay, cum = _decays(g.transpose(0, 1, 3, 2))  # [Z,C,R,T,T], [Z,C,R,T]
+    qk = q @ _tr(k)  # [Z,C,T,T]
+    vh = v.transpose(0, 1, 3, 2, 4)  # [Z,C,R,T,V]
+    intra = (qk[:, :, None] * decay) @ vh  # [Z,C,R,T,V]
+    w = decay[..., -1, :].transpose(0, 1, 3, 2)[..., None]  # [Z,C,T,R,1]
+    a = cum[..., -1][:, :, None, :, None]  # [Z,C,1,R,1]
+    local = _tr(k) @ (v * w).reshape(z, c, t, r * dv)  # [Z,C,K,R*V]
+    before, final = _states(a, local.reshape(z, c, dk, r, dv), h0)
+    raw = q @ before.reshape(z, c, dk, r * dv)  # [Z,C,T,R*V]
+    cum_t = cum.transpose(0, 1, 3, 2)[..., None]  # [Z,C,T,R,1]
+    y = raw.reshape(z, c, t, r, dv) * cum_t + intra.transpose(0, 1, 3, 2, 4)
+    return y, final, before, raw, qk
+
+
+def _backward(q, k, v, g, h0, before, raw, qk, dy, dfinal):
+    z, c, t, r, dv = v.shape
+    dk = q.shape[-1]
+    decay, cum = _decays(g.transpose(0, 1, 3, 2))  # [Z,C,R,T,T], [Z,C,R,T]
+    cum_t = cum.transpose(0, 1, 3, 2)[..., None]  # [Z,C,T,R,1]
+    w_h = decay[..., -1, :]  # [Z,C,R,T]
+    w = w_h.transpose(0, 1, 3, 2)[..., None]  # [Z,C,T,R,1]
+    a = cum[..., -1][:, :, None, :, None]  # [Z,C,1,R,1]
+
+    # inter-chunk output  y += cum * (q @ S_before)
+    draw = (dy * cum_t).reshape(z, c, t, r * dv)
+    dcum = (dy * raw.reshape(z, c, t, r, dv)).sum(-1)  # [Z,C,T,R]
+    before2 = before.reshape(z, c, dk, r * dv)
+    dq = draw @ _tr(before2)
+    local_grad = _tr(q) @ draw  # [Z,C,K,R*V]: cotangent of S_before from the outputs
+
+    # state cotangents: dS_before[c] = G[c] + a[c] * dS_end[c], dS_end[c] = dS_before[c+1]
+    rev = slice(None, None, -1)
+    a_rev = a[:, rev]
+    g_rev = local_grad.reshape(z, c, dk, r, dv)[:, rev]
+    first = a_rev[:, :1] * dfinal[:, None] + g_rev[:, :1]
+    dbefore = _inclusive(a_rev, mx.concatenate([first, g_rev[:, 1:]], axis=1))[:, rev]
+    dh0 = dbefore[:, 0]
+    dend = mx.concatenate([dbefore[:, 1:], dfinal[:, None]], axis=1)  # [Z,C,K,R,V]
+    da = (dend * before).sum(axis=(2, 4))  # [Z,C,R]
+
+    # local states  S_end = a S_before + k^T (w * v)
+    dend2 = dend.reshape(z, c, dk, r * dv)
+    dk_ = (v * w).reshape(z, c, t, r * dv) @ _tr(dend2)
+    p = (k @ dend2).reshape(z, c, t, r, dv)
+    dv_ = p * w
+    dw = (p * v).sum(-1).transpose(0, 1, 3, 2)  # [Z,C,R,T]
+
+    # intra-chunk attention  y += (qk * D) @ v
+    dyh = dy.transpose(0, 1, 3, 2, 4)  # [Z,C,R,T,V]
+    vh = v.transpose(0, 1, 3, 2, 4)
+    d_att = dyh @ _tr(vh)  # [Z,C,R,T,T]
+    att = qk[:, :, None] * decay
+    dv_ = dv_ + (_tr(att) @ dyh).transpose(0, 1, 3, 2, 4)
+    dqk = (d_att * decay).sum(2)  # [Z,C,T,T]
+    dq = dq + dqk @ k
+    dk_ = dk_ + _tr(dqk) @ q
+
+    # gates: everything depends on g through D, cum, w = D[T-1] and a = cum[T-1]
+    d_decay = d_att * qk[:, :, None]
+    d_decay = mx.concatenate(
+        [d_decay[..., :-1, :], d_decay[..., -1:, :] + dw[..., None, :]], axis=-2
+    )
+    dcum = dcum.transpose(0, 1, 3, 2)  # [Z,C,R,T]
+    dcum = mx.concatenate([dcum[..., :-1], dcum[..., -1:] + da[..., None]], axis=-1)
+    lead = decay.shape[:-2]
+    shifted = mx.concatenate([mx.zeros((*lead, 1, t), decay.dtype), decay[..., :-1, :]], axis=-2)
+    cum_shift = mx.concatenate([mx.ones((*lead, 1), cum.dtype), cum[..., :-1]], axis=-1)
+    m = d_decay @ _tr(shifted) + dcum[..., :, None] * cum_shift[..., None, :]
+    dg = (decay * m).sum(-2).transpose(0, 1, 3, 2)  # [Z,C,T,R]
+    return dq, dk_, dv_, dg, dh0
+
+
+# --------------------------------------------------------------------------
+# splitting the independent axis over CPU threads
+
+_STREAMS: list = []
+
+
+def _threads() -> int:
+    env = os.environ.get("RECUROPS_CPU_THREADS")
+    if env:
+        return max(1, int(env))
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def _cpu_streams(parts: int) -> list:
+    while len(_STREAMS) < parts:
+        _STREAMS.append(mx.new_stream(mx.cpu))
+    return _STREAMS[:parts]
+
+
+def _parallel(fn, arrays: tuple, size: int):
+    """Run ``fn(*arrays)`` with every array split along axis 0 over CPU streams."""
+    parts = min(_threads(), size) if mx.default_device() == mx.cpu else 1
+    if parts <= 1:
+        return fn(*arrays)
+    bounds = [size * i // parts for i in range(parts + 1)]
+    results = []
+    for stream, lo, hi in zip(_cpu_streams(parts), bounds[:-1], bounds[1:]):
+        with mx.stream(stream):
+            results.append(fn(*(x[lo:hi] for x in arrays)))
+    return tuple(mx.concatenate(list(outs), axis=0) for outs in zip(*results))
+
+
+@mx.custom_function
+def _block(q, k, v, g, h0):
+    return _parallel(_forward, (q, k, v, g, h0), q.shape[0])
+
+
+@_block.vjp
+def _block_vjp(primals, cotangents, outputs):
+    q, k, v, g, h0 = primals
+    _, _, before, raw, qk = outputs
+    dy, dfinal = cotangents[:2]
+    return _parallel(
+        _backward, (q, k, v, g, h0, before, raw, qk, dy, dfinal), q.shape[0]
+    )
+
+
+def scalar_gate_chunked_scan(q, k, v, g, h0, chunk: int = 32):
+    """Chunked evaluation of the recurrence in the module docstring.
+
+    q, k: [Z, L, K] (shared by the R heads of a group); v: [Z, L, R, V];
+    g: [Z, L, R] linear-space gates; h0: [Z, K, R, V]. Returns
+    y [Z, L, R, V] and the final state [Z, K, R, V]. Float32/64 in.
+    """
+    z, length, r, dv = v.shape
+    dk = q.shape[-1]
+    steps = min(chunk, length)
+    pad = -length % steps
+    if pad:
+        q, k = (mx.pad(x, [(0, 0), (0, pad), (0, 0)]) for x in (q, k))
+        v = mx.pad(v, [(0, 0), (0, pad), (0, 0), (0, 0)])
+        g = mx.pad(g, [(0, 0), (0, pad), (0, 0)], constant_values=1.0)
+    c = (length + pad) // steps
+    y, final, _, _, _ = _block(
+        q.reshape(z, c, steps, dk),
+        k.reshape(z, c, steps, dk),
+        v.reshape(z, c, steps, r, dv),
+        g.reshape(z, c, steps, r),
+        h0,
+    )
+    y = y.reshape(z, c * steps, r, dv)
+    return (y[:, :length] if pad else y), final
