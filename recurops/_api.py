@@ -111,6 +111,12 @@ def scan(kind: str, *inputs, state=None, impl: str = "auto", **named):
     ``final_state`` in float32 (float64 for float64 inputs). ``state`` is the
     initial state (zeros when None). Differentiable in every input and in
     ``state``. See ``recurops.KINDS[kind].signature()`` for the shapes.
+
+    Arrays of any array-API library (NumPy, array-api-strict, PyTorch, JAX,
+    ...) are accepted and the results come back in that library, dtype and
+    device; inputs from two libraries in one call raise TypeError. Gradients
+    cross that bridge for PyTorch (autograd); under JAX transformations it
+    raises TypeError (forward values only). See ``recurops._interop``.
     """
     spec = get_kind(kind)
     arrays = _collect(spec, inputs, named)
