@@ -283,6 +283,25 @@ def make_call(
     return Call(kind, inputs, state, batch)
 
 
+EXAMPLE_SIZES = {
+    "ssd": {"H": 4, "G": 2, "P": 3, "N": 5, "A_per_channel": True},
+    "gla": {"H": 2, "K": 3, "V": 5, "g_per_channel": True},
+    "rglru": {"D": 5},
+    "rotlru": {"P": 3},
+    "s6": {"D": 3, "N": 5},
+}
+
+
+def example_call(kind: str, dtype: mx.Dtype = mx.float32, seed: int = 0, **options) -> Call:
+    """A fixed valid call: ``EXAMPLE_SIZES``, ``L = 7``, batch ``(2,)``, with a state.
+
+    ``options`` override ``make_call``'s keywords (``length``, ``batch``, ...).
+    """
+    options = {"length": 7, "batch": (2,), "with_state": True, **options}
+    rng = np.random.default_rng(seed)
+    return make_call(kind, rng, sizes=EXAMPLE_SIZES[kind], dtype=dtype, **options)
+
+
 # --------------------------------------------------------------------------
 # Strategies
 

@@ -5,6 +5,8 @@ The chain of oracles: a float64 NumPy loop written from SPEC section 3
 reference path's float64 gradients; those check every path's gradients.
 """
 
+from dataclasses import replace
+
 import mlx.core as mx
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from cases import (
     assert_close,
     cotangents,
     draw_call,
+    example_call,
     expected_dtypes,
     float64_reference_vjp,
     make_call,
@@ -161,6 +164,16 @@ def test_reference_gradients_match_finite_differences(kind, sizes):
         assert_close(grad, want, TOLERANCE[mx.float64], f"d{name}")
 
 
+@pytest.mark.parametrize(("batch", "size"), [((), 1), ((), 3), ((2,), 2)])
+def test_gla_per_channel_gate_when_length_heads_and_keys_coincide(batch, size):
+    """``g [..., L, H, K]`` with L == H == K is also shaped like ``[..., L', H']``
+    with one more batch dimension; it is still the per-channel gate of SPEC 3."""
+    sizes = {"H": size, "K": size, "V": size + 1, "g_per_channel": True}
+    call = make_call("gla", np.random.default_rng(3), sizes=sizes, length=size, batch=batch)
+    y, final = run(call)
+    assert_matches_spec(call, y, final, TOLERANCE[mx.float32])
+
+
 # --------------------------------------------------------------------------
 # State passing: chunked prefill and step-by-step decoding
 
@@ -218,18 +231,6 @@ def test_empty_sequence_returns_the_initial_state(kind, impl, data):
 # Dtypes
 
 
-def _small_call(kind: str, dtype=mx.float32, seed: int = 0, **options) -> Call:
-    sizes = {
-        "ssd": {"H": 4, "G": 2, "P": 3, "N": 5, "A_per_channel": True},
-        "gla": {"H": 2, "K": 3, "V": 5, "g_per_channel": True},
-        "rglru": {"D": 5},
-        "rotlru": {"P": 3},
-        "s6": {"D": 3, "N": 5},
-    }[kind]
-    options = {"length": 37, "batch": (2,), "with_state": True, **options}
-    return make_call(kind, np.random.default_rng(seed), sizes=sizes, dtype=dtype, **options)
-
-
 MIXES = [
     (mx.bfloat16, mx.float32),
     (mx.float16, mx.float32),
@@ -245,9 +246,9 @@ MIXES = [
     ("first", "rest"), MIXES, ids=[f"{_dtype_id(a)}+{_dtype_id(b)}" for a, b in MIXES]
 )
 def test_mixed_input_dtypes_promote(kind, impl, first, rest):
-    call = _small_call(kind)
+    call = example_call(kind, length=37)
     inputs = (call.inputs[0].astype(first), *(x.astype(rest) for x in call.inputs[1:]))
-    call = Call(kind, inputs, call.state, call.batch)
+    call = replace(call, inputs=inputs)
     y, final = run(call, impl)
     assert (y.dtype, final.dtype) == expected_dtypes(inputs)
     tol = max(TOLERANCE[first], TOLERANCE[rest])
@@ -258,8 +259,8 @@ def test_mixed_input_dtypes_promote(kind, impl, first, rest):
 @paths
 @pytest.mark.parametrize("state_dtype", (mx.bfloat16, mx.float16, mx.float64), ids=_dtype_id)
 def test_state_is_returned_in_float32_whatever_its_dtype(kind, impl, state_dtype):
-    call = _small_call(kind)
-    call = call.steps(0, call.length, call.state.astype(state_dtype))
+    call = example_call(kind, length=37)
+    call = replace(call, state=call.state.astype(state_dtype))
     y, final = run(call, impl)
     assert (y.dtype, final.dtype) == (mx.float32, mx.float32)
     assert_matches_spec(call, y, final, TOLERANCE[mx.float32])
@@ -323,7 +324,7 @@ def test_value_and_grad(kind, impl, data):
 @kinds
 @paths
 def test_inputs_are_not_modified(kind, impl):
-    call = _small_call(kind)
+    call = example_call(kind)
     before = [to_numpy64(x) for x in (*call.inputs, call.state)]
     run(call, impl)
     run_vjp(call, impl, cotangents(call, np.random.default_rng(1)))
@@ -335,7 +336,7 @@ def test_inputs_are_not_modified(kind, impl):
 @kinds
 @paths
 def test_keyword_inputs_equal_positional(kind, impl):
-    call = _small_call(kind)
+    call = example_call(kind)
     y, final = run(call, impl)
     named = call.named()
     first, *_ = call.names
