@@ -141,7 +141,11 @@ def from_mlx(x: mx.array, xp, device, copy: bool = False):
         # The buffer protocol gives NumPy a writable view; a DLPack import is read-only.
         out = xp.asarray(np.asarray(x))
     else:
-        out = xp.from_dlpack(x)
+        try:
+            out = xp.from_dlpack(x)
+        except (BufferError, TypeError, ValueError, RuntimeError):
+            # A device-only library (CuPy) imports no host memory: copy it over.
+            out = xp.asarray(np.asarray(x))
     if device is not None and array_api_compat.device(out) != device:
         out = array_api_compat.to_device(out, device)
     elif copy:
