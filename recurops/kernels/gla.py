@@ -11,8 +11,17 @@ import math
 
 import mlx.core as mx
 
-from .chassis import KernelPath, Source, checkpointed, common_unsupported, compute_dtype
-from .chassis import WARP, launch, lanes, segments
+from .chassis import (
+    WARP,
+    KernelPath,
+    Source,
+    checkpointed,
+    common_unsupported,
+    compute_dtype,
+    lanes,
+    launch,
+    segments,
+)
 
 _PROLOGUE = """
     const int B = q_shape[0];

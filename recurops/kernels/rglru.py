@@ -2,8 +2,16 @@
 
 import mlx.core as mx
 
-from .chassis import KernelPath, Source, checkpointed, common_unsupported, compute_dtype
-from .chassis import launch, lanes, segments
+from .chassis import (
+    KernelPath,
+    Source,
+    checkpointed,
+    common_unsupported,
+    compute_dtype,
+    lanes,
+    launch,
+    segments,
+)
 
 FORWARD = Source(
     "rglru_fwd",

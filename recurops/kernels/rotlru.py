@@ -6,8 +6,16 @@ transpose, ``a (cos - i sin)``.
 
 import mlx.core as mx
 
-from .chassis import KernelPath, Source, checkpointed, common_unsupported, compute_dtype
-from .chassis import launch, lanes, segments
+from .chassis import (
+    KernelPath,
+    Source,
+    checkpointed,
+    common_unsupported,
+    compute_dtype,
+    lanes,
+    launch,
+    segments,
+)
 
 _PROLOGUE = """
     const int B = a_shape[0];

@@ -1,0 +1,302 @@
+"""GPU benchmark: recurops' kernel and fallback paths against the peers.
+
+Run on a machine with MLX's CUDA backend (or Metal), e.g. the project's
+H100 device:  python benchmarks/gpu.py [--quick] [--out results/gpu.json]
+
+For each case it times forward and forward+backward (gradients of every
+input) side by side in one process: recurops kernel / fallback / auto on
+MLX, mlx-recurrence's token-loop references on the same GPU, mlx-lm's
+``ssm_attn``, and, where PyTorch with CUDA is present, mamba_ssm's
+``mamba_chunk_scan_combined`` and flash-linear-attention's Triton kernels.
+It also records MLX peak memory of a training step and the memory-traffic
+floor of each case at 3 TB/s (the bytes a fused kernel must move: read
+every input once, write the outputs; for fwd+bwd also read them again with
+the output gradient and write every input gradient).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+
+import mlx.core as mx
+
+import recurops
+
+BANDWIDTH = 3.0e12  # bytes/s, H100 SXM HBM3 (about 3.35 TB/s peak)
+
+
+def timed(fn, repeats=10, sync=mx.synchronize):
+    """Median seconds of ``fn()`` after warm-up (fewer repeats for slow ones)."""
+    for _ in range(2):
+        start = time.perf_counter()
+        fn()
+        sync()
+    if time.perf_counter() - start > 0.5:
+        repeats = 2
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def mlx_pair(fwd, inputs):
+    """(forward, forward+backward) thunks for an MLX function of ``inputs``."""
+    grad = mx.grad(lambda *a: fwd(*a).astype(mx.float32).sum(), tuple(range(len(inputs))))
+    return (lambda: mx.eval(fwd(*inputs))), (lambda: mx.eval(grad(*inputs)))
+
+
+def peak_training_bytes(train):
+    mx.synchronize()
+    mx.clear_cache()
+    mx.reset_peak_memory()
+    train()
+    mx.synchronize()
+    return mx.get_peak_memory()
+
+
+# ---------------------------------------------------------------- cases
+
+
+def ssd_case(batch, length, heads, p, n, dtype=mx.bfloat16):
+    mx.random.seed(0)
+    x = mx.random.normal((batch, length, heads, p)).astype(dtype)
+    dt = (mx.random.uniform(shape=(batch, length, heads)) * 0.1).astype(dtype)
+    A = -mx.random.uniform(0.5, 1.5, (heads,))
+    B = mx.random.normal((batch, length, 1, n)).astype(dtype)
+    C = mx.random.normal((batch, length, 1, n)).astype(dtype)
+    inputs = (x, dt, A, B, C)
+    size = mx.bfloat16.size
+    fwd_bytes = size * (x.size * 2 + dt.size + B.size + C.size) + 4 * batch * heads * p * n
+    name = f"ssd B={batch} L={length} H={heads} P={p} N={n} {dtype}"
+    return name, "ssd", inputs, fwd_bytes, 2 * fwd_bytes + size * (x.size * 2 + dt.size)
+
+
+def gla_case(batch, length, heads, dk, dv, dtype=mx.bfloat16):
+    mx.random.seed(0)
+    q = (mx.random.normal((batch, length, heads, dk)) * dk**-0.5).astype(dtype)
+    k = mx.random.normal((batch, length, heads, dk)).astype(dtype)
+    v = mx.random.normal((batch, length, heads, dv)).astype(dtype)
+    g = mx.random.uniform(0.9, 1.0, (batch, length, heads)).astype(dtype)
+    inputs = (q, k, v, g)
+    size = mx.bfloat16.size
+    io = q.size + k.size + v.size + g.size
+    fwd_bytes = size * (io + v.size) + 4 * batch * heads * dk * dv
+    name = f"gla B={batch} T={length} H={heads} K={dk} V={dv} {dtype}"
+    return name, "gla", inputs, fwd_bytes, 2 * fwd_bytes + size * io
+
+
+def rglru_case(batch, length, width, dtype=mx.bfloat16):
+    mx.random.seed(0)
+    a = mx.random.uniform(0.5, 1.0, (batch, length, width)).astype(dtype)
+    x = mx.random.normal((batch, length, width)).astype(dtype)
+    size = mx.bfloat16.size
+    fwd_bytes = size * 3 * a.size
+    return (f"rglru B={batch} L={length} D={width} {dtype}", "rglru", (a, x), fwd_bytes,
+            fwd_bytes + size * 5 * a.size)
+
+
+def rotlru_case(batch, length, pairs, dtype=mx.bfloat16):
+    mx.random.seed(0)
+    a = mx.random.uniform(0.5, 1.0, (batch, length, pairs)).astype(dtype)
+    theta = mx.random.uniform(-3, 3, (batch, length, pairs))
+    x = mx.random.normal((batch, length, 2 * pairs)).astype(dtype)
+    inputs = (a, mx.cos(theta).astype(dtype), mx.sin(theta).astype(dtype), x)
+    size = mx.bfloat16.size
+    fwd_bytes = size * (3 * a.size + 2 * x.size)
+    return (f"rotlru B={batch} L={length} P={pairs} {dtype}", "rotlru", inputs, fwd_bytes,
+            2 * fwd_bytes + size * (3 * a.size + 2 * x.size))
+
+
+def s6_case(batch, length, width, n, dtype=mx.bfloat16):
+    mx.random.seed(0)
+    u = mx.random.normal((batch, length, width)).astype(dtype)
+    delta = (mx.random.uniform(shape=(batch, length, width)) * 0.1).astype(dtype)
+    A = -mx.random.uniform(0.5, 1.5, (width, n))
+    B = mx.random.normal((batch, length, n)).astype(dtype)
+    C = mx.random.normal((batch, length, n)).astype(dtype)
+    size = mx.bfloat16.size
+    fwd_bytes = size * (3 * u.size + B.size + C.size)
+    return (f"s6 B={batch} L={length} D={width} N={n} {dtype}", "s6", (u, delta, A, B, C),
+            fwd_bytes, 2 * fwd_bytes + size * (2 * u.size + B.size + C.size))
+
+
+# ---------------------------------------------------------------- peers
+
+
+def peers_mlx(kind, inputs):
+    """Alternatives that run on MLX: mlx-recurrence references and mlx-lm."""
+    out = {}
+    try:
+        import mlx_recurrence as mr
+    except ImportError:
+        mr = None
+    if inputs[0].shape[1] > 512:  # token loops: too slow and too big at long L
+        mr = None
+    if mr is not None and kind == "rglru":
+        out["mlx-recurrence rglru_scan_reference"] = (mr.rglru_scan_reference, inputs)
+    if mr is not None and kind == "gla":
+        q, k, v, g = inputs
+        if q.shape[-1] == v.shape[-1]:
+            out["mlx-recurrence gla_scan_reference"] = (mr.gla_scan_reference, inputs)
+    if kind == "ssd":
+        x, dt, A, B, C = inputs
+        if mr is not None:
+            out["mlx-recurrence ssd_scan_reference"] = (
+                lambda x, dt, B, C: mr.ssd_scan_reference(
+                    x, dt, mx.broadcast_to(B, (*B.shape[:2], x.shape[2], B.shape[3])),
+                    mx.broadcast_to(C, (*C.shape[:2], x.shape[2], C.shape[3])),
+                    mx.broadcast_to(A[:, None], (x.shape[2], B.shape[3]))),
+                (x, dt, B, C))
+        try:
+            from mlx_lm.models.ssm import ssm_attn
+        except ImportError:
+            ssm_attn = None
+        if ssm_attn is not None:
+            heads = x.shape[2]
+            A_log = mx.log(-A)
+            D = mx.zeros((heads,))
+            # dt is used as given: softplus(dt + bias) with a bias that makes it ~dt
+            dt_raw = mx.log(mx.expm1(dt.astype(mx.float32) + 1e-4)).astype(x.dtype)
+            bias = mx.zeros((heads,))
+            out["mlx-lm ssm_attn"] = (
+                lambda x, dt_raw, B, C: ssm_attn(x, A_log, B, C, D, dt_raw, bias,
+                                                 time_step_limit=(0.0, 1e4))[0],
+                (x, dt_raw, B, C))
+    return out
+
+
+def peers_torch(kind, inputs):
+    """mamba_ssm and fla on PyTorch (CUDA), as (forward, fwd+bwd) thunks."""
+    try:
+        import numpy as np
+        import torch
+    except ImportError:
+        return {}
+    if not torch.cuda.is_available():
+        return {}
+
+    def tensor(a, grad=True):
+        t = torch.from_numpy(np.array(a.astype(mx.float32))).cuda()
+        t = t.to(torch.bfloat16 if a.dtype == mx.bfloat16 else torch.float32)
+        return t.requires_grad_(grad)
+
+    def pair(fn, args):
+        def fwd():
+            with torch.no_grad():
+                fn(*args)
+
+        def train():
+            out = fn(*args)
+            out.float().sum().backward()
+        return fwd, train
+
+    out = {}
+    if kind == "ssd":
+        try:
+            from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+        except Exception as error:  # noqa: BLE001 - report any import failure
+            print(f"  (mamba_ssm unavailable: {error})", file=sys.stderr)
+        else:
+            x, dt, A, B, C = inputs
+            args = (tensor(x), tensor(dt), tensor(A.astype(mx.float32)), tensor(B), tensor(C))
+            out["mamba_ssm mamba_chunk_scan_combined"] = pair(
+                lambda x, dt, A, B, C: mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size=256),
+                args)
+    if kind == "gla":
+        try:
+            from fla.ops.simple_gla import chunk_simple_gla, fused_recurrent_simple_gla
+        except Exception as error:  # noqa: BLE001
+            print(f"  (fla unavailable: {error})", file=sys.stderr)
+        else:
+            q, k, v, g = inputs
+            args = (tensor(q), tensor(k), tensor(v),
+                    tensor(mx.log(g.astype(mx.float32))))
+            chunk = pair(lambda q, k, v, g: chunk_simple_gla(q, k, v, g, scale=1.0)[0], args)
+            out["fla chunk_simple_gla (fwd only)"] = (chunk[0], None)
+            out["fla fused_recurrent_simple_gla"] = pair(
+                lambda q, k, v, g: fused_recurrent_simple_gla(q, k, v, g, scale=1.0)[0], args)
+    return out
+
+
+# ---------------------------------------------------------------- main
+
+
+def run_case(case, repeats):
+    name, kind, inputs, fwd_bytes, train_bytes = case
+    print(f"\n== {name}", flush=True)
+    rows = []
+
+    def record(label, fwd, train, peak=None):
+        t_f = timed(fwd, repeats) if fwd else math.nan
+        t_t = timed(train, repeats) if train else math.nan
+        rows.append({"impl": label, "fwd_ms": t_f * 1e3, "fwd_bwd_ms": t_t * 1e3,
+                     "peak_MB": None if peak is None else peak / 1e6})
+        floor_f, floor_t = fwd_bytes / BANDWIDTH, train_bytes / BANDWIDTH
+        peak_s = "" if peak is None else f"  peak {peak / 1e6:9.1f} MB"
+        print(f"  {label:42s} fwd {t_f * 1e3:9.3f} ms ({t_f / floor_f:7.1f}x floor)  "
+              f"fwd+bwd {t_t * 1e3:9.3f} ms ({t_t / floor_t:7.1f}x floor){peak_s}", flush=True)
+
+    for impl in ("kernel", "fallback", "auto"):
+        fwd = lambda *a, impl=impl: recurops.scan(kind, *a, impl=impl)[0]  # noqa: E731
+        f, t = mlx_pair(fwd, inputs)
+        record(f"recurops {impl}", f, t, peak_training_bytes(t))
+    for label, (fn, args) in peers_mlx(kind, inputs).items():
+        f, t = mlx_pair(fn, args)
+        record(label, f, t, peak_training_bytes(t))
+    import importlib.util
+    if importlib.util.find_spec("torch"):
+        import torch
+        for label, (f, t) in peers_torch(kind, inputs).items():
+            sync = torch.cuda.synchronize
+            t_f = timed(f, repeats, sync)
+            t_t = timed(t, repeats, sync) if t else math.nan
+            rows.append({"impl": label, "fwd_ms": t_f * 1e3, "fwd_bwd_ms": t_t * 1e3})
+            print(f"  {label:42s} fwd {t_f * 1e3:9.3f} ms                    "
+                  f"fwd+bwd {t_t * 1e3:9.3f} ms", flush=True)
+    return {"case": name, "kind": kind, "floor_fwd_ms": fwd_bytes / BANDWIDTH * 1e3,
+            "floor_fwd_bwd_ms": train_bytes / BANDWIDTH * 1e3, "rows": rows}
+
+
+def cases(quick):
+    if quick:
+        return [ssd_case(2, 256, 4, 64, 16), gla_case(2, 256, 4, 64, 64),
+                rglru_case(2, 256, 256), rotlru_case(2, 256, 128), s6_case(2, 256, 256, 16)]
+    return [
+        ssd_case(8, 2048, 32, 64, 128),
+        ssd_case(3, 512, 12, 64, 16),
+        gla_case(3, 512, 12, 64, 64),
+        gla_case(8, 2048, 16, 128, 128),
+        rglru_case(8, 2048, 2048),
+        rotlru_case(8, 2048, 1024),
+        s6_case(8, 2048, 1536, 16),
+    ]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny shapes")
+    parser.add_argument("--only", default="", help="run cases whose name contains this")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--out", default="", help="write results as JSON here")
+    args = parser.parse_args()
+    results = {
+        "machine": platform.platform(), "mlx": mx.__version__,
+        "device": str(mx.default_device()), "bandwidth_Bps": BANDWIDTH,
+        "cases": [run_case(c, args.repeats) for c in cases(args.quick) if args.only in c[0]],
+    }
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
