@@ -101,7 +101,6 @@ def bind(kind: Kind, arrays: tuple, state=None) -> Bound:
     dims: dict[str, int] = {}
     source: dict[str, str] = {}
     batch = None
-    batch_from = None
     variant = {}
     for spec, x in zip(kind.inputs, arrays):
         if x.dtype not in _FLOATING:
@@ -111,7 +110,7 @@ def bind(kind: Kind, arrays: tuple, state=None) -> Bound:
             )
         problems = []
         for index, symbolic in enumerate(spec.shapes):
-            problem = _match(symbolic, x.shape, dims, source, spec.name)
+            problem = _match(symbolic, x.shape, dims, source, spec.name, batch)
             if problem is None:
                 variant[spec.name] = index
                 break
@@ -122,16 +121,8 @@ def bind(kind: Kind, arrays: tuple, state=None) -> Bound:
                 f"{kind.name}: input {spec.name!r} expected shape {expected}, "
                 f"got {_fmt(x.shape)}: {'; '.join(problems)}"
             )
-        if spec.batched:
-            lead = tuple(x.shape[: x.ndim - len(_parse(spec.shapes[variant[spec.name]])[1])])
-            if batch is None:
-                batch, batch_from = lead, spec.name
-            elif lead != batch:
-                raise ValueError(
-                    f"{kind.name}: input {spec.name!r} has batch dimensions "
-                    f"{_fmt(lead)} but {batch_from!r} has {_fmt(batch)}; "
-                    f"leading dimensions must be identical across inputs"
-                )
+        if spec.batched and batch is None:
+            batch = tuple(x.shape[: x.ndim - len(_parse(spec.shapes[variant[spec.name]])[1])])
     for small, big in kind.divides:
         if dims[big] % dims[small]:
             raise ValueError(
@@ -151,15 +142,24 @@ def bind(kind: Kind, arrays: tuple, state=None) -> Bound:
     return bound
 
 
-def _match(symbolic, shape, dims, source, name):
+def _match(symbolic, shape, dims, source, name, batch=None):
     """Bind ``shape`` against ``symbolic``; return None or what disagrees.
 
-    ``dims`` and ``source`` are updated only when the whole shape matches.
+    ``dims`` and ``source`` are updated only when the whole shape matches. A
+    batched shape matches only with the batch dimensions seen so far
+    (``batch``), so ``[B, L, H, K]`` is never read as ``[..., L, H]`` with
+    an extra batch dimension.
     """
     batched, want = _parse(symbolic)
     if len(shape) < len(want) or (not batched and len(shape) != len(want)):
         extra = "at least " if batched else ""
         return f"expected {extra}{len(want)} dimensions, got {len(shape)}"
+    if batched and batch is not None and tuple(shape[: len(shape) - len(want)]) != batch:
+        lead = _fmt(shape[: len(shape) - len(want)])
+        return (
+            f"leading (batch) dimensions {lead} differ from {_fmt(batch)} of the inputs "
+            f"before it; leading dimensions must be identical across inputs"
+        )
     new = {}
     tail = shape[len(shape) - len(want):]
     for (coef, sym), size in zip(want, tail):
