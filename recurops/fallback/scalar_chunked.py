@@ -59,7 +59,7 @@ def _inclusive(a: mx.array, b: mx.array) -> mx.array:
     half = n // 2
     a_e, a_o = _sl(a, 0, 2 * half, 2), _sl(a, 1, 2 * half, 2)
     b_e, b_o = _sl(b, 0, 2 * half, 2), _sl(b, 1, 2 * half, 2)
-    odd = _inclusive(a_o * a_e, a_o * b_e + b_o)  # prefix at positions 1, 3, 5, ...
+    odd = _inclusive(_flush(a_o * a_e), a_o * b_e + b_o)  # prefix at positions 1, 3, 5, ...
     count = (n - 1) // 2  # even positions 2, 4, ... below n
     tail = _sl(a, 2, None, 2) * _sl(odd, 0, count) + _sl(b, 2, None, 2)
     evens = mx.concatenate([_sl(b, 0, 1), tail], axis=1)  # length n - half
@@ -89,7 +89,20 @@ def _decays(g: mx.array) -> tuple[mx.array, mx.array]:
     masked = mx.where(later, mx.expand_dims(g, -2), 1.0)  # [..., s, r]
     from_s = mx.cumprod(masked, axis=-1)  # [..., s, t] = prod_{s<r<=t} g[r] (1 if t<=s)
     decay = mx.swapaxes(from_s, -1, -2) * (~later).astype(g.dtype)  # [..., t, s], s<=t
-    return decay, mx.cumprod(g, axis=-1)
+    return _flush(decay), _flush(mx.cumprod(g, axis=-1))
+
+
+def _flush(x: mx.array) -> mx.array:
+    """Decay factors below ``sqrt(smallest normal)`` (2^-63 in float32) -> 0.
+
+    Long products of small gates underflow into subnormal numbers, and x86
+    CPUs take a microcode assist on every operation that touches one: the
+    matmuls that read them (or their products with the data) run several
+    times slower. A factor this small weights its term 2^-40 below float32
+    rounding of the undecayed terms, so dropping it changes results by less
+    than rounding; gates of exactly 0 and 1 are untouched.
+    """
+    return mx.where(mx.abs(x) < mx.finfo(x.dtype).smallest_normal ** 0.5, 0.0, x)
 
 
 def _tr(x: mx.array) -> mx.array:
@@ -101,12 +114,13 @@ def _forward(q, k, v, g, h0):
     z, c, t, r, dv = v.shape
     dk = q.shape[-1]
     decay, cum = _decays(g.transpose(0, 1, 3, 2))  # [Z,C,R,T,T], [Z,C,R,T]
-    qk = q @ _tr(k)  # [Z,C,T,T]
+    k_t = mx.contiguous(_tr(k))  # [Z,C,K,T]: plain (untransposed) matmuls are faster
+    qk = q @ k_t  # [Z,C,T,T]
     vh = v.transpose(0, 1, 3, 2, 4)  # [Z,C,R,T,V]
     intra = (qk[:, :, None] * decay) @ vh  # [Z,C,R,T,V]
     w = decay[..., -1, :].transpose(0, 1, 3, 2)[..., None]  # [Z,C,T,R,1]
     a = cum[..., -1][:, :, None, :, None]  # [Z,C,1,R,1]
-    local = _tr(k) @ (v * w).reshape(z, c, t, r * dv)  # [Z,C,K,R*V]
+    local = k_t @ (v * w).reshape(z, c, t, r * dv)  # [Z,C,K,R*V]
     before, final = _states(a, local.reshape(z, c, dk, r, dv), h0)
     raw = q @ before.reshape(z, c, dk, r * dv)  # [Z,C,T,R*V]
     cum_t = cum.transpose(0, 1, 3, 2)[..., None]  # [Z,C,T,R,1]
@@ -119,18 +133,16 @@ def _backward(q, k, v, g, h0, before, raw, qk, dy, dfinal):
     dk = q.shape[-1]
     decay, cum = _decays(g.transpose(0, 1, 3, 2))  # [Z,C,R,T,T], [Z,C,R,T]
     cum_t = cum.transpose(0, 1, 3, 2)[..., None]  # [Z,C,T,R,1]
-    w_h = decay[..., -1, :]  # [Z,C,R,T]
-    w = w_h.transpose(0, 1, 3, 2)[..., None]  # [Z,C,T,R,1]
+    w = decay[..., -1, :].transpose(0, 1, 3, 2)[..., None]  # [Z,C,T,R,1]
     a = cum[..., -1][:, :, None, :, None]  # [Z,C,1,R,1]
 
     # inter-chunk output  y += cum * (q @ S_before)
     draw = (dy * cum_t).reshape(z, c, t, r * dv)
     dcum = (dy * raw.reshape(z, c, t, r, dv)).sum(-1)  # [Z,C,T,R]
-    before2 = before.reshape(z, c, dk, r * dv)
-    dq = draw @ _tr(before2)
+    dq = draw @ mx.contiguous(_tr(before.reshape(z, c, dk, r * dv)))
     local_grad = _tr(q) @ draw  # [Z,C,K,R*V]: cotangent of S_before from the outputs
 
-    # state cotangents: dS_before[c] = G[c] + a[c] * dS_end[c], dS_end[c] = dS_before[c+1]
+    # state cotangents: dS_before[c] = G[c] + a[c] dS_end[c], dS_end[c] = dS_before[c+1]
     rev = slice(None, None, -1)
     a_rev = a[:, rev]
     g_rev = local_grad.reshape(z, c, dk, r, dv)[:, rev]
@@ -142,22 +154,22 @@ def _backward(q, k, v, g, h0, before, raw, qk, dy, dfinal):
 
     # local states  S_end = a S_before + k^T (w * v)
     dend2 = dend.reshape(z, c, dk, r * dv)
-    dk_ = (v * w).reshape(z, c, t, r * dv) @ _tr(dend2)
+    dk_ = (v * w).reshape(z, c, t, r * dv) @ mx.contiguous(_tr(dend2))
     p = (k @ dend2).reshape(z, c, t, r, dv)
     dv_ = p * w
     dw = (p * v).sum(-1).transpose(0, 1, 3, 2)  # [Z,C,R,T]
 
     # intra-chunk attention  y += (qk * D) @ v
     dyh = dy.transpose(0, 1, 3, 2, 4)  # [Z,C,R,T,V]
-    vh = v.transpose(0, 1, 3, 2, 4)
-    d_att = dyh @ _tr(vh)  # [Z,C,R,T,T]
+    v_t = mx.contiguous(v.transpose(0, 1, 3, 4, 2))  # [Z,C,R,V,T]
+    d_att = dyh @ v_t  # [Z,C,R,T,T]
     att = qk[:, :, None] * decay
     dv_ = dv_ + (_tr(att) @ dyh).transpose(0, 1, 3, 2, 4)
-    dqk = (d_att * decay).sum(2)  # [Z,C,T,T]
+    dqk = (d_att * decay).sum(2) if r > 1 else (d_att * decay)[:, :, 0]  # [Z,C,T,T]
     dq = dq + dqk @ k
     dk_ = dk_ + _tr(dqk) @ q
 
-    # gates: everything depends on g through D, cum, w = D[T-1] and a = cum[T-1]
+    # gates: g enters through D, cum, w = D[T-1, :] and a = cum[T-1]
     d_decay = d_att * qk[:, :, None]
     d_decay = mx.concatenate(
         [d_decay[..., :-1, :], d_decay[..., -1:, :] + dw[..., None, :]], axis=-2
@@ -165,9 +177,11 @@ def _backward(q, k, v, g, h0, before, raw, qk, dy, dfinal):
     dcum = dcum.transpose(0, 1, 3, 2)  # [Z,C,R,T]
     dcum = mx.concatenate([dcum[..., :-1], dcum[..., -1:] + da[..., None]], axis=-1)
     lead = decay.shape[:-2]
-    shifted = mx.concatenate([mx.zeros((*lead, 1, t), decay.dtype), decay[..., :-1, :]], axis=-2)
+    shifted_t = mx.concatenate(  # [..., s, r] = D[r-1, s]
+        [mx.zeros((*lead, t, 1), decay.dtype), _tr(decay[..., :-1, :])], axis=-1
+    )
     cum_shift = mx.concatenate([mx.ones((*lead, 1), cum.dtype), cum[..., :-1]], axis=-1)
-    m = d_decay @ _tr(shifted) + dcum[..., :, None] * cum_shift[..., None, :]
+    m = d_decay @ shifted_t + dcum[..., :, None] * cum_shift[..., None, :]
     dg = (decay * m).sum(-2).transpose(0, 1, 3, 2)  # [Z,C,T,R]
     return dq, dk_, dv_, dg, dh0
 
