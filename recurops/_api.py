@@ -87,10 +87,12 @@ def _choose(kind: Kind, bound: Bound, arrays: tuple, impl: str) -> Explanation:
         why = f"the default device is {mx.default_device()}, not a Metal or CUDA GPU"
     else:
         why = kind.kernel.unsupported(bound, arrays, backend)
+    if why is not None and impl == "kernel":
+        raise ValueError(f"{kind.name}: impl='kernel' cannot run here: {why}")
+    if why is None and impl == "auto":
+        why = kind.kernel.slower(bound)
     if why is None:
         return Explanation("kernel", f"{backend} kernel on the GPU")
-    if impl == "kernel":
-        raise ValueError(f"{kind.name}: impl='kernel' cannot run here: {why}")
     return Explanation("fallback", why)
 
 

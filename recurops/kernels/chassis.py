@@ -178,12 +178,22 @@ def common_unsupported(arrays, checkpoint_size: int = 0) -> str | None:
     return None
 
 
+def _never(bound) -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class KernelPath:
-    """What a kind registers as its kernel: when it applies and how to run it."""
+    """What a kind registers as its kernel: when it applies and how to run it.
+
+    ``unsupported`` says why the kernel cannot run (then even
+    ``impl="kernel"`` refuses); ``slower`` says why ``impl="auto"`` should
+    prefer the fallback although the kernel could run (measured crossovers).
+    """
 
     run: Callable  # (*inputs, state) -> (y, final_state), batch flattened
-    unsupported: Callable  # (bound, arrays, backend) -> reason to fall back, or None
+    unsupported: Callable  # (bound, arrays, backend) -> reason, or None
+    slower: Callable = _never  # (bound) -> reason, or None
 
 
 def compute_dtype(arrays) -> mx.Dtype:

@@ -22,6 +22,8 @@ from .chassis import (
     segments,
 )
 
+LARGE_STATE = 2048  # state elements per head above which the fallback trains faster
+
 _PROLOGUE = """
     const int B = x_shape[0];
     const int L = x_shape[1];
@@ -209,4 +211,17 @@ def _unsupported(bound, arrays, backend):
     return common_unsupported(arrays, ckpt * dims["N"])
 
 
-KERNEL = KernelPath(run=checkpointed(_forward, _backward), unsupported=_unsupported)
+def _slower(bound):
+    """Measured on an H100 (docs/benchmarks.md): with a large state per head the
+    recurrent kernel is latency-bound and the chunked (matmul) fallback wins on
+    anything longer than a few segments."""
+    dims = bound.dims
+    if dims["P"] * dims["N"] > LARGE_STATE and dims["L"] > 4 * _seg(dims["N"]):
+        return (f"the chunked fallback is faster for a large state per head "
+                f"(P*N={dims['P'] * dims['N']} > {LARGE_STATE}) over L={dims['L']} steps")
+    return None
+
+
+KERNEL = KernelPath(
+    run=checkpointed(_forward, _backward), unsupported=_unsupported, slower=_slower
+)
