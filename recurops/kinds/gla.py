@@ -10,9 +10,9 @@
 import mlx.core as mx
 
 from .._kind import Input, Kind
-from ..kernels.gla import KERNEL
 from ..fallback.chunked import gated_chunked_scan
 from ..fallback.scalar_chunked import scalar_gate_chunked_scan
+from ..kernels.gla import KERNEL
 
 
 def _gates(g: mx.array) -> mx.array:

@@ -8,8 +8,8 @@ Any real ``a``. The fallback is an exact associative scan.
 import mlx.core as mx
 
 from .._kind import Input, Kind
-from ..kernels.rglru import KERNEL
 from ..fallback.scan import linear_scan
+from ..kernels.rglru import KERNEL
 
 
 def reference(a, x, state):

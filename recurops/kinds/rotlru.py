@@ -11,8 +11,8 @@ the fallback runs as an exact associative scan over complex pairs.
 import mlx.core as mx
 
 from .._kind import Input, Kind
-from ..kernels.rotlru import KERNEL
 from ..fallback.scan import linear_scan
+from ..kernels.rotlru import KERNEL
 
 
 def _pairs(x: mx.array) -> tuple[mx.array, mx.array]:

@@ -10,8 +10,8 @@ exact associative scan.
 import mlx.core as mx
 
 from .._kind import Input, Kind
-from ..kernels.s6 import KERNEL
 from ..fallback.scan import linear_scan
+from ..kernels.s6 import KERNEL
 
 
 def _prepare(u, delta, A, B, C, state):

@@ -11,9 +11,9 @@ recurrence (keys ``dt * B``, values ``x``, queries ``C``, gates
 import mlx.core as mx
 
 from .._kind import Input, Kind
-from ..kernels.ssd import KERNEL
 from ..fallback.chunked import gated_chunked_scan
 from ..fallback.scalar_chunked import scalar_gate_chunked_scan
+from ..kernels.ssd import KERNEL
 
 
 def _per_head(groups: mx.array, heads: int) -> mx.array:
