@@ -80,17 +80,19 @@ def ssd_case(batch, length, heads, p, n, dtype=mx.bfloat16):
     return name, "ssd", inputs, fwd_bytes, 2 * fwd_bytes + size * (x.size * 2 + dt.size)
 
 
-def gla_case(batch, length, heads, dk, dv, dtype=mx.bfloat16):
+def gla_case(batch, length, heads, dk, dv, dtype=mx.bfloat16, per_channel=False):
     mx.random.seed(0)
     q = (mx.random.normal((batch, length, heads, dk)) * dk**-0.5).astype(dtype)
     k = mx.random.normal((batch, length, heads, dk)).astype(dtype)
     v = mx.random.normal((batch, length, heads, dv)).astype(dtype)
-    g = mx.random.uniform(0.9, 1.0, (batch, length, heads)).astype(dtype)
+    gate_shape = (batch, length, heads, dk) if per_channel else (batch, length, heads)
+    g = mx.random.uniform(0.9, 1.0, gate_shape).astype(dtype)
     inputs = (q, k, v, g)
     size = mx.bfloat16.size
     io = q.size + k.size + v.size + g.size
     fwd_bytes = size * (io + v.size) + 4 * batch * heads * dk * dv
-    name = f"gla B={batch} T={length} H={heads} K={dk} V={dv} {dtype}"
+    gates = "per-channel" if per_channel else "per-head"
+    name = f"gla B={batch} T={length} H={heads} K={dk} V={dv} {gates} gates {dtype}"
     return name, "gla", inputs, fwd_bytes, 2 * fwd_bytes + size * io
 
 
@@ -143,9 +145,11 @@ def peers_mlx(kind, inputs):
         mr = None
     if mr is not None and kind == "rglru":
         out["mlx-recurrence rglru_scan_reference"] = (mr.rglru_scan_reference, inputs)
+    if mr is not None and kind == "rotlru":
+        out["mlx-recurrence rotlru_scan_reference"] = (mr.rotlru_scan_reference, inputs)
     if mr is not None and kind == "gla":
         q, k, v, g = inputs
-        if q.shape[-1] == v.shape[-1]:
+        if q.shape[-1] == v.shape[-1] and g.ndim == 3:
             out["mlx-recurrence gla_scan_reference"] = (mr.gla_scan_reference, inputs)
     if kind == "ssd":
         x, dt, A, B, C = inputs
@@ -211,7 +215,7 @@ def peers_torch(kind, inputs):
             out["mamba_ssm mamba_chunk_scan_combined"] = pair(
                 lambda x, dt, A, B, C: mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size=256),
                 args)
-    if kind == "gla":
+    if kind == "gla" and inputs[3].ndim == 3:
         try:
             from fla.ops.simple_gla import chunk_simple_gla, fused_recurrent_simple_gla
         except Exception as error:  # noqa: BLE001
@@ -273,9 +277,13 @@ def cases(quick):
     return [
         ssd_case(8, 2048, 32, 64, 128),
         ssd_case(3, 512, 12, 64, 16),
+        ssd_case(3, 512, 12, 64, 16, mx.float32),
         gla_case(3, 512, 12, 64, 64),
+        gla_case(3, 512, 12, 64, 64, per_channel=True),
         gla_case(8, 2048, 16, 128, 128),
+        rglru_case(8, 512, 1024),
         rglru_case(8, 2048, 2048),
+        rotlru_case(8, 512, 512),
         rotlru_case(8, 2048, 1024),
         s6_case(8, 2048, 1536, 16),
     ]

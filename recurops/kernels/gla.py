@@ -59,7 +59,7 @@ FORWARD = Source(
             S[i] = gi * S[i] + static_cast<float>(k[row * K + i]) * vj;
             out += static_cast<float>(q[row * K + i]) * S[i];
         }
-        y[row * V + j] = out;
+        y[row * V + j] = static_cast<T>(out);
         if ((t + 1) % SEG == 0 || t == L - 1) {
             const int c = ((b * (NS + 1) + (t + SEG) / SEG) * H + hh) * K;
             for (int i = 0; i < K; ++i) ckpt[(c + i) * V + j] = S[i];
@@ -159,7 +159,7 @@ def _forward(q, k, v, g, state):
     return launch(
         FORWARD,
         (q, k, v, gates, state),
-        {"y": (v.shape, mx.float32), "ckpt": (ckpt_shape, mx.float32)},
+        {"y": (v.shape, dtype), "ckpt": (ckpt_shape, mx.float32)},
         threads=batch * heads * lanes(v.shape[-1]),
         template=_template(dtype, q, v, gates),
     )

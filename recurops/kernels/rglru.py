@@ -31,7 +31,7 @@ FORWARD = Source(
     for (int t = 0; t < L; ++t) {
         const int i = (b * L + t) * D + d;
         h = static_cast<float>(a[i]) * h + static_cast<float>(x[i]);
-        y[i] = h;
+        y[i] = static_cast<T>(h);
         if ((t + 1) % SEG == 0 || t == L - 1) {
             ckpt[(b * (NS + 1) + (t + SEG) / SEG) * D + d] = h;
         }
@@ -84,7 +84,7 @@ def _forward(a, x, state):
     return launch(
         FORWARD,
         (a.astype(dtype), x.astype(dtype), state),
-        {"y": (a.shape, mx.float32),
+        {"y": (a.shape, dtype),
          "ckpt": ((batch, segments(length, SEG) + 1, width), mx.float32)},
         threads=lanes(batch * width),
         template={"T": dtype, "SEG": SEG},

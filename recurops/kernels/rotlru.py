@@ -45,8 +45,8 @@ FORWARD = Source(
         const float nu = ac * u - as * w + static_cast<float>(x[2 * i]);
         w = as * u + ac * w + static_cast<float>(x[2 * i + 1]);
         u = nu;
-        y[2 * i] = u;
-        y[2 * i + 1] = w;
+        y[2 * i] = static_cast<T>(u);
+        y[2 * i + 1] = static_cast<T>(w);
         if ((t + 1) % SEG == 0 || t == L - 1) {
             k = (b * (NS + 1) + (t + SEG) / SEG) * P + p;
             ckpt[2 * k] = u;
@@ -120,7 +120,7 @@ def _forward(a, c, s, x, state):
     return launch(
         FORWARD,
         (*inputs, state),
-        {"y": (x.shape, mx.float32),
+        {"y": (x.shape, dtype),
          "ckpt": ((batch, segments(length, SEG) + 1, 2 * pairs), mx.float32)},
         threads=lanes(batch * pairs),
         template={"T": dtype, "SEG": SEG},

@@ -54,7 +54,7 @@ FORWARD = Source(
             h[n] = EXP(dl * A[d * N + n]) * h[n] + dl * static_cast<float>(Bm[r + n]) * uu;
             out += static_cast<float>(Cm[r + n]) * h[n];
         }
-        y[i] = out;
+        y[i] = static_cast<T>(out);
         if ((t + 1) % SEG == 0 || t == L - 1) {
             const int k = ((b * (NS + 1) + (t + SEG) / SEG) * D + d) * N;
             for (int n = 0; n < N; ++n) ckpt[k + n] = h[n];
@@ -155,7 +155,7 @@ def _forward(u, delta, A, B, C, state):
     return launch(
         FORWARD,
         (u, delta, A.astype(mx.float32), B, C, state),
-        {"y": (u.shape, mx.float32),
+        {"y": (u.shape, dtype),
          "ckpt": ((batch, segments(length, seg) + 1, width, n), mx.float32)},
         threads=batch * lanes(width),
         template={"T": dtype, "N": n, "SEG": seg},

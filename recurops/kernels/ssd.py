@@ -63,7 +63,7 @@ FORWARD = Source(
             h[n] = decay * h[n] + dtv * static_cast<float>(Bm[r + n]) * xv;
             out += static_cast<float>(Cm[r + n]) * h[n];
         }
-        y[row * P + p] = out;
+        y[row * P + p] = static_cast<T>(out);
         if ((t + 1) % SEG == 0 || t == L - 1) {
             const int k = (((b * (NS + 1) + (t + SEG) / SEG) * H + hh) * P + p) * N;
             for (int n = 0; n < N; ++n) ckpt[k + n] = h[n];
@@ -172,7 +172,7 @@ def _forward(x, dt, A, B, C, state):
     return launch(
         FORWARD,
         (x, dt, rates, B, C, state),
-        {"y": (x.shape, mx.float32), "ckpt": (ckpt_shape, mx.float32)},
+        {"y": (x.shape, dtype), "ckpt": (ckpt_shape, mx.float32)},
         threads=batch * heads * lanes(width),
         template=_template(x, rates, B, dtype),
     )
