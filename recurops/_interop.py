@@ -87,22 +87,23 @@ def _is_torch(x) -> bool:
 
 def _refuse_tracers(kind: str, names: tuple, values: tuple) -> None:
     for name, x in zip(names, values, strict=False):
-        if type(x).__module__.startswith("jax"):
-            import jax
-
-            if isinstance(x, jax.core.Tracer):
-                raise TypeError(
-                    f"{kind}: input {name!r} is a JAX tracer. recurops runs on MLX, and "
-                    "its JAX bridge supports forward values of concrete arrays only: "
-                    "jax.grad, jax.jit, jax.vmap and other JAX transformations cannot "
-                    "see through it. Call it outside the transformation, or use MLX "
-                    "arrays with mx.grad."
-                )
+        # jax.core.Tracer and its subclasses (JVP, batching, jit tracers).
+        if type(x).__module__.startswith("jax") and any(
+            c.__name__ == "Tracer" for c in type(x).__mro__
+        ):
+            raise TypeError(
+                f"{kind}: input {name!r} is a JAX tracer. recurops runs on MLX, and "
+                "its JAX bridge supports forward values of concrete arrays only: "
+                "jax.grad, jax.jit, jax.vmap and other JAX transformations cannot "
+                "see through it. Call it outside the transformation, or use MLX "
+                "arrays with mx.grad."
+            )
 
 
 def _mx_dtype(x):
     """The MLX dtype with the same name as ``x.dtype`` (mx.array would narrow float64)."""
-    return getattr(mx, str(x.dtype).rsplit(".", 1)[-1], None)
+    dtype = getattr(mx, str(x.dtype).rsplit(".", 1)[-1], None)
+    return dtype if isinstance(dtype, mx.Dtype) else None
 
 
 def _host(x):
