@@ -15,7 +15,7 @@ The two halves are independent of each other and of ``recurops``:
 Kernel tests reuse both, plus ``relative_error`` / ``assert_close`` and
 ``TOLERANCE`` (SPEC section 4), and the helpers that run a ``Call`` through
 ``recurops.scan`` and its vector-Jacobian product (``run``, ``cotangents``,
-``run_vjp``, ``float64_reference_vjp``).
+``run_vjp``, ``float64_reference_vjp``, ``spec_sizes``, ``gradient_sizes``).
 """
 
 from __future__ import annotations
@@ -71,13 +71,20 @@ def to_numpy64(x) -> np.ndarray:
 
 
 # The smallest normal number of each dtype: below it a result has fewer
-# significant bits, so ``assert_close`` judges such values absolutely.
+# significant bits.
 _SMALLEST_NORMAL = {
     mx.float64: float(np.finfo(np.float64).tiny),
     mx.float32: float(np.finfo(np.float32).tiny),
     mx.bfloat16: float(np.finfo(np.float32).tiny),  # float32's exponent range
     mx.float16: float(np.finfo(np.float16).tiny),
 }
+
+# A result that cancels to far below its usual size (a sum of terms of size
+# 0.1 that comes to 2e-5, say) cannot keep relative precision in float32: the
+# float32 reference loop misses such a value by 1e-3 as well. Such a result is
+# held to ``tol`` relative to this fraction of its usual size instead (see
+# ``assert_close``); a result no smaller than that is held to plain ``tol``.
+CANCELLATION = 1e-2
 
 
 def relative_error(actual, expected, floor: float = 0.0) -> float:
@@ -96,15 +103,17 @@ def relative_error(actual, expected, floor: float = 0.0) -> float:
     return float(diff / scale) if scale > 0 else float(diff)
 
 
-def assert_close(actual, expected, tol: float, what: str) -> None:
-    """``relative_error`` of ``actual`` (an MLX array) under ``tol``.
+def assert_close(actual, expected, tol: float, what: str, usual_size: float = 0.0) -> None:
+    """``relative_error`` of ``actual`` (an MLX array) under ``tol``, SPEC section 4.
 
-    A result whose every value is below its dtype's normal range (say a
-    gradient through hundreds of contracting steps, 1e-44 in float32) cannot
-    carry ``tol`` relative precision; it is held to ``tol`` times the smallest
-    normal number instead, through the floor ``smallest_normal / tol``.
+    The error is taken relative to ``norm(expected)`` but never to less than
+    ``CANCELLATION * usual_size`` (``usual_size``: the norm the value has
+    without cancellation, from ``spec_sizes`` or ``gradient_sizes``) nor
+    ``smallest_normal / tol`` (a value wholly below its dtype's normal range,
+    like a gradient through hundreds of contracting steps, 1e-44 in float32,
+    cannot carry relative precision either).
     """
-    floor = _SMALLEST_NORMAL[actual.dtype] / tol
+    floor = max(_SMALLEST_NORMAL[actual.dtype] / tol, CANCELLATION * usual_size)
     error = relative_error(actual, expected, floor)
     assert error < tol, f"{what}: relative error {error:.3g} >= {tol:g}"
 
@@ -476,6 +485,26 @@ _ORACLES = {
 }
 
 
+# Inputs whose domain fixes their sign (step sizes, decay rates, gates).
+_SIGN_FIXED = frozenset({"dt", "delta", "A", "g"})
+
+
+def spec_sizes(kind: str, inputs, state=None) -> tuple[float, float]:
+    """The usual sizes of ``y`` and the final state for ``assert_close``.
+
+    The norms of ``spec_numpy`` on the magnitudes of the inputs (all but the
+    sign-fixed decay parameters), where no term can cancel another: the
+    standard bound that rounding errors of the exact sums scale with.
+    """
+    magnitudes = tuple(
+        to_numpy64(x) if name in _SIGN_FIXED else np.abs(to_numpy64(x))
+        for name, x in zip(INPUT_NAMES[kind], inputs, strict=True)
+    )
+    state = None if state is None else np.abs(to_numpy64(state))
+    y, final = spec_numpy(kind, magnitudes, state)
+    return float(np.linalg.norm(y)), float(np.linalg.norm(final))
+
+
 def spec_numpy(kind: str, inputs, state=None) -> tuple[np.ndarray, np.ndarray]:
     """SPEC section 3 for ``kind`` in float64: ``(y, final_state)`` as NumPy arrays.
 
@@ -546,3 +575,11 @@ def float64_reference_vjp(call: Call, cotangent: tuple) -> tuple[tuple, tuple]:
     ``cotangent``: what every path's gradients are held to."""
     wide = tuple(c.astype(mx.float64) for c in cotangent)
     return run_vjp(call.astype(mx.float64), "reference", wide)
+
+
+def gradient_sizes(call: Call, rng: np.random.Generator) -> tuple[float, ...]:
+    """The usual size of each gradient of ``call`` for ``assert_close``: its
+    norm under a fresh random cotangent (float64 reference), which a gradient
+    that happens to cancel under one cotangent does not share."""
+    _, grads = float64_reference_vjp(call, cotangents(call, rng))
+    return tuple(float(np.linalg.norm(to_numpy64(g))) for g in grads)
