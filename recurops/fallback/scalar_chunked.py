@@ -47,27 +47,45 @@ def _sl(x: mx.array, start=None, stop=None, step=None) -> mx.array:
     return x[:, start:stop:step]
 
 
+_BLOCK = 4  # scan block: a fixed number of steps run one after another
+
+
 def _inclusive(a: mx.array, b: mx.array) -> mx.array:
     """``h[c] = a[c] * h[c-1] + b[c]`` along axis 1, ``h[-1] = 0``.
 
-    ``a`` broadcasts against ``b`` (it may be much smaller); odd-even
-    recursion, O(C) work and O(log C) depth, exact for any ``a``.
+    ``a`` broadcasts against ``b`` (it may be much smaller). A blocked
+    associative scan: steps inside blocks of ``_BLOCK`` run one after
+    another (a fixed count, whatever the length), the block totals are
+    scanned recursively, and a last pass adds each block's carry-in. O(C)
+    work in about three passes over ``b``, O(log C) depth, exact for any
+    ``a`` (products only).
     """
     n = b.shape[1]
-    if n < 2:
-        return b
-    half = n // 2
-    a_e, a_o = _sl(a, 0, 2 * half, 2), _sl(a, 1, 2 * half, 2)
-    b_e, b_o = _sl(b, 0, 2 * half, 2), _sl(b, 1, 2 * half, 2)
-    odd = _inclusive(_flush(a_o * a_e), a_o * b_e + b_o)  # prefix at positions 1, 3, 5, ...
-    count = (n - 1) // 2  # even positions 2, 4, ... below n
-    tail = _sl(a, 2, None, 2) * _sl(odd, 0, count) + _sl(b, 2, None, 2)
-    evens = mx.concatenate([_sl(b, 0, 1), tail], axis=1)  # length n - half
-    pairs = mx.stack([_sl(evens, 0, half), odd], axis=2)
-    merged = pairs.reshape(b.shape[0], 2 * half, *b.shape[2:])
-    if n % 2:
-        merged = mx.concatenate([merged, _sl(evens, half)], axis=1)
-    return merged
+    m = _BLOCK
+    if n <= 2 * m:
+        hs = [_sl(b, 0, 1)]
+        for i in range(1, n):
+            hs.append(_sl(a, i, i + 1) * hs[-1] + _sl(b, i, i + 1))
+        return mx.concatenate(hs, axis=1) if n > 1 else b
+    blocks = n // m
+    head = blocks * m
+    a_blk = _sl(a, 0, head).reshape(a.shape[0], blocks, m, *a.shape[2:])
+    b_blk = _sl(b, 0, head).reshape(b.shape[0], blocks, m, *b.shape[2:])
+    # within each block: local states and the running product of gates
+    hs, ps = [b_blk[:, :, 0]], [a_blk[:, :, 0]]
+    for j in range(1, m):
+        hs.append(a_blk[:, :, j] * hs[-1] + b_blk[:, :, j])
+        ps.append(_flush(a_blk[:, :, j] * ps[-1]))
+    carry = _inclusive(ps[-1], hs[-1])  # state after each block
+    carry = mx.concatenate([mx.zeros_like(_sl(carry, 0, 1)), _sl(carry, 0, -1)], axis=1)
+    full = mx.stack([h + p * carry for h, p in zip(hs, ps)], axis=2)
+    full = full.reshape(b.shape[0], head, *full.shape[3:])
+    if head == n:
+        return full
+    hs = [full[:, -1:]]
+    for i in range(head, n):
+        hs.append(_sl(a, i, i + 1) * hs[-1] + _sl(b, i, i + 1))
+    return mx.concatenate([full] + hs[1:], axis=1)
 
 
 def _states(a: mx.array, b: mx.array, h0: mx.array) -> tuple[mx.array, mx.array]:
@@ -257,4 +275,116 @@ def scalar_gate_chunked_scan(q, k, v, g, h0, chunk: int = 32):
         h0,
     )
     y = y.reshape(z, c * steps, r, dv)
+    return (y[:, :length] if pad else y), final
+
+
+# --------------------------------------------------------------------------
+# one gate per key channel (GLA with g [..., L, H, K]); R = 1, short chunks
+
+
+def _channel_decays(g: mx.array) -> tuple[mx.array, mx.array]:
+    """``g [..., T, K]`` -> (D [..., K, T(t), T(s)], cum [..., K, T])."""
+    return _decays(mx.swapaxes(g, -1, -2))
+
+
+def _channel_forward(q, k, v, g, h0):
+    """q, k, g [Z,C,T,K]; v [Z,C,T,V]; h0 [Z,K,V]."""
+    decay, cum = _channel_decays(g)  # [Z,C,K,T,T], [Z,C,K,T]
+    cum_t, w = _tr(cum), _tr(decay[..., -1, :])  # [Z,C,T,K]: from the start / to the end
+    a = cum[..., -1][..., None]  # [Z,C,K,1]
+    # scores[t, s] = sum_k q[t,k] D[k,t,s] k[s,k]: reduce over the key channels
+    qk = mx.swapaxes(q, -1, -2)[..., :, None] * mx.swapaxes(k, -1, -2)[..., None, :]
+    scores = (qk * decay).sum(axis=2)  # [Z,C,T,T]
+    local = _tr(k * w) @ v  # [Z,C,K,V]
+    before, final = _states(a, local, h0)
+    y = scores @ v + (q * cum_t) @ before
+    return y, final, before, scores
+
+
+def _channel_backward(q, k, v, g, h0, before, scores, dy, dfinal):
+    z, c, t, dk = q.shape
+    decay, cum = _channel_decays(g)
+    cum_t, w = _tr(cum), _tr(decay[..., -1, :])
+    a = cum[..., -1][..., None]
+
+    # inter-chunk output  y += (q * cum) @ S_before
+    dqc = dy @ _tr(before)  # [Z,C,T,K]
+    dq = dqc * cum_t
+    dcum = dqc * q  # [Z,C,T,K]
+    local_grad = _tr(q * cum_t) @ dy  # [Z,C,K,V]
+    rev = slice(None, None, -1)
+    a_rev, g_rev = a[:, rev], local_grad[:, rev]
+    first = a_rev[:, :1] * dfinal[:, None] + g_rev[:, :1]
+    dbefore = _inclusive(a_rev, mx.concatenate([first, g_rev[:, 1:]], axis=1))[:, rev]
+    dh0 = dbefore[:, 0]
+    dend = mx.concatenate([dbefore[:, 1:], dfinal[:, None]], axis=1)  # [Z,C,K,V]
+    da = (dend * before).sum(-1)  # [Z,C,K]
+
+    # local states  S_end = a * S_before + (k * w)^T v
+    dkw = v @ _tr(dend)  # [Z,C,T,K]
+    dk_ = dkw * w
+    dw = dkw * k
+    dv = (k * w) @ dend + _tr(scores) @ dy
+
+    # intra scores
+    d_scores = dy @ _tr(v)  # [Z,C,T,T]
+    weighted = d_scores[:, :, None] * decay  # [Z,C,K,T,T]
+    q_k, k_k = mx.swapaxes(q, -1, -2), mx.swapaxes(k, -1, -2)  # [Z,C,K,T]
+    dq = dq + _tr((weighted * k_k[..., None, :]).sum(-1))
+    dk_ = dk_ + _tr((weighted * q_k[..., :, None]).sum(-2))
+    d_decay = d_scores[:, :, None] * (q_k[..., :, None] * k_k[..., None, :])  # [Z,C,K,T,T]
+
+    # gates, as in the scalar case, one channel at a time
+    dw = mx.swapaxes(dw, -1, -2)  # [Z,C,K,T]
+    d_decay = mx.concatenate(
+        [d_decay[..., :-1, :], d_decay[..., -1:, :] + dw[..., None, :]], axis=-2
+    )
+    dcum = mx.swapaxes(dcum, -1, -2)
+    dcum = mx.concatenate([dcum[..., :-1], dcum[..., -1:] + da[..., None]], axis=-1)
+    lead = decay.shape[:-2]
+    shifted_t = mx.concatenate(
+        [mx.zeros((*lead, t, 1), decay.dtype), _tr(decay[..., :-1, :])], axis=-1
+    )
+    cum_shift = mx.concatenate([mx.ones((*lead, 1), cum.dtype), cum[..., :-1]], axis=-1)
+    m = d_decay @ shifted_t + dcum[..., :, None] * cum_shift[..., None, :]
+    dg = _tr((decay * m).sum(-2))  # [Z,C,T,K]
+    return dq, dk_, dv, dg, dh0
+
+
+@mx.custom_function
+def _channel_block(q, k, v, g, h0):
+    return _parallel(_channel_forward, (q, k, v, g, h0), q.shape[0])
+
+
+@_channel_block.vjp
+def _channel_block_vjp(primals, cotangents, outputs):
+    _, _, before, scores = outputs
+    dy, dfinal = cotangents[:2]
+    return _parallel(
+        _channel_backward, (*primals, before, scores, dy, dfinal), primals[0].shape[0]
+    )
+
+
+def channel_gate_chunked_scan(q, k, v, g, h0, chunk: int = 8):
+    """The recurrence with one gate per key channel: ``S <- diag(g) S + k v^T``.
+
+    q, k, g: [Z, L, K]; v: [Z, L, V]; h0: [Z, K, V]. Returns y [Z, L, V]
+    and the final state [Z, K, V]. Same chunked form and hand-written
+    backward as the scalar case with the decays kept per channel
+    (``[K, T, T]`` per chunk, so chunks are short).
+    """
+    z, length, dk = q.shape
+    dv = v.shape[-1]
+    steps = min(chunk, length)
+    pad = -length % steps
+    if pad:
+        widths = [(0, 0), (0, pad), (0, 0)]
+        q, k, v = (mx.pad(x, widths) for x in (q, k, v))
+        g = mx.pad(g, widths, constant_values=1.0)
+    c = (length + pad) // steps
+    y, final, _, _ = _channel_block(
+        q.reshape(z, c, steps, dk), k.reshape(z, c, steps, dk),
+        v.reshape(z, c, steps, dv), g.reshape(z, c, steps, dk), h0,
+    )
+    y = y.reshape(z, c * steps, dv)
     return (y[:, :length] if pad else y), final

@@ -10,8 +10,7 @@
 import mlx.core as mx
 
 from .._kind import Input, Kind
-from ..fallback.chunked import gated_chunked_scan
-from ..fallback.scalar_chunked import scalar_gate_chunked_scan
+from ..fallback.scalar_chunked import channel_gate_chunked_scan, scalar_gate_chunked_scan
 from ..kernels.gla import KERNEL
 
 
@@ -32,14 +31,19 @@ def reference(q, k, v, g, state):
 
 def fallback(q, k, v, g, state):
     q, k, v, g = (t.astype(state.dtype) for t in (q, k, v, g))
-    if g.ndim == 4:
-        return gated_chunked_scan(q, k, v, g, state, chunk=16)
-    # per-head gates: the scalar-gate chunked form, heads folded into the batch
     b, length, h, dk = q.shape
     dv = v.shape[-1]
 
     def heads_first(x):  # [B, L, H, X] -> [B*H, L, X]
         return x.transpose(0, 2, 1, 3).reshape(b * h, length, x.shape[-1])
+
+    if g.ndim == 4:  # one gate per key channel
+        y, final = channel_gate_chunked_scan(
+            heads_first(q), heads_first(k), heads_first(v), heads_first(g),
+            state.reshape(b * h, dk, dv), chunk=CHANNEL_CHUNK,
+        )
+        return y.reshape(b, h, length, dv).transpose(0, 2, 1, 3), final.reshape(b, h, dk, dv)
+    # per-head gates: the scalar-gate chunked form, heads folded into the batch
 
     y, final = scalar_gate_chunked_scan(
         heads_first(q), heads_first(k), heads_first(v)[:, :, None],
@@ -51,6 +55,7 @@ def fallback(q, k, v, g, state):
 
 
 CHUNK = 32  # chunk length of the per-head-gate fallback, chosen by measurement
+CHANNEL_CHUNK = 8  # and of the per-channel-gate one ([K, T, T] decays per chunk)
 
 
 KIND = Kind(
