@@ -45,13 +45,14 @@ _UNBATCHED = frozenset({"A"})
 
 # SPEC section 4: relative error (norm of difference over norm of the float64
 # value) that results in each input dtype must stay under. SPEC gives none for
-# float64 inputs; MLX's float64 ``exp`` on the CPU is only about float32-accurate
-# (errors near 1e-7 relative, measured with MLX 0.32), hence 1e-6.
+# float64 inputs; MLX's float64 ``exp`` on the CPU is only float32-accurate
+# (relative errors up to 1.9e-6, measured with MLX 0.32) and ssd / s6 compound
+# one per step, hence 1e-5.
 TOLERANCE = {
     mx.float32: 1e-4,
     mx.bfloat16: 2e-2,
     mx.float16: 2e-2,
-    mx.float64: 1e-6,
+    mx.float64: 1e-5,
 }
 LOW_PRECISION = (mx.bfloat16, mx.float16)
 

@@ -67,9 +67,9 @@ def assert_gradients_match(call: Call, grads, cotangent, tol: float, seed: int) 
     """
     _, want = float64_reference_vjp(call, cotangent)
     sizes = gradient_sizes(call, np.random.default_rng(seed))
-    primals = (*call.inputs, call.state)
+    primals = [x for x in (*call.inputs, call.state) if x is not None]
     for name, primal, grad, expected, size in zip(
-        primal_names(call), primals, grads, want, sizes, strict=False
+        primal_names(call), primals, grads, want, sizes, strict=True
     ):
         assert grad.shape == primal.shape, f"d{name} shape {grad.shape} != {primal.shape}"
         assert grad.dtype == primal.dtype, f"d{name} dtype {grad.dtype} != {primal.dtype}"
@@ -249,6 +249,19 @@ def test_empty_sequence_returns_the_initial_state(kind, impl, data):
         assert np.array_equal(to_numpy64(grads[-1]), to_numpy64(cotangent[1]))
 
 
+@kinds
+@paths
+def test_empty_batch(kind, impl):
+    call = example_call(kind, batch=(0, 2))
+    (y, final), grads = run_vjp(call, impl, cotangents(call, np.random.default_rng(0)))
+    want_y, want_final = spec_numpy(kind, call.inputs, call.state)
+    assert (y.shape, final.shape) == (want_y.shape, want_final.shape)
+    for name, primal, grad in zip(primal_names(call), (*call.inputs, call.state), grads,
+                                  strict=True):
+        assert grad.shape == primal.shape, f"d{name}"
+        assert not np.any(to_numpy64(grad)), f"d{name} is not zero"
+
+
 # --------------------------------------------------------------------------
 # Dtypes
 
@@ -296,7 +309,10 @@ def test_state_is_returned_in_float32_whatever_its_dtype(kind, impl, state_dtype
 @pytest.mark.parametrize("impl", ("fallback", "auto"))
 @given(data=st.data())
 def test_scan_inside_compile(kind, impl, data):
+    """``mx.compile`` of a scan, and of the gradient of a loss on both outputs."""
     call = data.draw(draw_call(kind, max_length=40, state=True), label="call")
+    seed = data.draw(seeds, label="seed")
+    y_cotangent, state_cotangent = cotangents(call, np.random.default_rng(seed))
     count = len(call.inputs)
 
     def forward(*primals):
@@ -304,16 +320,15 @@ def test_scan_inside_compile(kind, impl, data):
 
     def loss(*primals):
         y, final = forward(*primals)
-        return (y * y).sum() + (final * final).sum()
+        return (y * y_cotangent).sum() + (final * state_cotangent).sum()
 
     primals = (*call.inputs, call.state)
     y, final = mx.compile(forward)(*primals)
     assert_matches_spec(call, y, final, TOLERANCE[mx.float32], "compiled")
-    argnums = list(range(count + 1))
-    grads = mx.compile(mx.grad(loss, argnums=argnums))(*primals)
-    want = mx.grad(loss, argnums=argnums)(*primals)
-    for name, grad, expected in zip(primal_names(call), grads, want, strict=True):
-        assert_close(grad, expected, TOLERANCE[mx.float32], f"compiled d{name}")
+    grads = mx.compile(mx.grad(loss, argnums=list(range(count + 1))))(*primals)
+    assert_gradients_match(
+        call, grads, (y_cotangent, state_cotangent), TOLERANCE[mx.float32], seed + 1
+    )
 
 
 @kinds
