@@ -43,7 +43,7 @@ SIMD_WIDTH = 32
 GUARD = 256  # bytes of guard either side of every buffer
 STACK_KB = 256  # per simulated thread
 FLAGS = ("-std=c++17", "-O1", "-fPIC", "-fno-strict-aliasing", "-ffp-contract=off",
-         "-fno-exceptions", "-fno-rtti", "-Wno-attributes")
+         "-fno-exceptions", "-fno-rtti", "-Wno-attributes", "-Werror=vla")
 
 _NP = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16,
        "int32": np.int32, "uint32": np.uint32, "int64": np.int64, "bool": np.bool_}
@@ -161,7 +161,7 @@ def _runtime_object() -> str:
         [cxx, *FLAGS, "-I", inc, "-c", src, "-o", out], "building the simulator runtime"))
 
 
-def syntax_check(text: str, *, std: str = "c++17", defines=()) -> None:
+def syntax_check(text: str, *, std: str = "c++17", extra=()) -> None:
     """Parse and type-check ``text`` against the stubs; BuildError with diagnostics if not."""
     cxx = compiler()
     if cxx is None:
@@ -172,7 +172,7 @@ def syntax_check(text: str, *, std: str = "c++17", defines=()) -> None:
     try:
         flags = [f for f in FLAGS if not f.startswith("-std=")]
         _run([cxx, f"-std={std}", *flags, "-nostdinc", "-I", include_dir(),
-              *(f"-D{d}" for d in defines), "-fsyntax-only", path], "the source check")
+              *extra, "-fsyntax-only", path], "the source check")
     finally:
         os.remove(path)
 

@@ -26,6 +26,6 @@ class MetalSourceError(ValueError):
 def check_metal(text: str) -> None:
     """Raise :class:`MetalSourceError` unless ``text`` type-checks against the Metal stub."""
     try:
-        syntax_check(text, std="c++14", defines=())
+        syntax_check(text, std="c++14", extra=("-pedantic-errors",))
     except BuildError as e:
         raise MetalSourceError(str(e)) from None

@@ -1,0 +1,187 @@
+"""The Metal rendering of every kernel, checked without a Mac.
+
+Each kernel body is rendered to Metal, wrapped exactly as
+``mx.fast.metal_kernel`` wraps it for the calls recurops makes (signature from
+the input and output names, dtypes and ranks, template arguments,
+instantiation), and compiled syntax-only as C++14 against a stub of the Metal
+standard library with no system headers (``recurops.testing.check_metal``).
+The second half shows the check catches what running the CUDA rendering cannot.
+"""
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+import recurops
+from recurops.kernels import chassis
+from recurops.testing import Kernel, MetalSourceError, available, check_metal, simulate
+from recurops.testing.executor import syntax_check
+
+pytestmark = pytest.mark.skipif(available() is not None, reason=str(available()))
+
+# Small calls that reach every kernel variant: each kind, per-head and
+# per-channel decays / gates, and every input dtype the kernels take.
+_SIZES = {
+    "ssd": [dict(x=(2, 5, 4, 40), dt=(2, 5, 4), A=(4,), B=(2, 5, 2, 3), C=(2, 5, 2, 3)),
+            dict(x=(1, 5, 2, 33), dt=(1, 5, 2), A=(2, 36), B=(1, 5, 1, 36), C=(1, 5, 1, 36))],
+    "gla": [dict(q=(2, 5, 2, 8), k=(2, 5, 2, 8), v=(2, 5, 2, 40), g=(2, 5, 2)),
+            dict(q=(2, 5, 2, 6), k=(2, 5, 2, 6), v=(2, 5, 2, 33), g=(2, 5, 2, 6))],
+    "rglru": [dict(a=(2, 5, 45), x=(2, 5, 45))],
+    "rotlru": [dict(a=(2, 5, 19), cos=(2, 5, 19), sin=(2, 5, 19), x=(2, 5, 38))],
+    "s6": [dict(u=(2, 5, 40), delta=(2, 5, 40), A=(40, 4), B=(2, 5, 4), C=(2, 5, 4)),
+           dict(u=(1, 5, 33), delta=(1, 5, 33), A=(33, 20), B=(1, 5, 20), C=(1, 5, 20))],
+}
+DTYPES = (mx.float32, mx.bfloat16, mx.float16)
+
+
+def _call(kind, sizes, dtype):
+    rng = np.random.default_rng(0)
+    arrays = []
+    for name, shape in sizes.items():
+        a = rng.uniform(0.1, 0.9, shape).astype(np.float32)
+        arrays.append(mx.array(-a if name == "A" else a).astype(dtype))
+    return arrays
+
+
+def _launches(dialect):
+    """Every kernel launch (forward and backward) of the calls above, unexecuted."""
+    with simulate(dialect, execute=False) as sim:
+        for kind, variants in _SIZES.items():
+            for sizes in variants:
+                for dtype in DTYPES:
+                    arrays = _call(kind, sizes, dtype)
+
+                    def loss(*a, kind=kind):
+                        return recurops.scan(kind, *a, impl="kernel")[0].astype(mx.float32).sum()
+
+                    mx.eval(mx.grad(loss, tuple(range(len(arrays))))(*arrays))
+    unique = {launch.wrapped.kernel_name: launch for launch in sim.launches}
+    return list(unique.values())
+
+
+METAL = _launches("metal") if available() is None else []
+CUDA = _launches("cuda") if available() is None else []
+
+
+def test_every_kernel_and_dtype_is_covered():
+    seen = {(launch.name, str(dict(launch.wrapped.template)["T"])) for launch in METAL}
+    assert seen == {(f"{kind}_{direction}", str(dtype)) for kind in _SIZES
+                    for direction in ("fwd", "bwd") for dtype in DTYPES}
+
+
+@pytest.mark.parametrize("launch", METAL, ids=lambda launch: launch.wrapped.kernel_name[14:70])
+def test_metal_source_type_checks(launch):
+    text = launch.wrapped.text
+    assert "[[kernel]] void " + launch.wrapped.kernel_name in text
+    assert "template [[host_name(" in text  # the instantiation MLX appends
+    check_metal(text)
+
+
+@pytest.mark.parametrize("launch", CUDA, ids=lambda launch: launch.wrapped.kernel_name[14:70])
+def test_cuda_source_type_checks(launch):
+    """The CUDA renderings (float16 included, which the simulated runs skip) compile too."""
+    syntax_check(launch.wrapped.text, std="c++17")
+
+
+# ---- what the check catches ---------------------------------------------------------------
+
+def _bwd(kind="ssd", dtype="bfloat16_t"):
+    return next(launch.wrapped for launch in METAL if launch.name == f"{kind}_bwd"
+                and launch.wrapped.kernel_name.split("__")[1].startswith(dtype))
+
+
+def _rejected(text, *needles):
+    with pytest.raises(MetalSourceError) as info:
+        check_metal(text)
+    for needle in needles:
+        assert needle in str(info.value), str(info.value)[-2000:]
+
+
+def test_catches_cuda_shuffle_in_metal_render():
+    text = _bwd().text
+    assert "simd_sum(ht * g_out)" in text
+    _rejected(text.replace("simd_sum(ht * g_out)", "__shfl_xor_sync(0xffffffffu, ht * g_out, 16)"),
+              "__shfl_xor_sync")
+
+
+@pytest.mark.parametrize("good,bad", [
+    ("metal::exp(", "metal::epx("),  # misspelt Metal function
+    ("simd_sum(", "simd_summ("),  # misspelt simdgroup function
+    ("static_cast<float>", "static_cats<float>"),  # misspelt C++ keyword
+])
+def test_catches_misspelt_names(good, bad):
+    text = _bwd().text
+    assert good in text
+    _rejected(text.replace(good, bad, 1), bad.rstrip("(<"))
+
+
+def test_catches_misspelt_address_space_qualifier():
+    """A helper in the kernel header with ``devcie`` for ``device``."""
+    w = _bwd()
+    helper = "inline float first(const devcie float* p) { return p[0]; }\n"
+    _rejected(w.text.replace("template <typename T", helper + "template <typename T", 1),
+              "devcie")
+
+
+def _probe(body, **tokens):
+    """``body`` rendered to Metal (with some tokens respelt) and wrapped as MLX wraps it."""
+    saved = chassis.DIALECTS
+    metal = saved["metal"]
+    chassis.DIALECTS = {**saved, "metal": chassis.Dialect(
+        "metal", metal.header, {**metal.tokens, **tokens})}
+    try:
+        header, source = chassis.render(body, "metal")
+    finally:
+        chassis.DIALECTS = saved
+    k = Kernel("probe", ["inp"], ["out"], source, header, "metal")
+    return k.wrapped([np.zeros(64, np.float32)], ["float32"], [("T", mx.float32)]).text
+
+
+PROBE = "const int tid = THREAD_ID; out[tid] = EXP(inp[tid]) + WARP_SUM(1.0f);"
+
+
+def test_catches_misspelt_thread_attribute():
+    """MLX adds ``[[thread_position_in_grid]]`` only if the body spells it right."""
+    text = _probe(PROBE, THREAD_ID="((int)thread_position_in_gird.x)")
+    assert "[[thread_position_in_grid]]" not in text
+    _rejected(text, "thread_position_in_gird")
+
+
+def _cuda_runs(body):
+    """The same body rendered to CUDA compiles and runs in the simulator."""
+    header, source = chassis.render(body, "cuda")
+    k = Kernel("probe", ["inp"], ["out"], source, header, "cuda")
+    (out,) = k(inputs=[np.ones(64, np.float32)], output_shapes=[(64,)],
+               output_dtypes=[np.float32], grid=(64, 1, 1), threadgroup=(64, 1, 1))
+    return out
+
+
+def test_catches_cuda_only_math_in_shared_body():
+    body = "const int tid = THREAD_ID; out[tid] = expf(inp[tid]);"
+    assert np.allclose(_cuda_runs(body), np.e)  # fine on CUDA ...
+    _rejected(_probe(body), "expf")  # ... but Metal has no expf
+
+
+def test_catches_missing_cast():
+    """``metal::exp`` has no ``int`` overload; CUDA's ``expf`` converts silently."""
+    body = "const int tid = THREAD_ID; out[tid] = EXP(tid % 2);"
+    assert np.allclose(_cuda_runs(body)[:2], [1.0, np.e])
+    _rejected(_probe(body), "use of deleted function", "metal::exp")
+
+
+def test_catches_vector_used_as_scalar():
+    _rejected(_probe("const int tid = thread_position_in_grid; out[tid] = inp[tid];"),
+              "uint3")
+
+
+@pytest.mark.parametrize("body,needle", [
+    ("double acc = inp[THREAD_ID]; out[THREAD_ID] = acc;", "double"),
+    ("const int n = inp_shape[0]; float buf[n]; buf[0] = 1.0f; out[0] = buf[0];", "variable"),
+    ("float* p = new float[2]; out[0] = p[0];", "new"),
+])
+def test_catches_cxx_that_metal_forbids(body, needle):
+    _rejected(_probe(body), needle)
+
+
+def test_unmodified_probe_passes():
+    check_metal(_probe(PROBE))

@@ -1,0 +1,211 @@
+"""The shipped kernel sources, run on the CPU in both dialects, against the fallback.
+
+``recurops.testing.simulate("cuda" | "metal")`` makes ``impl="kernel"`` render
+each kernel body in that dialect, wrap it the way MLX does, compile it with the
+system C++ compiler and run its grid on CPU threads with 32-lane warps whose
+reductions are lockstep (docs/kernel-simulation.md). So these tests run in CI,
+without a GPU, the exact forward and backward kernel bodies the library ships,
+and hold their outputs, final states and gradients to the fallback's.
+"""
+
+import zlib
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+import recurops
+from recurops.kernels import chassis
+from recurops.testing import Kernel, SimulationError, available, simulate
+
+pytestmark = pytest.mark.skipif(available() is not None, reason=str(available()))
+
+DIALECTS = ("cuda", "metal")
+TOL = {mx.float32: 1e-4, mx.bfloat16: 2e-2}
+
+
+def _inputs(kind, rng, batch, length, dims, per_channel):
+    """Float32 NumPy inputs of ``kind`` across its domain (exact 0 and 1 decays included)."""
+    def normal(*shape):
+        return rng.standard_normal((*batch, *shape)).astype(np.float32)
+
+    def unit(*shape, lead=True):
+        u = rng.uniform(0, 1, (*batch, *shape) if lead else shape).astype(np.float32)
+        u[u < 0.05] = 0.0
+        u[u > 0.95] = 1.0
+        return u
+
+    L = length
+    if kind == "ssd":
+        H, P, N, G = dims["H"], dims["P"], dims["N"], dims["G"]
+        A = -unit(H, N, lead=False) if per_channel else -unit(H, lead=False)
+        return normal(L, H, P), unit(L, H), A, normal(L, G, N), normal(L, G, N)
+    if kind == "gla":
+        H, K, V = dims["H"], dims["K"], dims["V"]
+        g = unit(L, H, K) if per_channel else unit(L, H)
+        return normal(L, H, K) / np.sqrt(K), normal(L, H, K), normal(L, H, V), g
+    if kind == "rglru":
+        return rng.uniform(-1.1, 1.1, (*batch, L, dims["D"])).astype(np.float32), normal(
+            L, dims["D"])
+    if kind == "rotlru":
+        P = dims["P"]
+        a = rng.uniform(-1.0, 1.0, (*batch, L, P)).astype(np.float32)
+        theta = rng.uniform(-np.pi, np.pi, (*batch, L, P)).astype(np.float32)
+        return a, np.cos(theta), np.sin(theta) * 1.05, normal(L, 2 * P)
+    D, N = dims["D"], dims["N"]
+    return normal(L, D), unit(L, D), -unit(D, N, lead=False), normal(L, N), normal(L, N)
+
+
+# Small shapes, each with several checkpoint segments and an odd tail (SEG is
+# 32, or 16 for larger state widths), batch > 1 (or two batch dims), lane
+# dimensions that are not a multiple of 32 (a partial warp), and an initial state.
+CASES = [
+    # kind, batch, L, dims, per_channel
+    ("rglru", (2,), 70, {"D": 45}, False),
+    ("rotlru", (2, 2), 70, {"P": 19}, False),
+    ("s6", (2,), 70, {"D": 40, "N": 4}, False),  # SEG 32: 3 segments
+    ("s6", (3,), 37, {"D": 33, "N": 20}, False),  # SEG 16: 3 segments
+    ("ssd", (2,), 70, {"H": 4, "P": 40, "N": 4, "G": 2}, False),  # A per head
+    ("ssd", (2,), 37, {"H": 2, "P": 33, "N": 36, "G": 1}, True),  # A per channel, SEG 16
+    ("gla", (2,), 70, {"H": 2, "K": 8, "V": 40}, False),  # one gate per head
+    ("gla", (2,), 37, {"H": 2, "K": 6, "V": 33}, True),  # one gate per key channel
+]
+BF16_CASES = [
+    ("rglru", (2,), 40, {"D": 45}, False),
+    ("ssd", (2,), 37, {"H": 2, "P": 33, "N": 4, "G": 1}, False),
+    ("gla", (2,), 37, {"H": 2, "K": 6, "V": 33}, True),
+]
+
+
+def _value_and_grads(kind, arrays, state, impl, wy, ws):
+    def loss(*args):
+        y, final = recurops.scan(kind, *args[:-1], state=args[-1], impl=impl)
+        return (y.astype(mx.float32) * wy).sum() + (final * ws).sum()
+
+    y, final = recurops.scan(kind, *arrays, state=state, impl=impl)
+    grads = mx.grad(loss, tuple(range(len(arrays) + 1)))(*arrays, state)
+    mx.eval(y, final, grads)
+    return [np.array(t.astype(mx.float32)) for t in (y, final, *grads)]
+
+
+def _rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def _compare(dialect, kind, batch, length, dims, per_channel, dtype):
+    rng = np.random.default_rng(zlib.crc32(f"{kind}{batch}{length}{dims}".encode()))
+    host = _inputs(kind, rng, batch, length, dims, per_channel)
+    arrays = tuple(mx.array(x).astype(dtype) for x in host)
+    y0, s0 = recurops.scan(kind, *arrays, impl="fallback")
+    state = mx.array(rng.standard_normal(s0.shape).astype(np.float32))
+    wy = mx.array(rng.standard_normal(y0.shape).astype(np.float32))
+    ws = mx.array(rng.standard_normal(s0.shape).astype(np.float32))
+
+    expected = _value_and_grads(kind, arrays, state, "fallback", wy, ws)
+    with simulate(dialect) as sim:
+        assert recurops.explain(kind, *arrays, state=state).path == "kernel"
+        got = _value_and_grads(kind, arrays, state, "kernel", wy, ws)
+    # the forward and backward kernel sources both ran, in this dialect
+    assert {launch.name for launch in sim.launches} == {f"{kind}_fwd", f"{kind}_bwd"}
+    assert all(launch.wrapped.dialect == dialect for launch in sim.launches)
+
+    names = ["y", "final_state"] + [f"d{n}" for n in recurops.KINDS[kind].input_names]
+    errors = {n: _rel(g, e) for n, g, e in zip(names + ["dstate"], got, expected)}
+    assert max(errors.values()) < TOL[dtype], errors
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+@pytest.mark.parametrize("kind,batch,length,dims,per_channel", CASES)
+def test_kernel_matches_fallback(dialect, kind, batch, length, dims, per_channel):
+    """Outputs, final state and every gradient of the simulated kernels, float32."""
+    _compare(dialect, kind, batch, length, dims, per_channel, mx.float32)
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+@pytest.mark.parametrize("kind,batch,length,dims,per_channel", BF16_CASES)
+def test_kernel_matches_fallback_bfloat16(dialect, kind, batch, length, dims, per_channel):
+    """bfloat16 inputs: the kernels read ``T = bfloat16`` (emulated, round to nearest even)."""
+    _compare(dialect, kind, batch, length, dims, per_channel, mx.bfloat16)
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_length_one_and_single_segment(dialect):
+    """Decoding shapes: L = 1 (one partial segment), no batch dimension."""
+    _compare(dialect, "s6", (), 1, {"D": 32, "N": 3}, False, mx.float32)
+
+
+# ---- the executor's execution model -------------------------------------------------------
+
+def _kernel(body, dialect, inputs=("inp",), outputs=("out",)):
+    header, source = chassis.render(body, dialect)
+    return Kernel("probe", inputs, outputs, source, header, dialect)
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_warp_sum_and_thread_positions(dialect):
+    body = """
+        const int tid = THREAD_ID;
+        const float s = WARP_SUM(inp[tid]);
+        out[tid] = s;
+        lane[tid] = LANE_ID;
+    """
+    k = _kernel(body, dialect, outputs=("out", "lane"))
+    x = np.arange(128, dtype=np.float32)
+    out, lane = k(inputs=[x], output_shapes=[(128,), (128,)],
+                  output_dtypes=[np.float32, np.int32], grid=(128, 1, 1),
+                  threadgroup=(64, 1, 1))
+    warps = x.reshape(4, 32)
+    np.testing.assert_array_equal(out, np.repeat(warps.sum(1), 32))
+    np.testing.assert_array_equal(lane, np.tile(np.arange(32), 4))
+
+
+def test_cuda_runs_whole_blocks_metal_clips_to_the_grid():
+    """A grid of 96 threads in groups of 128: CUDA launches a full block, Metal 96 threads."""
+    body = "const int tid = THREAD_ID; if (tid < 128) out[tid] = 1.0f;"
+    grid = dict(output_shapes=[(128,)], output_dtypes=[np.float32], grid=(96, 1, 1),
+                threadgroup=(128, 1, 1))
+    dummy = np.zeros(1, np.float32)
+    (cuda,) = _kernel(body, "cuda")(inputs=[dummy], **grid)
+    (metal,) = _kernel(body, "metal")(inputs=[dummy], **grid)
+    assert (cuda == 1).all()
+    assert (metal[:96] == 1).all() and np.isnan(metal[96:]).all()  # never written
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_lane_leaving_before_a_reduction_is_an_error(dialect):
+    """A lane that returns while the rest of its warp reaches WARP_SUM: error, no hang."""
+    body = """
+        const int tid = THREAD_ID;
+        if (LANE_ID == 3) return;
+        out[tid] = WARP_SUM(inp[tid]);
+    """
+    x = np.ones(64, np.float32)
+    with pytest.raises(SimulationError, match=r"lane\(s\) 3 returned while lane\(s\) 0,1,2,4"):
+        _kernel(body, dialect)(inputs=[x], output_shapes=[(64,)],
+                               output_dtypes=[np.float32], grid=(64, 1, 1),
+                               threadgroup=(64, 1, 1))
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_whole_warp_returning_is_fine(dialect):
+    body = """
+        const int tid = THREAD_ID;
+        if (tid >= 32) return;  // the second warp leaves as a whole
+        out[tid] = WARP_SUM(inp[tid]);
+    """
+    x = np.ones(64, np.float32)
+    (out,) = _kernel(body, dialect)(inputs=[x], output_shapes=[(32,)],
+                                    output_dtypes=[np.float32], grid=(64, 1, 1),
+                                    threadgroup=(64, 1, 1))
+    assert (out == 32).all()
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_out_of_bounds_write_is_an_error(dialect):
+    body = "const int tid = THREAD_ID; out[tid + 1] = inp[tid];"
+    x = np.ones(32, np.float32)
+    with pytest.raises(SimulationError, match="wrote outside output 'out'"):
+        _kernel(body, dialect)(inputs=[x], output_shapes=[(32,)],
+                               output_dtypes=[np.float32], grid=(32, 1, 1),
+                               threadgroup=(32, 1, 1))
