@@ -443,6 +443,7 @@ def main(argv=None):
     parser.add_argument("--max-loop-length", type=int, default=2048,
                         help="skip token-loop paths above this L (they are slow and large)")
     parser.add_argument("--no-loops", action="store_true", help="skip every token-loop path")
+    parser.add_argument("--exclude", help="comma-separated substrings: skip paths whose name has one")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--name", help="results file name (default: cpu[-quick|-sweep])")
     args = parser.parse_args(argv)
@@ -476,6 +477,8 @@ def main(argv=None):
                 item["skipped"] = "not installed"
             elif path.loop and (args.no_loops or case.shapes["L"] > args.max_loop_length):
                 item["skipped"] = "token loop, skipped at this L"
+            elif args.exclude and any(x in path.name for x in args.exclude.split(",")):
+                item["skipped"] = "excluded"
             if "skipped" in item:
                 print(f"{tag}: {item['skipped']}", file=sys.stderr, flush=True)
                 entry["paths"].append(item)
@@ -494,7 +497,7 @@ def main(argv=None):
         report["results"].append(entry)
     if hasattr(os, "getloadavg"):
         report["machine"]["loadavg_end"] = os.getloadavg()
-    print(table(report["results"]))
+    print("\n" + table(report["results"]), flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{name}.json"
     out.write_text(json.dumps(report, indent=1) + "\n")

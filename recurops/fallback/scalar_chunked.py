@@ -39,6 +39,11 @@ import os
 
 import mlx.core as mx
 
+try:  # float32-accurate matmuls where MLX would use TF32 (CUDA); plain @ elsewhere
+    from .precise import matmul as _mm
+except ImportError:  # pragma: no cover
+    _mm = mx.matmul
+
 # --------------------------------------------------------------------------
 # scan over chunks with a gate that broadcasts against the state
 
@@ -133,14 +138,14 @@ def _forward(q, k, v, g, h0):
     dk = q.shape[-1]
     decay, cum = _decays(g.transpose(0, 1, 3, 2))  # [Z,C,R,T,T], [Z,C,R,T]
     k_t = mx.contiguous(_tr(k))  # [Z,C,K,T]: plain (untransposed) matmuls are faster
-    qk = q @ k_t  # [Z,C,T,T]
+    qk = _mm(q, k_t)  # [Z,C,T,T]
     vh = v.transpose(0, 1, 3, 2, 4)  # [Z,C,R,T,V]
-    intra = (qk[:, :, None] * decay) @ vh  # [Z,C,R,T,V]
+    intra = _mm(qk[:, :, None] * decay, vh)  # [Z,C,R,T,V]
     w = decay[..., -1, :].transpose(0, 1, 3, 2)[..., None]  # [Z,C,T,R,1]
     a = cum[..., -1][:, :, None, :, None]  # [Z,C,1,R,1]
-    local = k_t @ (v * w).reshape(z, c, t, r * dv)  # [Z,C,K,R*V]
+    local = _mm(k_t, (v * w).reshape(z, c, t, r * dv))  # [Z,C,K,R*V]
     before, final = _states(a, local.reshape(z, c, dk, r, dv), h0)
-    raw = q @ before.reshape(z, c, dk, r * dv)  # [Z,C,T,R*V]
+    raw = _mm(q, before.reshape(z, c, dk, r * dv))  # [Z,C,T,R*V]
     cum_t = cum.transpose(0, 1, 3, 2)[..., None]  # [Z,C,T,R,1]
     y = raw.reshape(z, c, t, r, dv) * cum_t + intra.transpose(0, 1, 3, 2, 4)
     return y, final, before, raw, qk
@@ -157,8 +162,8 @@ def _backward(q, k, v, g, h0, before, raw, qk, dy, dfinal):
     # inter-chunk output  y += cum * (q @ S_before)
     draw = (dy * cum_t).reshape(z, c, t, r * dv)
     dcum = (dy * raw.reshape(z, c, t, r, dv)).sum(-1)  # [Z,C,T,R]
-    dq = draw @ mx.contiguous(_tr(before.reshape(z, c, dk, r * dv)))
-    local_grad = _tr(q) @ draw  # [Z,C,K,R*V]: cotangent of S_before from the outputs
+    dq = _mm(draw, mx.contiguous(_tr(before.reshape(z, c, dk, r * dv))))
+    local_grad = _mm(_tr(q), draw)  # [Z,C,K,R*V]: cotangent of S_before from the outputs
 
     # state cotangents: dS_before[c] = G[c] + a[c] dS_end[c], dS_end[c] = dS_before[c+1]
     rev = slice(None, None, -1)
@@ -172,20 +177,20 @@ def _backward(q, k, v, g, h0, before, raw, qk, dy, dfinal):
 
     # local states  S_end = a S_before + k^T (w * v)
     dend2 = dend.reshape(z, c, dk, r * dv)
-    dk_ = (v * w).reshape(z, c, t, r * dv) @ mx.contiguous(_tr(dend2))
-    p = (k @ dend2).reshape(z, c, t, r, dv)
+    dk_ = _mm((v * w).reshape(z, c, t, r * dv), mx.contiguous(_tr(dend2)))
+    p = _mm(k, dend2).reshape(z, c, t, r, dv)
     dv_ = p * w
     dw = (p * v).sum(-1).transpose(0, 1, 3, 2)  # [Z,C,R,T]
 
     # intra-chunk attention  y += (qk * D) @ v
     dyh = dy.transpose(0, 1, 3, 2, 4)  # [Z,C,R,T,V]
     v_t = mx.contiguous(v.transpose(0, 1, 3, 4, 2))  # [Z,C,R,V,T]
-    d_att = dyh @ v_t  # [Z,C,R,T,T]
+    d_att = _mm(dyh, v_t)  # [Z,C,R,T,T]
     att = qk[:, :, None] * decay
-    dv_ = dv_ + (_tr(att) @ dyh).transpose(0, 1, 3, 2, 4)
+    dv_ = dv_ + _mm(_tr(att), dyh).transpose(0, 1, 3, 2, 4)
     dqk = (d_att * decay).sum(2) if r > 1 else (d_att * decay)[:, :, 0]  # [Z,C,T,T]
-    dq = dq + dqk @ k
-    dk_ = dk_ + _tr(dqk) @ q
+    dq = dq + _mm(dqk, k)
+    dk_ = dk_ + _mm(_tr(dqk), q)
 
     # gates: g enters through D, cum, w = D[T-1, :] and a = cum[T-1]
     d_decay = d_att * qk[:, :, None]
@@ -199,7 +204,7 @@ def _backward(q, k, v, g, h0, before, raw, qk, dy, dfinal):
         [mx.zeros((*lead, t, 1), decay.dtype), _tr(decay[..., :-1, :])], axis=-1
     )
     cum_shift = mx.concatenate([mx.ones((*lead, 1), cum.dtype), cum[..., :-1]], axis=-1)
-    m = d_decay @ shifted_t + dcum[..., :, None] * cum_shift[..., None, :]
+    m = _mm(d_decay, shifted_t) + dcum[..., :, None] * cum_shift[..., None, :]
     dg = (decay * m).sum(-2).transpose(0, 1, 3, 2)  # [Z,C,T,R]
     return dq, dk_, dv_, dg, dh0
 
@@ -295,9 +300,9 @@ def _channel_forward(q, k, v, g, h0):
     # scores[t, s] = sum_k q[t,k] D[k,t,s] k[s,k]: reduce over the key channels
     qk = mx.swapaxes(q, -1, -2)[..., :, None] * mx.swapaxes(k, -1, -2)[..., None, :]
     scores = (qk * decay).sum(axis=2)  # [Z,C,T,T]
-    local = _tr(k * w) @ v  # [Z,C,K,V]
+    local = _mm(_tr(k * w), v)  # [Z,C,K,V]
     before, final = _states(a, local, h0)
-    y = scores @ v + (q * cum_t) @ before
+    y = _mm(scores, v) + _mm(q * cum_t, before)
     return y, final, before, scores
 
 
@@ -308,10 +313,10 @@ def _channel_backward(q, k, v, g, h0, before, scores, dy, dfinal):
     a = cum[..., -1][..., None]
 
     # inter-chunk output  y += (q * cum) @ S_before
-    dqc = dy @ _tr(before)  # [Z,C,T,K]
+    dqc = _mm(dy, _tr(before))  # [Z,C,T,K]
     dq = dqc * cum_t
     dcum = dqc * q  # [Z,C,T,K]
-    local_grad = _tr(q * cum_t) @ dy  # [Z,C,K,V]
+    local_grad = _mm(_tr(q * cum_t), dy)  # [Z,C,K,V]
     rev = slice(None, None, -1)
     a_rev, g_rev = a[:, rev], local_grad[:, rev]
     first = a_rev[:, :1] * dfinal[:, None] + g_rev[:, :1]
@@ -321,13 +326,13 @@ def _channel_backward(q, k, v, g, h0, before, scores, dy, dfinal):
     da = (dend * before).sum(-1)  # [Z,C,K]
 
     # local states  S_end = a * S_before + (k * w)^T v
-    dkw = v @ _tr(dend)  # [Z,C,T,K]
+    dkw = _mm(v, _tr(dend))  # [Z,C,T,K]
     dk_ = dkw * w
     dw = dkw * k
-    dv = (k * w) @ dend + _tr(scores) @ dy
+    dv = _mm(k * w, dend) + _mm(_tr(scores), dy)
 
     # intra scores
-    d_scores = dy @ _tr(v)  # [Z,C,T,T]
+    d_scores = _mm(dy, _tr(v))  # [Z,C,T,T]
     weighted = d_scores[:, :, None] * decay  # [Z,C,K,T,T]
     q_k, k_k = mx.swapaxes(q, -1, -2), mx.swapaxes(k, -1, -2)  # [Z,C,K,T]
     dq = dq + _tr((weighted * k_k[..., None, :]).sum(-1))
@@ -346,7 +351,7 @@ def _channel_backward(q, k, v, g, h0, before, scores, dy, dfinal):
         [mx.zeros((*lead, t, 1), decay.dtype), _tr(decay[..., :-1, :])], axis=-1
     )
     cum_shift = mx.concatenate([mx.ones((*lead, 1), cum.dtype), cum[..., :-1]], axis=-1)
-    m = d_decay @ shifted_t + dcum[..., :, None] * cum_shift[..., None, :]
+    m = _mm(d_decay, shifted_t) + dcum[..., :, None] * cum_shift[..., None, :]
     dg = _tr((decay * m).sum(-2))  # [Z,C,T,K]
     return dq, dk_, dv, dg, dh0
 
