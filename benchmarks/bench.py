@@ -171,7 +171,7 @@ def make_ssd(s, dtype):
     return {
         "x": _rand((b, L, h, p), dtype),
         "dt": _rand((b, L, h), dtype, 0.001, 0.1),
-        "A": -_rand((h,), dtype, 1.0, 16.0),
+        "A": -_rand((h, n) if s.get("per_channel") else (h,), dtype, 1.0, 16.0),
         "B": _rand((b, L, g, n), dtype),
         "C": _rand((b, L, g, n), dtype),
     }
@@ -221,7 +221,7 @@ def _mr_ssd(case, inputs):
 
     def forward(x, dt, A, B, C):
         r = heads // B.shape[2]
-        a_neg = mx.broadcast_to(A[:, None], (heads, n))
+        a_neg = A if A.ndim == 2 else mx.broadcast_to(A[:, None], (heads, n))
         return ref(x, dt, mx.repeat(B, r, axis=2), mx.repeat(C, r, axis=2), a_neg)
 
     return forward, tuple(inputs.values())
@@ -292,6 +292,10 @@ def build_cases(lengths=None, quick=False) -> list:
              [Path("mlx-recurrence ssd_scan_reference", _mr_ssd, loop=True,
                    available=have_mr)],
              "Mamba-2 SSD scan, A [H], one group"),
+        Case("ssd-channel", "ssd", {**ssd, "per_channel": True}, make_ssd,
+             [Path("mlx-recurrence ssd_scan_reference", _mr_ssd, loop=True,
+                   available=have_mr)],
+             "Mamba-2 SSD scan, A [H, N] (one decay per head and state channel)"),
         Case("ssd-layer", "ssd", ssd, make_ssd,
              [Path("recurops fallback", _recurops_layer("fallback"), ours=True),
               Path("recurops kernel", _recurops_layer("kernel"), devices=("gpu",), ours=True),

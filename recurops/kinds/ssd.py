@@ -11,8 +11,7 @@ recurrence (keys ``dt * B``, values ``x``, queries ``C``, gates
 import mlx.core as mx
 
 from .._kind import Input, Kind
-from ..fallback.chunked import gated_chunked_scan
-from ..fallback.scalar_chunked import scalar_gate_chunked_scan
+from ..fallback.scalar_chunked import channel_gate_chunked_scan, scalar_gate_chunked_scan
 from ..kernels.ssd import KERNEL
 
 
@@ -39,19 +38,27 @@ def reference(x, dt, A, B, C, state):
 
 
 def fallback(x, dt, A, B, C, state):
-    if A.ndim == 1:
-        return _fallback_per_head(x, dt, A, B, C, state)
+    if A.ndim == 1 or A.shape[-1] == 1:
+        return _fallback_per_head(x, dt, A.reshape(-1), B, C, state)
+    # A [H, N]: one gate per head and state channel, the per-channel chunked form
     x, dt, A, B, C = _prepare(x, dt, A, B, C, state)
-    per_channel = A.shape[-1] > 1
-    gate = mx.exp(dt[..., None] * A) if per_channel else mx.exp(dt * A[:, 0])
-    y, final = gated_chunked_scan(
-        C, dt[..., None] * B, x, gate, mx.swapaxes(state, -1, -2),
-        chunk=16 if per_channel else 64,
+    b, length, h, p = x.shape
+    n = A.shape[-1]
+
+    def heads_first(t):  # [B, L, H, X] -> [B*H, L, X]
+        return t.transpose(0, 2, 1, 3).reshape(b * h, length, t.shape[-1])
+
+    y, final = channel_gate_chunked_scan(
+        heads_first(C), heads_first(dt[..., None] * B), heads_first(x),
+        heads_first(mx.exp(dt[..., None] * A)),
+        mx.swapaxes(state, -1, -2).reshape(b * h, n, p), chunk=CHANNEL_CHUNK,
     )
-    return y, mx.swapaxes(final, -1, -2)
+    y = y.reshape(b, h, length, p).transpose(0, 2, 1, 3)
+    return y, mx.swapaxes(final.reshape(b, h, n, p), -1, -2)
 
 
 CHUNK = 32  # chunk length of the A [H] fallback, chosen by measurement
+CHANNEL_CHUNK = 8  # and of the A [H, N] one ([N, T, T] decays per chunk)
 
 
 def _fallback_per_head(x, dt, A, B, C, state):
