@@ -285,6 +285,13 @@ def test_extra_batch_dimensions():
     assert_close(folded[0], y)
 
 
+def test_other_array_libraries_pass_through_scan():
+    a, x = rglru_inputs(REJECTED)
+    y, state = compat.rglru_scan_with_state(np.array(a), np.array(x))
+    assert isinstance(y, np.ndarray) and isinstance(state, np.ndarray)
+    assert_close(y, compat.rglru_scan(a, x))
+
+
 # --------------------------------------------------------------------------- chassis helpers
 
 
