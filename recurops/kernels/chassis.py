@@ -118,6 +118,8 @@ def launch(source: Source, inputs, outputs: dict, threads: int, template: dict):
     holds the baked constants. Returns the outputs as a tuple, in order.
     """
     assert threads % WARP == 0
+    # ``build`` and ``backend`` are looked up here at call time on purpose:
+    # recurops.testing.simulate() replaces them to run these sources on the CPU.
     kernel = build(source, backend())
     COMPILED.add((source.name, tuple(sorted((k, str(v)) for k, v in template.items()))))
     shapes = [outputs[name] for name in source.outputs]
