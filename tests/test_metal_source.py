@@ -8,16 +8,21 @@ standard library with no system headers (``recurops.testing.check_metal``).
 The second half shows the check catches what running the CUDA rendering cannot.
 """
 
+import sys
+
 import mlx.core as mx
 import numpy as np
 import pytest
 
 import recurops
 from recurops.kernels import chassis
-from recurops.testing import Kernel, MetalSourceError, available, check_metal, simulate
+from recurops.testing import Kernel, MetalSourceError, check_metal, simulate
 from recurops.testing.executor import syntax_check
 
-pytestmark = pytest.mark.skipif(available() is not None, reason=str(available()))
+# Runs wherever POSIX ucontext exists; a missing C++ compiler there is a failure, not a skip,
+# so CI can never pass without running the kernel sources.
+pytestmark = pytest.mark.skipif(sys.platform not in ("linux", "darwin"),
+                                reason="the kernel simulator needs POSIX ucontext")
 
 # Small calls that reach every kernel variant: each kind, per-head and
 # per-channel decays / gates, and every input dtype the kernels take.
@@ -59,8 +64,8 @@ def _launches(dialect):
     return list(unique.values())
 
 
-METAL = _launches("metal") if available() is None else []
-CUDA = _launches("cuda") if available() is None else []
+METAL = _launches("metal")
+CUDA = _launches("cuda")
 
 
 def test_every_kernel_and_dtype_is_covered():

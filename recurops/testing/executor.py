@@ -319,7 +319,10 @@ class _Buffer:
 
 def _workers() -> int:
     env = os.environ.get("RECUROPS_SIM_THREADS")
-    return max(1, int(env)) if env else max(1, min(os.cpu_count() or 1, 8))
+    if env:
+        return max(1, int(env))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cpus or 1, 8))
 
 
 class Kernel:
