@@ -368,6 +368,29 @@ def test_inputs_are_not_modified(kind, impl):
         assert np.array_equal(old, new), f"{name} was modified"
 
 
+def _strided(x: mx.array) -> mx.array:
+    """``x`` as a non-contiguous view (stride 2 in its last axis)."""
+    return mx.stack([x, mx.zeros_like(x)], axis=-1)[..., 0]
+
+
+@kinds
+@paths
+def test_strided_inputs(kind, impl):
+    """Non-contiguous views give the results and gradients of contiguous arrays."""
+    call = example_call(kind, length=37)
+    strided = replace(
+        call, inputs=tuple(map(_strided, call.inputs)), state=_strided(call.state)
+    )
+    cotangent = cotangents(call, np.random.default_rng(4))
+    (y, final), grads = run_vjp(strided, impl, cotangent)
+    (want_y, want_final), want_grads = run_vjp(call, impl, cotangent)
+    tol = TOLERANCE[mx.float32]
+    assert_close(y, want_y, tol, "y")
+    assert_close(final, want_final, tol, "final_state")
+    for name, grad, want in zip(primal_names(call), grads, want_grads, strict=True):
+        assert_close(grad, want, tol, f"d{name}")
+
+
 @kinds
 @paths
 def test_keyword_inputs_equal_positional(kind, impl):
