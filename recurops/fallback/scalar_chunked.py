@@ -55,49 +55,53 @@ def _sl(x: mx.array, start=None, stop=None, step=None) -> mx.array:
 _BLOCK = 4  # scan block: a fixed number of steps run one after another
 
 
-def _inclusive(a: mx.array, b: mx.array) -> mx.array:
-    """``h[c] = a[c] * h[c-1] + b[c]`` along axis 1, ``h[-1] = 0``.
+def _states(a: mx.array, b: mx.array, h0: mx.array) -> tuple[mx.array, mx.array]:
+    """``h[c] = a[c] * h[c-1] + b[c]`` along axis 1 from ``h[-1] = h0``.
 
-    ``a`` broadcasts against ``b`` (it may be much smaller). A blocked
-    associative scan: steps inside blocks of ``_BLOCK`` run one after
-    another (a fixed count, whatever the length), the block totals are
-    scanned recursively, and a last pass adds each block's carry-in. O(C)
-    work in about three passes over ``b``, O(log C) depth, exact for any
-    ``a`` (products only).
+    Returns the state *before* each step, ``[h0, h[0], ..., h[C-2]]``, and
+    the last one ``h[C-1]``. ``a`` broadcasts against ``b`` (it may be much
+    smaller). A blocked associative scan: the steps inside blocks of
+    ``_BLOCK`` run one after another (a fixed count, whatever the length),
+    the block totals are scanned recursively, and one pass applies each
+    block's carry-in. O(C) work in a few passes over ``b``, O(log C) depth,
+    exact for any ``a`` (products only, no division).
     """
     n = b.shape[1]
     m = _BLOCK
     if n <= 2 * m:
-        hs = [_sl(b, 0, 1)]
-        for i in range(1, n):
+        hs = [h0[:, None]]
+        for i in range(n):
             hs.append(_sl(a, i, i + 1) * hs[-1] + _sl(b, i, i + 1))
-        return mx.concatenate(hs, axis=1) if n > 1 else b
+        return mx.concatenate(hs[:-1], axis=1), hs[-1][:, 0]
     blocks = n // m
     head = blocks * m
     a_blk = _sl(a, 0, head).reshape(a.shape[0], blocks, m, *a.shape[2:])
     b_blk = _sl(b, 0, head).reshape(b.shape[0], blocks, m, *b.shape[2:])
-    # within each block: local states and the running product of gates
+    # inside each block, from a zero state: local states and running gate products
     hs, ps = [b_blk[:, :, 0]], [a_blk[:, :, 0]]
     for j in range(1, m):
         hs.append(a_blk[:, :, j] * hs[-1] + b_blk[:, :, j])
         ps.append(_flush(a_blk[:, :, j] * ps[-1]))
-    carry = _inclusive(ps[-1], hs[-1])  # state after each block
-    carry = mx.concatenate([mx.zeros_like(_sl(carry, 0, 1)), _sl(carry, 0, -1)], axis=1)
-    full = mx.stack([h + p * carry for h, p in zip(hs, ps)], axis=2)
-    full = full.reshape(b.shape[0], head, *full.shape[3:])
+    carry, last = _states(ps[-1], hs[-1], h0)  # state entering each block
+    before = mx.stack([carry] + [h + p * carry for h, p in zip(hs[:-1], ps[:-1])], axis=2)
+    before = before.reshape(b.shape[0], head, *before.shape[3:])
     if head == n:
-        return full
-    hs = [full[:, -1:]]
+        return before, last
+    tail = [last[:, None]]
     for i in range(head, n):
-        hs.append(_sl(a, i, i + 1) * hs[-1] + _sl(b, i, i + 1))
-    return mx.concatenate([full] + hs[1:], axis=1)
+        tail.append(_sl(a, i, i + 1) * tail[-1] + _sl(b, i, i + 1))
+    return mx.concatenate([before] + tail[:-1], axis=1), tail[-1][:, 0]
 
 
-def _states(a: mx.array, b: mx.array, h0: mx.array) -> tuple[mx.array, mx.array]:
-    """States before each chunk and after the last one, starting from ``h0``."""
-    first = _sl(a, 0, 1) * h0[:, None] + _sl(b, 0, 1)
-    h = _inclusive(a, mx.concatenate([first, _sl(b, 1)], axis=1))
-    return mx.concatenate([h0[:, None], _sl(h, 0, -1)], axis=1), h[:, -1]
+def _reverse_states(a: mx.array, g: mx.array, dfinal: mx.array):
+    """Cotangents of the chunk states: ``Y[c] = a[c] Y[c+1] + g[c]``, ``Y[C] = dfinal``.
+
+    Returns ``(Y[1..C], Y[0])``: the cotangent of the state at the end of each
+    chunk and that of the initial state.
+    """
+    rev = slice(None, None, -1)
+    after, dh0 = _states(a[:, rev], g[:, rev], dfinal)
+    return after[:, rev], dh0
 
 
 # --------------------------------------------------------------------------
@@ -166,13 +170,7 @@ def _backward(q, k, v, g, h0, before, raw, qk, dy, dfinal):
     local_grad = _mm(_tr(q), draw)  # [Z,C,K,R*V]: cotangent of S_before from the outputs
 
     # state cotangents: dS_before[c] = G[c] + a[c] dS_end[c], dS_end[c] = dS_before[c+1]
-    rev = slice(None, None, -1)
-    a_rev = a[:, rev]
-    g_rev = local_grad.reshape(z, c, dk, r, dv)[:, rev]
-    first = a_rev[:, :1] * dfinal[:, None] + g_rev[:, :1]
-    dbefore = _inclusive(a_rev, mx.concatenate([first, g_rev[:, 1:]], axis=1))[:, rev]
-    dh0 = dbefore[:, 0]
-    dend = mx.concatenate([dbefore[:, 1:], dfinal[:, None]], axis=1)  # [Z,C,K,R,V]
+    dend, dh0 = _reverse_states(a, local_grad.reshape(z, c, dk, r, dv), dfinal)  # [Z,C,K,R,V]
     da = (dend * before).sum(axis=(2, 4))  # [Z,C,R]
 
     # local states  S_end = a S_before + k^T (w * v)
@@ -317,12 +315,7 @@ def _channel_backward(q, k, v, g, h0, before, scores, dy, dfinal):
     dq = dqc * cum_t
     dcum = dqc * q  # [Z,C,T,K]
     local_grad = _mm(_tr(q * cum_t), dy)  # [Z,C,K,V]
-    rev = slice(None, None, -1)
-    a_rev, g_rev = a[:, rev], local_grad[:, rev]
-    first = a_rev[:, :1] * dfinal[:, None] + g_rev[:, :1]
-    dbefore = _inclusive(a_rev, mx.concatenate([first, g_rev[:, 1:]], axis=1))[:, rev]
-    dh0 = dbefore[:, 0]
-    dend = mx.concatenate([dbefore[:, 1:], dfinal[:, None]], axis=1)  # [Z,C,K,V]
+    dend, dh0 = _reverse_states(a, local_grad, dfinal)  # [Z,C,K,V]
     da = (dend * before).sum(-1)  # [Z,C,K]
 
     # local states  S_end = a * S_before + (k * w)^T v
