@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import recurops
+import recurops.testing.wrap
 from recurops.kernels import chassis
 from recurops.testing import Kernel, MetalSourceError, check_metal, simulate
 from recurops.testing.executor import syntax_check
@@ -48,18 +49,20 @@ def _call(kind, sizes, dtype):
     return arrays
 
 
+def _grads(kind, arrays):
+    def loss(*a):
+        return recurops.scan(kind, *a, impl="kernel")[0].astype(mx.float32).sum()
+
+    return mx.grad(loss, tuple(range(len(arrays))))(*arrays)
+
+
 def _launches(dialect):
     """Every kernel launch (forward and backward) of the calls above, unexecuted."""
     with simulate(dialect, execute=False) as sim:
         for kind, variants in _SIZES.items():
             for sizes in variants:
                 for dtype in DTYPES:
-                    arrays = _call(kind, sizes, dtype)
-
-                    def loss(*a, kind=kind):
-                        return recurops.scan(kind, *a, impl="kernel")[0].astype(mx.float32).sum()
-
-                    mx.eval(mx.grad(loss, tuple(range(len(arrays))))(*arrays))
+                    mx.eval(_grads(kind, _call(kind, sizes, dtype)))
     unique = {launch.wrapped.kernel_name: launch for launch in sim.launches}
     return list(unique.values())
 
@@ -86,6 +89,69 @@ def test_metal_source_type_checks(launch):
 def test_cuda_source_type_checks(launch):
     """The CUDA renderings (float16 included, which the simulated runs skip) compile too."""
     syntax_check(launch.wrapped.text, std="c++17")
+
+
+def _mlx_metal_sources(kind, arrays, capfd):
+    """{kernel name: source} that MLX itself generates for these calls' Metal kernels.
+
+    MLX writes a custom kernel's source even without Metal while it traces a
+    function for ``mx.export_function``; ``verbose=True`` prints it.
+    """
+    from recurops import _api
+
+    def build(source, backend):
+        header, body = chassis.render(source.body, "metal")
+        kernel = mx.fast.metal_kernel(name=f"recurops_{source.name}",
+                                      input_names=list(source.inputs),
+                                      output_names=list(source.outputs), source=body,
+                                      header=header)
+        return lambda **kw: kernel(**kw, verbose=True)
+
+    def grads(*a):
+        def loss(*b):
+            return recurops.scan(kind, *b, impl="kernel")[0].astype(mx.float32).sum()
+
+        return mx.grad(loss, tuple(range(len(a))))(*a)
+
+    saved = (chassis.build, chassis.backend, _api.gpu_backend)
+    chassis.build, chassis.backend, _api.gpu_backend = build, lambda: "metal", lambda: "metal"
+    capfd.readouterr()
+    error = None
+    try:
+        mx.export_function(str(_TMP / f"{kind}.mlxfn"), grads, *arrays)
+    except (RuntimeError, ValueError) as e:  # serializing custom_function fails after tracing
+        error = e
+    finally:
+        chassis.build, chassis.backend, _api.gpu_backend = saved
+    printed = capfd.readouterr().out
+    if "Generated source code for" not in printed:
+        pytest.skip(f"this MLX does not generate Metal sources here: {error}")
+    sources = {}
+    for block in printed.split("Generated source code for `")[1:]:
+        text = block.split("```\n", 1)[1].split("\n```", 1)[0]
+        name = text.split("[[kernel]] void ", 1)[1].split("(", 1)[0]
+        sources[name] = text
+    return sources
+
+
+_TMP = __import__("pathlib").Path(__import__("tempfile").mkdtemp(prefix="recurops-mlxfn-"))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("kind", list(_SIZES))
+def test_wrapping_is_byte_identical_to_mlx(kind, dtype, capfd):
+    """``recurops.testing.wrap`` writes exactly the Metal source MLX generates for each call."""
+    prelude = recurops.testing.wrap.METAL_PRELUDE
+    for sizes in _SIZES[kind]:
+        arrays = _call(kind, sizes, dtype)
+        theirs = _mlx_metal_sources(kind, arrays, capfd)
+        with simulate("metal", execute=False) as sim:
+            mx.eval(_grads(kind, arrays))
+        ours = {launch.wrapped.kernel_name: launch.wrapped.text[len(prelude):]
+                for launch in sim.launches}
+        assert len(theirs) == 2 and set(theirs) == set(ours)
+        for name, text in theirs.items():
+            assert ours[name] == text, name
 
 
 # ---- what the check catches ---------------------------------------------------------------
