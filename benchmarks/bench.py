@@ -436,6 +436,26 @@ def table(results: list) -> str:
     return "\n".join(lines)
 
 
+def markdown(report: dict) -> str:
+    """The results as a Markdown table (for docs/benchmarks.md)."""
+    lines = ["| case | L | path | fwd ms | fwd+bwd ms | peak MB (fwd+bwd) | recurops speedup fwd | fwd+bwd |",
+             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in report["results"]:
+        ours = next((p for p in r["paths"] if p["ours"] and "fwd" in p), None)
+        for p in r["paths"]:
+            if "fwd" not in p:
+                continue
+            f, t = p["fwd"]["median_ms"], p["fwd_bwd"]["median_ms"]
+            name = f"**{p['path']}**" if p["ours"] else p["path"]
+            ratio = " | |"
+            if ours is not None and not p["ours"]:
+                ratio = (f" {f / ours['fwd']['median_ms']:.1f}x |"
+                         f" **{t / ours['fwd_bwd']['median_ms']:.1f}x** |")
+            lines.append(f"| {r['case']} | {r['shapes']['L']} | {name} | {_fmt_ms(f)} | {_fmt_ms(t)} "
+                         f"| {p['fwd_bwd']['peak_mb']:.0f} |{ratio}")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny shapes (a smoke test)")
@@ -450,7 +470,12 @@ def main(argv=None):
     parser.add_argument("--exclude", help="comma-separated substrings: skip paths whose name has one")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--name", help="results file name (default: cpu[-quick|-sweep])")
+    parser.add_argument("--markdown", type=FilePath, metavar="JSON",
+                        help="print the results in JSON as a Markdown table and exit")
     args = parser.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(args.markdown.read_text())))
+        return
 
     dtype = getattr(mx, args.dtype)
     lengths = [int(x) for x in args.lengths.split(",")] if args.lengths else None
