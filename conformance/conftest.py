@@ -2,7 +2,8 @@
 
 ``conformance`` (the default) draws a few derandomized examples per test so CI
 is reproducible on a two-core machine; ``thorough`` draws many random ones:
-``RECUROPS_CONFORMANCE_PROFILE=thorough nox -s conformance``. The comparison
+``RECUROPS_CONFORMANCE_PROFILE=thorough nox -s conformance``; ``quick`` draws two,
+for GPU machines where every new shape compiles kernels. The comparison
 machinery is in ``harness.py``.
 """
 
@@ -13,6 +14,14 @@ from hypothesis import HealthCheck, settings
 settings.register_profile(
     "conformance",
     max_examples=6,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    print_blob=True,
+)
+settings.register_profile(
+    "quick",  # for slow machines: kernels compiled per shape (MLX CUDA, Triton)
+    max_examples=2,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],

@@ -39,8 +39,9 @@ PINS = {
     "mlx-recurrence": "0.3.0",
     "mlx-lm": "0.32.2",
     "fla-core": "0.6.0",
-    "torch": "2.13.0",
 }
+# PyTorch only runs fla's references: any version will do (the nox session installs
+# torch==2.13.0, CPU build).
 
 
 def pinned(distribution: str, module: str):
@@ -60,6 +61,27 @@ def pinned(distribution: str, module: str):
     return mod
 
 
+def import_mlx_lm(*modules: str):
+    """Import ``mlx_lm.models.<name>`` for each name, from the pinned mlx-lm.
+
+    ``import mlx_lm`` runs its ``__init__``, which imports the model-loading
+    utilities and so transformers and huggingface_hub. The model files need only
+    MLX; where that import fails, the package is registered without running its
+    ``__init__`` and the model modules are imported from it.
+    """
+    try:
+        pinned("mlx-lm", "mlx_lm")
+    except pytest.skip.Exception:
+        if importlib.util.find_spec("mlx_lm") is None:
+            raise
+        import sys
+
+        spec = importlib.util.find_spec("mlx_lm")
+        sys.modules["mlx_lm"] = importlib.util.module_from_spec(spec)
+        pinned("mlx-lm", "mlx_lm")
+    return [importlib.import_module(f"mlx_lm.models.{m}") for m in modules]
+
+
 def load_fla_naive(relative: str):
     """Load one of fla's pure-PyTorch naive modules (e.g. ``"gla/naive.py"``) on the CPU.
 
@@ -69,13 +91,13 @@ def load_fla_naive(relative: str):
     ``einops``, so when the package import fails this loads the file by path.
     Skips when torch or fla cannot be imported.
     """
-    pinned("torch", "torch")
+    pytest.importorskip("torch", reason="fla's naive references need PyTorch")
     pinned("fla-core", "fla")
     pytest.importorskip("einops", reason="fla's naive modules need einops")
     dotted = "fla.ops." + relative.removesuffix(".py").replace("/", ".")
     try:
         return importlib.import_module(dotted)
-    except ImportError:
+    except Exception:  # ImportError without Triton; anything Triton raises without a GPU
         pass
     spec = importlib.util.find_spec("fla")
     path = os.path.join(os.path.dirname(spec.origin), "ops", relative)
@@ -123,7 +145,7 @@ def rel_err(actual, reference) -> float:
 
 def _numpy(x) -> np.ndarray:
     if isinstance(x, mx.array):
-        return np.array(x.astype(mx.float64) if x.dtype != mx.float64 else x)
+        return np.array(x).astype(np.float64)  # float64 MLX arrays exist on the CPU only
     if type(x).__module__.startswith("torch"):
         return x.detach().to("cpu").double().numpy()
     return np.asarray(x, dtype=np.float64)
@@ -219,6 +241,23 @@ def conform(
         shapes = ", ".join(f"{n}{list(v.shape)}" for n, v in arrays.items())
         pytest.fail(f"impl={impl!r}, inputs {shapes}:\n  " + "\n  ".join(failures),
                     pytrace=False)
+
+
+def on_cpu(fn: Callable) -> Callable:
+    """``fn`` run on MLX's CPU stream.
+
+    For another library's MLX code and for a test's own glue around ``scan``
+    (projections, gates): on MLX's CUDA backend float32 matmuls run in TF32
+    (relative error near 1e-3) unless ``MLX_ENABLE_TF32=0``, which would blur
+    the comparison of the scans themselves. recurops' own paths stay on the
+    default device, TF32 and all: keeping float32 accuracy there is its job.
+    """
+
+    def run(*args, **kwargs):
+        with mx.stream(mx.cpu):
+            return fn(*args, **kwargs)
+
+    return run
 
 
 def _impls() -> list[str]:
