@@ -91,7 +91,7 @@ def test_cuda_source_type_checks(launch):
     syntax_check(launch.wrapped.text, std="c++17")
 
 
-def _mlx_metal_sources(kind, arrays, capfd):
+def _mlx_metal_sources(kind, arrays, capfd, tmp_path):
     """{kernel name: source} that MLX itself generates for these calls' Metal kernels.
 
     MLX writes a custom kernel's source even without Metal while it traces a
@@ -118,7 +118,7 @@ def _mlx_metal_sources(kind, arrays, capfd):
     capfd.readouterr()
     error = None
     try:
-        mx.export_function(str(_TMP / f"{kind}.mlxfn"), grads, *arrays)
+        mx.export_function(str(tmp_path / f"{kind}.mlxfn"), grads, *arrays)
     except (RuntimeError, ValueError) as e:  # serializing custom_function fails after tracing
         error = e
     finally:
@@ -134,17 +134,14 @@ def _mlx_metal_sources(kind, arrays, capfd):
     return sources
 
 
-_TMP = __import__("pathlib").Path(__import__("tempfile").mkdtemp(prefix="recurops-mlxfn-"))
-
-
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("kind", list(_SIZES))
-def test_wrapping_is_byte_identical_to_mlx(kind, dtype, capfd):
+def test_wrapping_is_byte_identical_to_mlx(kind, dtype, capfd, tmp_path):
     """``recurops.testing.wrap`` writes exactly the Metal source MLX generates for each call."""
     prelude = recurops.testing.wrap.METAL_PRELUDE
     for sizes in _SIZES[kind]:
         arrays = _call(kind, sizes, dtype)
-        theirs = _mlx_metal_sources(kind, arrays, capfd)
+        theirs = _mlx_metal_sources(kind, arrays, capfd, tmp_path)
         with simulate("metal", execute=False) as sim:
             mx.eval(_grads(kind, arrays))
         ours = {launch.wrapped.kernel_name: launch.wrapped.text[len(prelude):]
