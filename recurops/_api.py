@@ -16,7 +16,14 @@ PATHS = ("auto", "kernel", "fallback", "reference")
 
 
 class Explanation(NamedTuple):
-    """The path ``scan(..., impl="auto")`` takes and why."""
+    """The path ``scan(..., impl="auto")`` takes and why.
+
+    Attributes:
+        path: ``"kernel"`` (fused GPU kernel) or ``"fallback"`` (vectorized MLX).
+        reason: one sentence: the GPU backend used, or why the kernel does not
+            run (no GPU, float64, a shape it does not take, or a measured
+            crossover where the fallback is faster).
+    """
 
     path: str
     reason: str
@@ -97,7 +104,14 @@ def _choose(kind: Kind, bound: Bound, arrays: tuple, impl: str) -> Explanation:
 
 
 def explain(kind: str, *inputs, state=None, **named) -> Explanation:
-    """Which path ``scan(kind, *inputs, state=state)`` takes, and why."""
+    """Which path ``scan(kind, *inputs, state=state)`` would take, and why.
+
+    Checks the inputs exactly as ``scan`` does (same errors) from their shapes
+    and dtypes only; computes nothing.
+
+    Returns:
+        An ``Explanation(path, reason)``; ``str()`` of it reads as a sentence.
+    """
     spec = get_kind(kind)
     arrays = _collect(spec, inputs, named)
     if not _interop.all_mlx(arrays, state):  # array-API bridge: see _interop
@@ -109,16 +123,36 @@ def explain(kind: str, *inputs, state=None, **named) -> Explanation:
 def scan(kind: str, *inputs, state=None, impl: str = "auto", **named):
     """Run the recurrence ``kind`` over the time axis ``L`` of ``inputs``.
 
-    Returns ``(y, final_state)``: ``y`` in the dtype the inputs promote to,
-    ``final_state`` in float32 (float64 for float64 inputs). ``state`` is the
-    initial state (zeros when None). Differentiable in every input and in
-    ``state``. See ``recurops.KINDS[kind].signature()`` for the shapes.
+    Args:
+        kind: a registered kind: ``"ssd"``, ``"gla"``, ``"rglru"``,
+            ``"rotlru"`` or ``"s6"`` (``recurops.KINDS``).
+        *inputs: the kind's inputs in order; ``recurops.KINDS[kind].signature()``
+            gives their names and symbolic shapes. Keyword inputs by those
+            names are accepted too. Any number of leading batch dimensions,
+            the same on every batched input.
+        state: the initial state, shaped as the kind says; None means zeros.
+        impl: ``"auto"`` (default: the fused kernel on a Metal or CUDA GPU
+            where it runs and is faster, the fallback elsewhere),
+            ``"kernel"``, ``"fallback"`` or ``"reference"`` (the token loop).
+
+    Returns:
+        ``(y, final_state)``: ``y`` in the dtype the inputs promote to,
+        ``final_state`` (the state after the last step) in float32, float64
+        for float64 inputs. Differentiable in every input and in ``state``.
+
+    Raises:
+        ValueError: unknown kind, a shape that breaks the kind's rules (the
+            message names the input, the expected and actual shapes and the
+            dimension), a wrong ``state`` shape, a bad ``impl``, or
+            ``impl="kernel"`` where no kernel can run.
+        TypeError: a wrong number of inputs, a non-floating input, or inputs
+            from two array libraries.
 
     Arrays of any array-API library (NumPy, array-api-strict, PyTorch, JAX,
     ...) are accepted and the results come back in that library, dtype and
-    device; inputs from two libraries in one call raise TypeError. Gradients
-    cross that bridge for PyTorch (autograd); under JAX transformations it
-    raises TypeError (forward values only). See ``recurops._interop``.
+    device. Gradients cross that bridge for PyTorch (autograd); under JAX
+    transformations it raises TypeError (forward values only); see the
+    documentation's interop page.
     """
     spec = get_kind(kind)
     arrays = _collect(spec, inputs, named)
