@@ -42,9 +42,9 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path as FilePath
-from typing import Callable
 
 import mlx.core as mx
 
@@ -282,33 +282,87 @@ def build_cases(lengths=None, quick=False) -> list:
     have_mr = lambda: _mlx_recurrence() is not None  # noqa: E731
     have_lm = lambda: _mlx_lm_ssm() is not None  # noqa: E731
     base = [
-        Case("gla", "gla", gla, make_gla,
-             [Path("mlx-recurrence gla_scan_reference", _mr("gla_scan_reference"),
-                   loop=True, available=have_mr)],
-             "gated linear attention, one gate per head"),
-        Case("gla-channel", "gla", {**gla, "per_channel": True}, make_gla, [],
-             "gated linear attention, one gate per key channel"),
-        Case("ssd", "ssd", ssd, make_ssd,
-             [Path("mlx-recurrence ssd_scan_reference", _mr_ssd, loop=True,
-                   available=have_mr)],
-             "Mamba-2 SSD scan, A [H], one group"),
-        Case("ssd-channel", "ssd", {**ssd, "per_channel": True}, make_ssd,
-             [Path("mlx-recurrence ssd_scan_reference", _mr_ssd, loop=True,
-                   available=have_mr)],
-             "Mamba-2 SSD scan, A [H, N] (one decay per head and state channel)"),
-        Case("ssd-layer", "ssd", ssd, make_ssd,
-             [Path("recurops fallback", _recurops_layer("fallback"), ours=True),
-              Path("recurops kernel", _recurops_layer("kernel"), devices=("gpu",), ours=True),
-              Path("mlx-lm ssm_attn", _mlx_lm_layer, available=have_lm)],
-             "Mamba-2 SSD as mlx-lm's ssm_attn computes it (softplus dt, -exp(A_log), D skip)"),
-        Case("rglru", "rglru", rglru, make_rglru,
-             [Path("mlx-recurrence rglru_scan_reference", _mr("rglru_scan_reference"),
-                   loop=True, available=have_mr)],
-             "RG-LRU diagonal scan"),
-        Case("rotlru", "rotlru", rot, make_rotlru,
-             [Path("mlx-recurrence rotlru_scan_reference", _mr("rotlru_scan_reference"),
-                   loop=True, available=have_mr)],
-             "rotational LRU (complex-diagonal) scan"),
+        Case(
+            "gla",
+            "gla",
+            gla,
+            make_gla,
+            [
+                Path(
+                    "mlx-recurrence gla_scan_reference",
+                    _mr("gla_scan_reference"),
+                    loop=True,
+                    available=have_mr,
+                )
+            ],
+            "gated linear attention, one gate per head",
+        ),
+        Case(
+            "gla-channel",
+            "gla",
+            {**gla, "per_channel": True},
+            make_gla,
+            [],
+            "gated linear attention, one gate per key channel",
+        ),
+        Case(
+            "ssd",
+            "ssd",
+            ssd,
+            make_ssd,
+            [Path("mlx-recurrence ssd_scan_reference", _mr_ssd, loop=True, available=have_mr)],
+            "Mamba-2 SSD scan, A [H], one group",
+        ),
+        Case(
+            "ssd-channel",
+            "ssd",
+            {**ssd, "per_channel": True},
+            make_ssd,
+            [Path("mlx-recurrence ssd_scan_reference", _mr_ssd, loop=True, available=have_mr)],
+            "Mamba-2 SSD scan, A [H, N] (one decay per head and state channel)",
+        ),
+        Case(
+            "ssd-layer",
+            "ssd",
+            ssd,
+            make_ssd,
+            [
+                Path("recurops fallback", _recurops_layer("fallback"), ours=True),
+                Path("recurops kernel", _recurops_layer("kernel"), devices=("gpu",), ours=True),
+                Path("mlx-lm ssm_attn", _mlx_lm_layer, available=have_lm),
+            ],
+            "Mamba-2 SSD as mlx-lm's ssm_attn computes it (softplus dt, -exp(A_log), D skip)",
+        ),
+        Case(
+            "rglru",
+            "rglru",
+            rglru,
+            make_rglru,
+            [
+                Path(
+                    "mlx-recurrence rglru_scan_reference",
+                    _mr("rglru_scan_reference"),
+                    loop=True,
+                    available=have_mr,
+                )
+            ],
+            "RG-LRU diagonal scan",
+        ),
+        Case(
+            "rotlru",
+            "rotlru",
+            rot,
+            make_rotlru,
+            [
+                Path(
+                    "mlx-recurrence rotlru_scan_reference",
+                    _mr("rotlru_scan_reference"),
+                    loop=True,
+                    available=have_mr,
+                )
+            ],
+            "rotational LRU (complex-diagonal) scan",
+        ),
         Case("s6", "s6", s6, make_s6, [], "Mamba-1 selective scan"),
     ]
     cases = []
@@ -317,8 +371,16 @@ def build_cases(lengths=None, quick=False) -> list:
         if case.name != "ssd-layer":
             case.paths = [p for p in common_paths() if p.name not in own] + case.paths
         for length in lengths or [case.shapes["L"]]:
-            cases.append(Case(case.name, case.kind, {**case.shapes, "L": length}, case.make,
-                              case.paths, case.description))
+            cases.append(
+                Case(
+                    case.name,
+                    case.kind,
+                    {**case.shapes, "L": length},
+                    case.make,
+                    case.paths,
+                    case.description,
+                )
+            )
     return cases
 
 
@@ -341,8 +403,11 @@ def _timed(fn, repeats: int, budget: float) -> dict:
         start = time.perf_counter()
         fn()
         samples.append(time.perf_counter() - start)
-    return {"median_ms": 1e3 * statistics.median(samples), "min_ms": 1e3 * min(samples),
-            "runs": len(samples)}
+    return {
+        "median_ms": 1e3 * statistics.median(samples),
+        "min_ms": 1e3 * min(samples),
+        "runs": len(samples),
+    }
 
 
 def _peak(fn) -> int:
@@ -417,29 +482,40 @@ def _fmt_ms(x):
 
 
 def table(results: list) -> str:
-    head = (f"{'case':<12} {'L':>5} {'path':<36} {'fwd ms':>8} {'fwd+bwd ms':>10} "
-            f"{'peak MB':>8}  {'speedup of recurops (fwd, fwd+bwd)':<}")
+    head = (
+        f"{'case':<12} {'L':>5} {'path':<36} {'fwd ms':>8} {'fwd+bwd ms':>10} "
+        f"{'peak MB':>8}  {'speedup of recurops (fwd, fwd+bwd)':<}"
+    )
     lines = [head, "-" * len(head)]
     for r in results:
         ours = next((p for p in r["paths"] if p["ours"] and "fwd" in p), None)
         for p in r["paths"]:
             if "fwd" not in p:
-                lines.append(f"{r['case']:<12} {r['shapes']['L']:>5} {p['path']:<36} "
-                             f"  ({p.get('skipped', 'skipped')})")
+                lines.append(
+                    f"{r['case']:<12} {r['shapes']['L']:>5} {p['path']:<36} "
+                    f"  ({p.get('skipped', 'skipped')})"
+                )
                 continue
             f, t = p["fwd"]["median_ms"], p["fwd_bwd"]["median_ms"]
             ratio = ""
             if ours is not None and not p["ours"]:
-                ratio = (f"{f / ours['fwd']['median_ms']:6.1f}x {t / ours['fwd_bwd']['median_ms']:7.1f}x")
-            lines.append(f"{r['case']:<12} {r['shapes']['L']:>5} {p['path']:<36} "
-                         f"{_fmt_ms(f):>8} {_fmt_ms(t):>10} {p['fwd_bwd']['peak_mb']:>8.0f}  {ratio}")
+                ratio = (
+                    f"{f / ours['fwd']['median_ms']:6.1f}x {t / ours['fwd_bwd']['median_ms']:7.1f}x"
+                )
+            lines.append(
+                f"{r['case']:<12} {r['shapes']['L']:>5} {p['path']:<36} "
+                f"{_fmt_ms(f):>8} {_fmt_ms(t):>10} {p['fwd_bwd']['peak_mb']:>8.0f}  {ratio}"
+            )
     return "\n".join(lines)
 
 
 def markdown(report: dict) -> str:
     """The results as a Markdown table (for docs/benchmarks.md)."""
-    lines = ["| case | L | path | fwd ms | fwd+bwd ms | peak MB (fwd+bwd) | recurops speedup fwd | fwd+bwd |",
-             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| case | L | path | fwd ms | fwd+bwd ms | peak MB (fwd+bwd) "
+        "| recurops speedup fwd | fwd+bwd |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for r in report["results"]:
         ours = next((p for p in r["paths"] if p["ours"] and "fwd" in p), None)
         for p in r["paths"]:
@@ -449,10 +525,14 @@ def markdown(report: dict) -> str:
             name = f"**{p['path']}**" if p["ours"] else p["path"]
             ratio = " | |"
             if ours is not None and not p["ours"]:
-                ratio = (f" {f / ours['fwd']['median_ms']:.1f}x |"
-                         f" **{t / ours['fwd_bwd']['median_ms']:.1f}x** |")
-            lines.append(f"| {r['case']} | {r['shapes']['L']} | {name} | {_fmt_ms(f)} | {_fmt_ms(t)} "
-                         f"| {p['fwd_bwd']['peak_mb']:.0f} |{ratio}")
+                ratio = (
+                    f" {f / ours['fwd']['median_ms']:.1f}x |"
+                    f" **{t / ours['fwd_bwd']['median_ms']:.1f}x** |"
+                )
+            lines.append(
+                f"| {r['case']} | {r['shapes']['L']} | {name} | {_fmt_ms(f)} | {_fmt_ms(t)} "
+                f"| {p['fwd_bwd']['peak_mb']:.0f} |{ratio}"
+            )
     return "\n".join(lines)
 
 
@@ -462,16 +542,30 @@ def main(argv=None):
     parser.add_argument("--lengths", help="comma-separated sequence lengths L to sweep")
     parser.add_argument("--cases", help="comma-separated case names (default: all)")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--budget", type=float, default=20.0,
-                        help="seconds of timed runs per measurement before cutting repeats")
-    parser.add_argument("--max-loop-length", type=int, default=2048,
-                        help="skip token-loop paths above this L (they are slow and large)")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=20.0,
+        help="seconds of timed runs per measurement before cutting repeats",
+    )
+    parser.add_argument(
+        "--max-loop-length",
+        type=int,
+        default=2048,
+        help="skip token-loop paths above this L (they are slow and large)",
+    )
     parser.add_argument("--no-loops", action="store_true", help="skip every token-loop path")
-    parser.add_argument("--exclude", help="comma-separated substrings: skip paths whose name has one")
+    parser.add_argument(
+        "--exclude", help="comma-separated substrings: skip paths whose name has one"
+    )
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--name", help="results file name (default: cpu[-quick|-sweep])")
-    parser.add_argument("--markdown", type=FilePath, metavar="JSON",
-                        help="print the results in JSON as a Markdown table and exit")
+    parser.add_argument(
+        "--markdown",
+        type=FilePath,
+        metavar="JSON",
+        help="print the results in JSON as a Markdown table and exit",
+    )
     args = parser.parse_args(argv)
     if args.markdown:
         print(markdown(json.loads(args.markdown.read_text())))
@@ -484,18 +578,29 @@ def main(argv=None):
         wanted = args.cases.split(",")
         unknown = set(wanted) - {c.name for c in cases}
         if unknown:
-            parser.error(f"unknown cases {sorted(unknown)}; known: {sorted({c.name for c in cases})}")
+            parser.error(
+                f"unknown cases {sorted(unknown)}; known: {sorted({c.name for c in cases})}"
+            )
         cases = [c for c in cases if c.name in wanted]
     device = _device()
     name = args.name or (device + ("-quick" if args.quick else "-sweep" if lengths else ""))
-    report = {"machine": _machine(), "dtype": args.dtype, "repeats": args.repeats,
-              "timing": "median of repeats after one warm-up; mx.eval then mx.synchronize",
-              "results": []}
+    report = {
+        "machine": _machine(),
+        "dtype": args.dtype,
+        "repeats": args.repeats,
+        "timing": "median of repeats after one warm-up; mx.eval then mx.synchronize",
+        "results": [],
+    }
     todo = [(c, p) for c in cases for p in c.paths if device in p.devices]
     done = 0
     for case in cases:
-        entry = {"case": case.name, "kind": case.kind, "description": case.description,
-                 "shapes": case.shapes, "paths": []}
+        entry = {
+            "case": case.name,
+            "kind": case.kind,
+            "description": case.description,
+            "shapes": case.shapes,
+            "paths": [],
+        }
         for path in case.paths:
             if device not in path.devices:
                 continue
@@ -518,10 +623,17 @@ def main(argv=None):
                 item.update(measure(case, path, dtype, args.repeats, args.budget))
             except Exception as error:  # a peer that cannot run these shapes
                 item["skipped"] = f"error: {type(error).__name__}: {error}"[:200]
-            print(f" {time.perf_counter() - start:.0f}s "
-                  + (f"fwd {item['fwd']['median_ms']:.1f} ms, fwd+bwd "
-                     f"{item['fwd_bwd']['median_ms']:.1f} ms" if "fwd" in item
-                     else item["skipped"]), file=sys.stderr, flush=True)
+            print(
+                f" {time.perf_counter() - start:.0f}s "
+                + (
+                    f"fwd {item['fwd']['median_ms']:.1f} ms, fwd+bwd "
+                    f"{item['fwd_bwd']['median_ms']:.1f} ms"
+                    if "fwd" in item
+                    else item["skipped"]
+                ),
+                file=sys.stderr,
+                flush=True,
+            )
             entry["paths"].append(item)
         report["results"].append(entry)
     if hasattr(os, "getloadavg"):

@@ -28,9 +28,7 @@ def series(report: dict, metric: str, key: str) -> dict:
     for entry in report["results"]:
         for path in entry["paths"]:
             if metric in path:
-                out[entry["case"]][path["path"]].append(
-                    (entry["shapes"]["L"], path[metric][key])
-                )
+                out[entry["case"]][path["path"]].append((entry["shapes"]["L"], path[metric][key]))
     return out
 
 
@@ -54,12 +52,14 @@ def plot(report: dict, metric: str, key: str, ylabel: str, out: Path, title: str
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(cases):]:
+    for ax in list(axes.flat)[len(cases) :]:
         ax.axis("off")
     machine = report.get("machine", {})
-    fig.suptitle(f"{title} - {machine.get('cpu', machine.get('processor', ''))}, "
-                 f"{machine.get('device', '')}, mlx {machine.get('mlx', '')}, {report.get('dtype', '')}",
-                 fontsize=10)
+    fig.suptitle(
+        f"{title} - {machine.get('cpu', machine.get('processor', ''))}, "
+        f"{machine.get('device', '')}, mlx {machine.get('mlx', '')}, {report.get('dtype', '')}",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)

@@ -249,9 +249,7 @@ def _block_vjp(primals, cotangents, outputs):
     q, k, v, g, h0 = primals
     _, _, before, raw, qk = outputs
     dy, dfinal = cotangents[:2]
-    return _parallel(
-        _backward, (q, k, v, g, h0, before, raw, qk, dy, dfinal), q.shape[0]
-    )
+    return _parallel(_backward, (q, k, v, g, h0, before, raw, qk, dy, dfinal), q.shape[0])
 
 
 def scalar_gate_chunked_scan(q, k, v, g, h0, chunk: int = 32):
@@ -358,9 +356,7 @@ def _channel_block(q, k, v, g, h0):
 def _channel_block_vjp(primals, cotangents, outputs):
     _, _, before, scores = outputs
     dy, dfinal = cotangents[:2]
-    return _parallel(
-        _channel_backward, (*primals, before, scores, dy, dfinal), primals[0].shape[0]
-    )
+    return _parallel(_channel_backward, (*primals, before, scores, dy, dfinal), primals[0].shape[0])
 
 
 def channel_gate_chunked_scan(q, k, v, g, h0, chunk: int = 8):
@@ -381,8 +377,11 @@ def channel_gate_chunked_scan(q, k, v, g, h0, chunk: int = 8):
         g = mx.pad(g, widths, constant_values=1.0)
     c = (length + pad) // steps
     y, final, _, _ = _channel_block(
-        q.reshape(z, c, steps, dk), k.reshape(z, c, steps, dk),
-        v.reshape(z, c, steps, dv), g.reshape(z, c, steps, dk), h0,
+        q.reshape(z, c, steps, dk),
+        k.reshape(z, c, steps, dk),
+        v.reshape(z, c, steps, dv),
+        g.reshape(z, c, steps, dk),
+        h0,
     )
     y = y.reshape(z, c * steps, dv)
     return (y[:, :length] if pad else y), final
