@@ -1,11 +1,14 @@
-"""Chunked matmul form of the matrix recurrence with one scalar gate per head.
+"""Chunked matmul form of the gated matrix recurrence, hand-written backward.
 
     S_h[t] = g_h[t] S_h[t-1] + k[t] v_h[t]^T        S_h: [K, V]
     o_h[t] = S_h[t]^T q[t]
 
 ``q`` and ``k`` may be shared by ``R`` heads (Mamba-2 groups: ``q = C``,
 ``k = B``, ``v = dt * x``; GLA is ``R = 1``). This is the form both the
-``"gla"`` kind with per-head gates and the ``"ssd"`` kind with ``A [H]`` take.
+``"gla"`` kind with per-head gates and the ``"ssd"`` kind with ``A [H]`` take
+(``scalar_gate_chunked_scan``); gates per key channel (``"gla"`` with
+``g [..., L, H, K]``, ``"ssd"`` with ``A [H, N]``) take the same form with
+per-channel decays (``channel_gate_chunked_scan``, at the end).
 
 The sequence is cut into chunks of ``T`` steps. Inside a chunk
 
@@ -14,11 +17,11 @@ The sequence is cut into chunks of ``T`` steps. Inside a chunk
 with ``D[t, s] = prod_{s < r <= t} g[r]`` (built by a cumulative product of
 a masked copy of the gates) and ``cum[t] = prod_{r <= t} g[r]``. Chunk end
 states follow ``S_end = a S_before + k^T (w * v)``, ``a = cum[T-1]``,
-``w[s] = D[T-1, s]``, run over chunks as an associative (log-depth) scan.
+``w[s] = D[T-1, s]``, run over chunks as a blocked associative scan.
 
 The backward pass is written by hand (``mx.custom_function``): it is the
-same chunked form run backwards, with a reverse associative scan for the
-state cotangents. Gate gradients use only products of gates (no division by
+same chunked form run backwards, with a reverse scan for the state
+cotangents. Gate gradients use only products of gates (no division by
 cumulative products, no logarithm), so gates of exactly 0 and 1 are exact:
 
     dg[r] = sum_t D[t, r] * (sum_s dD[t, s] D[r-1, s] + dcum[t] cum[r-1])
@@ -27,10 +30,14 @@ which is one small ``T x T x T`` matmul per chunk. The forward keeps only the
 per-chunk states, ``q k^T`` and ``q S_before`` for the backward: memory is
 O(L (K + V + T) + (L / T) K V) per head, never a state per time step.
 
-Work is split over CPU threads (one MLX CPU stream per core) along the
-independent batch x group axis when running on the CPU: MLX's CPU backend
-runs each stream on its own thread, and its reference BLAS is
-single-threaded.
+Decay factors below ``sqrt`` of the smallest normal float are set to zero
+(``_flush``): subnormal products of gates made the CPU matmuls several times
+slower, and such a factor weights its term far below float rounding.
+
+Work is split over CPU threads (one MLX CPU stream per core, at most 8;
+``RECUROPS_CPU_THREADS`` overrides) along the independent batch x group axis
+when MLX's default device is the CPU: MLX's CPU backend runs each stream on
+its own thread, and the BLAS of its Linux wheel is single-threaded.
 """
 
 from __future__ import annotations
