@@ -38,3 +38,9 @@ def matmul(a: mx.array, b: mx.array) -> mx.array:
     a_hi, a_lo = _split(a)
     b_hi, b_lo = _split(b)
     return a_hi @ b_hi + (a_hi @ b_lo + a_lo @ b_hi)
+
+
+def needs_exact_fp32(*inputs: mx.array) -> bool:
+    """Whether results must be float32-accurate: unless every input is half
+    precision (bfloat16/float16, whose tolerance TF32 meets)."""
+    return any(x.dtype not in (mx.bfloat16, mx.float16) for x in inputs)

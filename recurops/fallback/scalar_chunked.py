@@ -42,14 +42,12 @@ its own thread, and the BLAS of its Linux wheel is single-threaded.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import mlx.core as mx
 
-try:  # float32-accurate matmuls where MLX would use TF32 (CUDA); plain @ elsewhere
-    from .precise import matmul as _mm
-except ImportError:  # pragma: no cover
-    _mm = mx.matmul
+from . import precise
 
 # --------------------------------------------------------------------------
 # scan over chunks with a gate that broadcasts against the state
@@ -143,26 +141,26 @@ def _tr(x: mx.array) -> mx.array:
     return mx.swapaxes(x, -1, -2)
 
 
-def _forward(q, k, v, g, h0):
+def _forward(mm, q, k, v, g, h0):
     """q, k [Z,C,T,K]; v [Z,C,T,R,V]; g [Z,C,T,R]; h0 [Z,K,R,V]."""
     z, c, t, r, dv = v.shape
     dk = q.shape[-1]
     decay, cum = _decays(g.transpose(0, 1, 3, 2))  # [Z,C,R,T,T], [Z,C,R,T]
     k_t = mx.contiguous(_tr(k))  # [Z,C,K,T]: plain (untransposed) matmuls are faster
-    qk = _mm(q, k_t)  # [Z,C,T,T]
+    qk = mm(q, k_t)  # [Z,C,T,T]
     vh = v.transpose(0, 1, 3, 2, 4)  # [Z,C,R,T,V]
-    intra = _mm(qk[:, :, None] * decay, vh)  # [Z,C,R,T,V]
+    intra = mm(qk[:, :, None] * decay, vh)  # [Z,C,R,T,V]
     w = decay[..., -1, :].transpose(0, 1, 3, 2)[..., None]  # [Z,C,T,R,1]
     a = cum[..., -1][:, :, None, :, None]  # [Z,C,1,R,1]
-    local = _mm(k_t, (v * w).reshape(z, c, t, r * dv))  # [Z,C,K,R*V]
+    local = mm(k_t, (v * w).reshape(z, c, t, r * dv))  # [Z,C,K,R*V]
     before, final = _states(a, local.reshape(z, c, dk, r, dv), h0)
-    raw = _mm(q, before.reshape(z, c, dk, r * dv))  # [Z,C,T,R*V]
+    raw = mm(q, before.reshape(z, c, dk, r * dv))  # [Z,C,T,R*V]
     cum_t = cum.transpose(0, 1, 3, 2)[..., None]  # [Z,C,T,R,1]
     y = raw.reshape(z, c, t, r, dv) * cum_t + intra.transpose(0, 1, 3, 2, 4)
     return y, final, before, raw, qk
 
 
-def _backward(q, k, v, g, h0, before, raw, qk, dy, dfinal):
+def _backward(mm, q, k, v, g, h0, before, raw, qk, dy, dfinal):
     z, c, t, r, dv = v.shape
     dk = q.shape[-1]
     decay, cum = _decays(g.transpose(0, 1, 3, 2))  # [Z,C,R,T,T], [Z,C,R,T]
@@ -173,8 +171,8 @@ def _backward(q, k, v, g, h0, before, raw, qk, dy, dfinal):
     # inter-chunk output  y += cum * (q @ S_before)
     draw = (dy * cum_t).reshape(z, c, t, r * dv)
     dcum = (dy * raw.reshape(z, c, t, r, dv)).sum(-1)  # [Z,C,T,R]
-    dq = _mm(draw, mx.contiguous(_tr(before.reshape(z, c, dk, r * dv))))
-    local_grad = _mm(_tr(q), draw)  # [Z,C,K,R*V]: cotangent of S_before from the outputs
+    dq = mm(draw, mx.contiguous(_tr(before.reshape(z, c, dk, r * dv))))
+    local_grad = mm(_tr(q), draw)  # [Z,C,K,R*V]: cotangent of S_before from the outputs
 
     # state cotangents: dS_before[c] = G[c] + a[c] dS_end[c], dS_end[c] = dS_before[c+1]
     dend, dh0 = _reverse_states(a, local_grad.reshape(z, c, dk, r, dv), dfinal)  # [Z,C,K,R,V]
@@ -182,20 +180,20 @@ def _backward(q, k, v, g, h0, before, raw, qk, dy, dfinal):
 
     # local states  S_end = a S_before + k^T (w * v)
     dend2 = dend.reshape(z, c, dk, r * dv)
-    dk_ = _mm((v * w).reshape(z, c, t, r * dv), mx.contiguous(_tr(dend2)))
-    p = _mm(k, dend2).reshape(z, c, t, r, dv)
+    dk_ = mm((v * w).reshape(z, c, t, r * dv), mx.contiguous(_tr(dend2)))
+    p = mm(k, dend2).reshape(z, c, t, r, dv)
     dv_ = p * w
     dw = (p * v).sum(-1).transpose(0, 1, 3, 2)  # [Z,C,R,T]
 
     # intra-chunk attention  y += (qk * D) @ v
     dyh = dy.transpose(0, 1, 3, 2, 4)  # [Z,C,R,T,V]
     v_t = mx.contiguous(v.transpose(0, 1, 3, 4, 2))  # [Z,C,R,V,T]
-    d_att = _mm(dyh, v_t)  # [Z,C,R,T,T]
+    d_att = mm(dyh, v_t)  # [Z,C,R,T,T]
     att = qk[:, :, None] * decay
-    dv_ = dv_ + _mm(_tr(att), dyh).transpose(0, 1, 3, 2, 4)
+    dv_ = dv_ + mm(_tr(att), dyh).transpose(0, 1, 3, 2, 4)
     dqk = (d_att * decay).sum(2) if r > 1 else (d_att * decay)[:, :, 0]  # [Z,C,T,T]
-    dq = dq + _mm(dqk, k)
-    dk_ = dk_ + _mm(_tr(dqk), q)
+    dq = dq + mm(dqk, k)
+    dk_ = dk_ + mm(_tr(dqk), q)
 
     # gates: g enters through D, cum, w = D[T-1, :] and a = cum[T-1]
     d_decay = d_att * qk[:, :, None]
@@ -209,7 +207,7 @@ def _backward(q, k, v, g, h0, before, raw, qk, dy, dfinal):
         [mx.zeros((*lead, t, 1), decay.dtype), _tr(decay[..., :-1, :])], axis=-1
     )
     cum_shift = mx.concatenate([mx.ones((*lead, 1), cum.dtype), cum[..., :-1]], axis=-1)
-    m = _mm(d_decay, shifted_t) + dcum[..., :, None] * cum_shift[..., None, :]
+    m = mm(d_decay, shifted_t) + dcum[..., :, None] * cum_shift[..., None, :]
     dg = (decay * m).sum(-2).transpose(0, 1, 3, 2)  # [Z,C,T,R]
     return dq, dk_, dv_, dg, dh0
 
@@ -246,25 +244,39 @@ def _parallel(fn, arrays: tuple, size: int):
     return tuple(mx.concatenate(list(outs), axis=0) for outs in zip(*results))
 
 
-@mx.custom_function
-def _block(q, k, v, g, h0):
-    return _parallel(_forward, (q, k, v, g, h0), q.shape[0])
+def _checkpointed(forward, backward):
+    """``forward`` (outputs y, final state and what ``backward`` needs) as a
+    custom function whose vjp is ``backward``; both split over CPU streams."""
+
+    @mx.custom_function
+    def block(q, k, v, g, h0):
+        return _parallel(forward, (q, k, v, g, h0), q.shape[0])
+
+    @block.vjp
+    def block_vjp(primals, cotangents, outputs):
+        saved, (dy, dfinal) = outputs[2:], cotangents[:2]
+        return _parallel(backward, (*primals, *saved, dy, dfinal), primals[0].shape[0])
+
+    return block
 
 
-@_block.vjp
-def _block_vjp(primals, cotangents, outputs):
-    q, k, v, g, h0 = primals
-    _, _, before, raw, qk = outputs
-    dy, dfinal = cotangents[:2]
-    return _parallel(_backward, (q, k, v, g, h0, before, raw, qk, dy, dfinal), q.shape[0])
+@functools.cache
+def _block(channel: bool, exact_fp32: bool):
+    """The custom function for scalar or per-channel gates. ``exact_fp32``
+    routes matmuls through ``precise.matmul`` (float32 inputs: no TF32)."""
+    mm = precise.matmul if exact_fp32 else mx.matmul
+    forward, backward = (_channel_forward, _channel_backward) if channel else (_forward, _backward)
+    return _checkpointed(functools.partial(forward, mm), functools.partial(backward, mm))
 
 
-def scalar_gate_chunked_scan(q, k, v, g, h0, chunk: int = 32):
+def scalar_gate_chunked_scan(q, k, v, g, h0, chunk: int = 32, exact_fp32: bool = True):
     """Chunked evaluation of the recurrence in the module docstring.
 
     q, k: [Z, L, K] (shared by the R heads of a group); v: [Z, L, R, V];
     g: [Z, L, R] linear-space gates; h0: [Z, K, R, V]. Returns
     y [Z, L, R, V] and the final state [Z, K, R, V]. Float32/64 in.
+    ``exact_fp32=False`` lets matmuls use TF32 where MLX does (enough for
+    half-precision inputs); True keeps them float32-accurate.
     """
     z, length, r, dv = v.shape
     dk = q.shape[-1]
@@ -275,7 +287,7 @@ def scalar_gate_chunked_scan(q, k, v, g, h0, chunk: int = 32):
         v = mx.pad(v, [(0, 0), (0, pad), (0, 0), (0, 0)])
         g = mx.pad(g, [(0, 0), (0, pad), (0, 0)], constant_values=1.0)
     c = (length + pad) // steps
-    y, final, _, _, _ = _block(
+    y, final, *_ = _block(False, exact_fp32)(
         q.reshape(z, c, steps, dk),
         k.reshape(z, c, steps, dk),
         v.reshape(z, c, steps, r, dv),
@@ -295,7 +307,7 @@ def _channel_decays(g: mx.array) -> tuple[mx.array, mx.array]:
     return _decays(mx.swapaxes(g, -1, -2))
 
 
-def _channel_forward(q, k, v, g, h0):
+def _channel_forward(mm, q, k, v, g, h0):
     """q, k, g [Z,C,T,K]; v [Z,C,T,V]; h0 [Z,K,V]."""
     decay, cum = _channel_decays(g)  # [Z,C,K,T,T], [Z,C,K,T]
     cum_t, w = _tr(cum), _tr(decay[..., -1, :])  # [Z,C,T,K]: from the start / to the end
@@ -303,34 +315,34 @@ def _channel_forward(q, k, v, g, h0):
     # scores[t, s] = sum_k q[t,k] D[k,t,s] k[s,k]: reduce over the key channels
     qk = mx.swapaxes(q, -1, -2)[..., :, None] * mx.swapaxes(k, -1, -2)[..., None, :]
     scores = (qk * decay).sum(axis=2)  # [Z,C,T,T]
-    local = _mm(_tr(k * w), v)  # [Z,C,K,V]
+    local = mm(_tr(k * w), v)  # [Z,C,K,V]
     before, final = _states(a, local, h0)
-    y = _mm(scores, v) + _mm(q * cum_t, before)
+    y = mm(scores, v) + mm(q * cum_t, before)
     return y, final, before, scores
 
 
-def _channel_backward(q, k, v, g, h0, before, scores, dy, dfinal):
+def _channel_backward(mm, q, k, v, g, h0, before, scores, dy, dfinal):
     z, c, t, dk = q.shape
     decay, cum = _channel_decays(g)
     cum_t, w = _tr(cum), _tr(decay[..., -1, :])
     a = cum[..., -1][..., None]
 
     # inter-chunk output  y += (q * cum) @ S_before
-    dqc = _mm(dy, _tr(before))  # [Z,C,T,K]
+    dqc = mm(dy, _tr(before))  # [Z,C,T,K]
     dq = dqc * cum_t
     dcum = dqc * q  # [Z,C,T,K]
-    local_grad = _mm(_tr(q * cum_t), dy)  # [Z,C,K,V]
+    local_grad = mm(_tr(q * cum_t), dy)  # [Z,C,K,V]
     dend, dh0 = _reverse_states(a, local_grad, dfinal)  # [Z,C,K,V]
     da = (dend * before).sum(-1)  # [Z,C,K]
 
     # local states  S_end = a * S_before + (k * w)^T v
-    dkw = _mm(v, _tr(dend))  # [Z,C,T,K]
+    dkw = mm(v, _tr(dend))  # [Z,C,T,K]
     dk_ = dkw * w
     dw = dkw * k
-    dv = _mm(k * w, dend) + _mm(_tr(scores), dy)
+    dv = mm(k * w, dend) + mm(_tr(scores), dy)
 
     # intra scores
-    d_scores = _mm(dy, _tr(v))  # [Z,C,T,T]
+    d_scores = mm(dy, _tr(v))  # [Z,C,T,T]
     weighted = d_scores[:, :, None] * decay  # [Z,C,K,T,T]
     q_k, k_k = mx.swapaxes(q, -1, -2), mx.swapaxes(k, -1, -2)  # [Z,C,K,T]
     dq = dq + _tr((weighted * k_k[..., None, :]).sum(-1))
@@ -349,24 +361,12 @@ def _channel_backward(q, k, v, g, h0, before, scores, dy, dfinal):
         [mx.zeros((*lead, t, 1), decay.dtype), _tr(decay[..., :-1, :])], axis=-1
     )
     cum_shift = mx.concatenate([mx.ones((*lead, 1), cum.dtype), cum[..., :-1]], axis=-1)
-    m = _mm(d_decay, shifted_t) + dcum[..., :, None] * cum_shift[..., None, :]
+    m = mm(d_decay, shifted_t) + dcum[..., :, None] * cum_shift[..., None, :]
     dg = _tr((decay * m).sum(-2))  # [Z,C,T,K]
     return dq, dk_, dv, dg, dh0
 
 
-@mx.custom_function
-def _channel_block(q, k, v, g, h0):
-    return _parallel(_channel_forward, (q, k, v, g, h0), q.shape[0])
-
-
-@_channel_block.vjp
-def _channel_block_vjp(primals, cotangents, outputs):
-    _, _, before, scores = outputs
-    dy, dfinal = cotangents[:2]
-    return _parallel(_channel_backward, (*primals, before, scores, dy, dfinal), primals[0].shape[0])
-
-
-def channel_gate_chunked_scan(q, k, v, g, h0, chunk: int = 8):
+def channel_gate_chunked_scan(q, k, v, g, h0, chunk: int = 8, exact_fp32: bool = True):
     """The recurrence with one gate per key channel: ``S <- diag(g) S + k v^T``.
 
     q, k, g: [Z, L, K]; v: [Z, L, V]; h0: [Z, K, V]. Returns y [Z, L, V]
@@ -383,7 +383,7 @@ def channel_gate_chunked_scan(q, k, v, g, h0, chunk: int = 8):
         q, k, v = (mx.pad(x, widths) for x in (q, k, v))
         g = mx.pad(g, widths, constant_values=1.0)
     c = (length + pad) // steps
-    y, final, _, _ = _channel_block(
+    y, final, *_ = _block(True, exact_fp32)(
         q.reshape(z, c, steps, dk),
         k.reshape(z, c, steps, dk),
         v.reshape(z, c, steps, dv),

@@ -10,6 +10,7 @@
 import mlx.core as mx
 
 from .._kind import Input, Kind
+from ..fallback.precise import needs_exact_fp32
 from ..fallback.scalar_chunked import channel_gate_chunked_scan, scalar_gate_chunked_scan
 from ..kernels.gla import KERNEL
 
@@ -30,6 +31,7 @@ def reference(q, k, v, g, state):
 
 
 def fallback(q, k, v, g, state):
+    exact = needs_exact_fp32(q, k, v, g)
     q, k, v, g = (t.astype(state.dtype) for t in (q, k, v, g))
     b, length, h, dk = q.shape
     dv = v.shape[-1]
@@ -40,7 +42,7 @@ def fallback(q, k, v, g, state):
     if g.ndim == 4:  # one gate per key channel
         y, final = channel_gate_chunked_scan(
             heads_first(q), heads_first(k), heads_first(v), heads_first(g),
-            state.reshape(b * h, dk, dv), chunk=CHANNEL_CHUNK,
+            state.reshape(b * h, dk, dv), chunk=CHANNEL_CHUNK, exact_fp32=exact,
         )
         return y.reshape(b, h, length, dv).transpose(0, 2, 1, 3), final.reshape(b, h, dk, dv)
     # per-head gates: the scalar-gate chunked form, heads folded into the batch
@@ -48,7 +50,7 @@ def fallback(q, k, v, g, state):
     y, final = scalar_gate_chunked_scan(
         heads_first(q), heads_first(k), heads_first(v)[:, :, None],
         g.transpose(0, 2, 1).reshape(b * h, length, 1),
-        state.reshape(b * h, dk, 1, dv), chunk=CHUNK,
+        state.reshape(b * h, dk, 1, dv), chunk=CHUNK, exact_fp32=exact,
     )
     y = y.reshape(b, h, length, dv).transpose(0, 2, 1, 3)
     return y, final.reshape(b, h, dk, dv)

@@ -11,6 +11,7 @@ recurrence (keys ``dt * B``, values ``x``, queries ``C``, gates
 import mlx.core as mx
 
 from .._kind import Input, Kind
+from ..fallback.precise import needs_exact_fp32
 from ..fallback.scalar_chunked import channel_gate_chunked_scan, scalar_gate_chunked_scan
 from ..kernels.ssd import KERNEL
 
@@ -38,8 +39,9 @@ def reference(x, dt, A, B, C, state):
 
 
 def fallback(x, dt, A, B, C, state):
+    exact = needs_exact_fp32(x, dt, A, B, C)
     if A.ndim == 1 or A.shape[-1] == 1:
-        return _fallback_per_head(x, dt, A.reshape(-1), B, C, state)
+        return _fallback_per_head(x, dt, A.reshape(-1), B, C, state, exact)
     # A [H, N]: one gate per head and state channel, the per-channel chunked form
     x, dt, A, B, C = _prepare(x, dt, A, B, C, state)
     b, length, h, p = x.shape
@@ -51,7 +53,7 @@ def fallback(x, dt, A, B, C, state):
     y, final = channel_gate_chunked_scan(
         heads_first(C), heads_first(dt[..., None] * B), heads_first(x),
         heads_first(mx.exp(dt[..., None] * A)),
-        mx.swapaxes(state, -1, -2).reshape(b * h, n, p), chunk=CHANNEL_CHUNK,
+        mx.swapaxes(state, -1, -2).reshape(b * h, n, p), chunk=CHANNEL_CHUNK, exact_fp32=exact,
     )
     y = y.reshape(b, h, length, p).transpose(0, 2, 1, 3)
     return y, mx.swapaxes(final.reshape(b, h, n, p), -1, -2)
@@ -61,7 +63,7 @@ CHUNK = 32  # chunk length of the A [H] fallback, chosen by measurement
 CHANNEL_CHUNK = 8  # and of the A [H, N] one ([N, T, T] decays per chunk)
 
 
-def _fallback_per_head(x, dt, A, B, C, state):
+def _fallback_per_head(x, dt, A, B, C, state, exact):
     """A [H]: scalar gates per head; the R = H // G heads of a group share B and C."""
     x, dt, A, B, C = (t.astype(state.dtype) for t in (x, dt, A, B, C))
     b, length, h, p = x.shape
@@ -77,7 +79,7 @@ def _fallback_per_head(x, dt, A, B, C, state):
     h0 = state.reshape(b, groups, r, p, n).transpose(0, 1, 4, 2, 3)  # [B,G,N,R,P]
     y, final = scalar_gate_chunked_scan(
         groups_first(C), groups_first(B), groups_first(v), groups_first(gate),
-        h0.reshape(b * groups, n, r, p), chunk=CHUNK,
+        h0.reshape(b * groups, n, r, p), chunk=CHUNK, exact_fp32=exact,
     )
     y = mx.moveaxis(y.reshape(b, groups, length, r, p), 1, 2).reshape(b, length, h, p)
     final = final.reshape(b, groups, n, r, p).transpose(0, 1, 3, 4, 2)
