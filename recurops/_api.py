@@ -110,7 +110,7 @@ def explain(kind: str, *inputs, state=None, **named) -> Explanation:
     and dtypes only; computes nothing.
 
     Returns:
-        An ``Explanation(path, reason)``; ``str()`` of it reads as a sentence.
+        The path and the reason; ``str()`` of it reads as a sentence.
     """
     spec = get_kind(kind)
     arrays = _collect(spec, inputs, named)
@@ -120,25 +120,27 @@ def explain(kind: str, *inputs, state=None, **named) -> Explanation:
     return _choose(spec, bind(spec, arrays, state), arrays, "auto")
 
 
-def scan(kind: str, *inputs, state=None, impl: str = "auto", **named):
+def scan(kind: str, *inputs, state=None, impl: str = "auto", **named) -> tuple[mx.array, mx.array]:
     """Run the recurrence ``kind`` over the time axis ``L`` of ``inputs``.
 
     Args:
-        kind: a registered kind: ``"ssd"``, ``"gla"``, ``"rglru"``,
+        kind (str): a registered kind: ``"ssd"``, ``"gla"``, ``"rglru"``,
             ``"rotlru"`` or ``"s6"`` (``recurops.KINDS``).
-        *inputs: the kind's inputs in order; ``recurops.KINDS[kind].signature()``
+        *inputs (array): the kind's inputs in order; ``recurops.KINDS[kind].signature()``
             gives their names and symbolic shapes. Keyword inputs by those
             names are accepted too. Any number of leading batch dimensions,
             the same on every batched input.
-        state: the initial state, shaped as the kind says; None means zeros.
-        impl: ``"auto"`` (default: the fused kernel on a Metal or CUDA GPU
+        state (array | None): the initial state, shaped as the kind says;
+            None means zeros.
+        impl (str): ``"auto"`` (default: the fused kernel on a Metal or CUDA GPU
             where it runs and is faster, the fallback elsewhere),
             ``"kernel"``, ``"fallback"`` or ``"reference"`` (the token loop).
 
     Returns:
-        ``(y, final_state)``: ``y`` in the dtype the inputs promote to,
-        ``final_state`` (the state after the last step) in float32, float64
-        for float64 inputs. Differentiable in every input and in ``state``.
+        The pair ``(y, final_state)``, with ``y`` in the dtype the inputs
+        promote to and ``final_state`` (the state after the last step) in
+        float32, float64 for float64 inputs. Differentiable in every input
+        and in ``state``.
 
     Raises:
         ValueError: unknown kind, a shape that breaks the kind's rules (the
