@@ -7,6 +7,7 @@ a CPU stays green; the device machine runs them on an H100.
 import mlx.core as mx
 import numpy as np
 import pytest
+from kernel_cases import kernel_inputs
 
 import recurops
 from recurops._api import gpu_backend
@@ -14,39 +15,6 @@ from recurops._api import gpu_backend
 pytestmark = pytest.mark.skipif(gpu_backend() is None, reason="no Metal or CUDA GPU")
 
 TOL = {mx.float32: 1e-4, mx.bfloat16: 2e-2, mx.float16: 2e-2}
-
-
-def _inputs(kind, rng, batch, length, dims, per_channel=False):
-    """Inputs of ``kind`` as float32 numpy arrays, values across the domain."""
-    def normal(*shape):
-        return rng.standard_normal((*batch, *shape)).astype(np.float32)
-
-    def unit(*shape, lead=True):
-        shape = (*batch, *shape) if lead else shape
-        u = rng.uniform(0, 1, shape).astype(np.float32)
-        u[u < 0.05] = 0.0  # exact zeros and ones in every decay
-        u[u > 0.95] = 1.0
-        return u
-
-    L = length
-    if kind == "ssd":
-        H, P, N, G = dims["H"], dims["P"], dims["N"], dims["G"]
-        A = -unit(H, N, lead=False) if per_channel else -unit(H, lead=False)
-        return (normal(L, H, P), unit(L, H), A, normal(L, G, N), normal(L, G, N))
-    if kind == "gla":
-        H, K, V = dims["H"], dims["K"], dims["V"]
-        g = unit(L, H, K) if per_channel else unit(L, H)
-        return (normal(L, H, K) / np.sqrt(K), normal(L, H, K), normal(L, H, V), g)
-    if kind == "rglru":
-        D = dims["D"]
-        return (rng.uniform(-1.1, 1.1, (*batch, L, D)).astype(np.float32), normal(L, D))
-    if kind == "rotlru":
-        P = dims["P"]
-        a = rng.uniform(-1.0, 1.0, (*batch, L, P)).astype(np.float32)
-        theta = rng.uniform(-np.pi, np.pi, (*batch, L, P)).astype(np.float32)
-        return (a, np.cos(theta), np.sin(theta) * 1.05, normal(L, 2 * P))
-    D, N = dims["D"], dims["N"]
-    return (normal(L, D), unit(L, D), -unit(D, N, lead=False), normal(L, N), normal(L, N))
 
 
 CASES = [
@@ -88,7 +56,7 @@ def _value_and_grads(kind, arrays, state, impl, wy, ws):
 def test_gpu_path_matches_reference(kind, batch, length, dims, per_channel, impl, dtype):
     """Outputs, final state and every gradient on the GPU against float64."""
     rng = np.random.default_rng(hash((kind, length)) % 2**32)
-    host = _inputs(kind, rng, batch, length, dims, per_channel)
+    host = kernel_inputs(kind, rng, batch, length, dims, per_channel)
     arrays = tuple(mx.array(x).astype(dtype) for x in host)
     probe_y, probe_s = recurops.scan(kind, *arrays, impl="fallback")
     state = mx.array(rng.standard_normal(probe_s.shape).astype(np.float32))
@@ -115,6 +83,6 @@ def test_new_batch_or_length_compiles_no_new_kernel(kind, dims):
     rng = np.random.default_rng(0)
     before = set(COMPILED)
     for batch, length in (((1,), 5), ((3,), 17), ((2,), 100)):
-        arrays = tuple(mx.array(t) for t in _inputs(kind, rng, batch, length, dims))
+        arrays = tuple(mx.array(t) for t in kernel_inputs(kind, rng, batch, length, dims))
         mx.eval(mx.grad(lambda *a: recurops.scan(kind, *a, impl="kernel")[0].sum())(*arrays))
     assert len(COMPILED - before) == 2  # one forward and one backward variant

@@ -14,6 +14,7 @@ import zlib
 import mlx.core as mx
 import numpy as np
 import pytest
+from kernel_cases import kernel_inputs
 
 import recurops
 from recurops.kernels import chassis
@@ -26,38 +27,6 @@ pytestmark = pytest.mark.skipif(sys.platform not in ("linux", "darwin"),
 
 DIALECTS = ("cuda", "metal")
 TOL = {mx.float32: 1e-4, mx.bfloat16: 2e-2}
-
-
-def _inputs(kind, rng, batch, length, dims, per_channel):
-    """Float32 NumPy inputs of ``kind`` across its domain (exact 0 and 1 decays included)."""
-    def normal(*shape):
-        return rng.standard_normal((*batch, *shape)).astype(np.float32)
-
-    def unit(*shape, lead=True):
-        u = rng.uniform(0, 1, (*batch, *shape) if lead else shape).astype(np.float32)
-        u[u < 0.05] = 0.0
-        u[u > 0.95] = 1.0
-        return u
-
-    L = length
-    if kind == "ssd":
-        H, P, N, G = dims["H"], dims["P"], dims["N"], dims["G"]
-        A = -unit(H, N, lead=False) if per_channel else -unit(H, lead=False)
-        return normal(L, H, P), unit(L, H), A, normal(L, G, N), normal(L, G, N)
-    if kind == "gla":
-        H, K, V = dims["H"], dims["K"], dims["V"]
-        g = unit(L, H, K) if per_channel else unit(L, H)
-        return normal(L, H, K) / np.sqrt(K), normal(L, H, K), normal(L, H, V), g
-    if kind == "rglru":
-        return rng.uniform(-1.1, 1.1, (*batch, L, dims["D"])).astype(np.float32), normal(
-            L, dims["D"])
-    if kind == "rotlru":
-        P = dims["P"]
-        a = rng.uniform(-1.0, 1.0, (*batch, L, P)).astype(np.float32)
-        theta = rng.uniform(-np.pi, np.pi, (*batch, L, P)).astype(np.float32)
-        return a, np.cos(theta), np.sin(theta) * 1.05, normal(L, 2 * P)
-    D, N = dims["D"], dims["N"]
-    return normal(L, D), unit(L, D), -unit(D, N, lead=False), normal(L, N), normal(L, N)
 
 
 # Small shapes, each with several checkpoint segments and an odd tail (SEG is
@@ -99,7 +68,7 @@ def _rel(a, b):
 
 def _compare(dialect, kind, batch, length, dims, per_channel, dtype):
     rng = np.random.default_rng(zlib.crc32(f"{kind}{batch}{length}{dims}".encode()))
-    host = _inputs(kind, rng, batch, length, dims, per_channel)
+    host = kernel_inputs(kind, rng, batch, length, dims, per_channel)
     arrays = tuple(mx.array(x).astype(dtype) for x in host)
     y0, s0 = recurops.scan(kind, *arrays, impl="fallback")
     state = mx.array(rng.standard_normal(s0.shape).astype(np.float32))
@@ -229,6 +198,6 @@ def test_kernel_breaking_the_whole_warp_invariant_fails(dialect, monkeypatch):
     monkeypatch.setattr(ssd, "BACKWARD", broken)
     rng = np.random.default_rng(0)
     dims = {"H": 2, "P": 40, "N": 3, "G": 1}
-    arrays = tuple(mx.array(x) for x in _inputs("ssd", rng, (1,), 5, dims, False))
+    arrays = tuple(mx.array(x) for x in kernel_inputs("ssd", rng, (1,), 5, dims, False))
     with simulate(dialect), pytest.raises(SimulationError, match="returned while lane"):
         mx.eval(mx.grad(lambda *a: recurops.scan("ssd", *a, impl="kernel")[0].sum())(*arrays))

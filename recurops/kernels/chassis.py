@@ -202,3 +202,20 @@ def compute_dtype(arrays) -> mx.Dtype:
     """The one dtype ``T`` the kernel reads its inputs in."""
     dtypes = {x.dtype for x in arrays}
     return dtypes.pop() if len(dtypes) == 1 else mx.float32
+
+
+LARGE_STATE = 2048  # state elements per head above which the chunked fallback trains faster
+
+
+def large_state_crossover(dims: dict, rows: str, cols: str, seg: int) -> str | None:
+    """Why ``auto`` prefers the fallback for a matrix-state kind, or None.
+
+    Measured on an H100 (docs/kernels.md): with more than ``LARGE_STATE``
+    state elements per head the recurrent kernel is latency-bound and the
+    chunked (matmul) fallback is faster on anything longer than four segments.
+    """
+    size = dims[rows] * dims[cols]
+    if size > LARGE_STATE and dims["L"] > 4 * seg:
+        return (f"the chunked fallback is faster for a large state per head "
+                f"({rows}*{cols}={size} > {LARGE_STATE}) over L={dims['L']} steps")
+    return None

@@ -19,11 +19,10 @@ from .chassis import (
     common_unsupported,
     compute_dtype,
     lanes,
+    large_state_crossover,
     launch,
     segments,
 )
-
-LARGE_STATE = 2048  # state elements per head above which the fallback trains faster
 
 _PROLOGUE = """
     const int B = q_shape[0];
@@ -191,14 +190,7 @@ def _unsupported(bound, arrays, backend):
 
 
 def _slower(bound):
-    """Measured on an H100 (docs/benchmarks.md): with a large state per head the
-    recurrent kernel is latency-bound and the chunked (matmul) fallback wins on
-    anything longer than a few segments."""
-    dims = bound.dims
-    if dims["K"] * dims["V"] > LARGE_STATE and dims["L"] > 4 * _seg(dims["K"]):
-        return (f"the chunked fallback is faster for a large state per head "
-                f"(K*V={dims['K'] * dims['V']} > {LARGE_STATE}) over L={dims['L']} steps")
-    return None
+    return large_state_crossover(bound.dims, "K", "V", _seg(bound.dims["K"]))
 
 
 KERNEL = KernelPath(

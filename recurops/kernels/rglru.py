@@ -13,11 +13,7 @@ from .chassis import (
     segments,
 )
 
-FORWARD = Source(
-    "rglru_fwd",
-    inputs=("a", "x", "h0"),
-    outputs=("y", "ckpt"),
-    body="""
+_PROLOGUE = """
     const int B = a_shape[0];
     const int L = a_shape[1];
     const int D = a_shape[2];
@@ -26,6 +22,13 @@ FORWARD = Source(
     if (tid >= B * D) return;
     const int b = tid / D;
     const int d = tid % D;
+"""
+
+FORWARD = Source(
+    "rglru_fwd",
+    inputs=("a", "x", "h0"),
+    outputs=("y", "ckpt"),
+    body=_PROLOGUE + """
     float h = h0[tid];
     ckpt[(b * (NS + 1)) * D + d] = h;
     for (int t = 0; t < L; ++t) {
@@ -43,15 +46,7 @@ BACKWARD = Source(
     "rglru_bwd",
     inputs=("a", "x", "ckpt", "dy", "dfinal"),
     outputs=("da", "dx", "dh0"),
-    body="""
-    const int B = a_shape[0];
-    const int L = a_shape[1];
-    const int D = a_shape[2];
-    const int NS = (L + SEG - 1) / SEG;
-    const int tid = THREAD_ID;
-    if (tid >= B * D) return;
-    const int b = tid / D;
-    const int d = tid % D;
+    body=_PROLOGUE + """
     float carry = dfinal[tid];  // dLoss/dh[t] from steps after t
     float before[SEG];          // h[t-1] for each step t of the segment
     for (int s = NS - 1; s >= 0; --s) {

@@ -18,11 +18,10 @@ from .chassis import (
     common_unsupported,
     compute_dtype,
     lanes,
+    large_state_crossover,
     launch,
     segments,
 )
-
-LARGE_STATE = 2048  # state elements per head above which the fallback trains faster
 
 _PROLOGUE = """
     const int B = x_shape[0];
@@ -212,14 +211,7 @@ def _unsupported(bound, arrays, backend):
 
 
 def _slower(bound):
-    """Measured on an H100 (docs/benchmarks.md): with a large state per head the
-    recurrent kernel is latency-bound and the chunked (matmul) fallback wins on
-    anything longer than a few segments."""
-    dims = bound.dims
-    if dims["P"] * dims["N"] > LARGE_STATE and dims["L"] > 4 * _seg(dims["N"]):
-        return (f"the chunked fallback is faster for a large state per head "
-                f"(P*N={dims['P'] * dims['N']} > {LARGE_STATE}) over L={dims['L']} steps")
-    return None
+    return large_state_crossover(bound.dims, "P", "N", _seg(bound.dims["N"]))
 
 
 KERNEL = KernelPath(

@@ -1,0 +1,38 @@
+"""Inputs for the kernel tests on a GPU (test_kernels.py) and on the CPU
+executor (test_simulated_kernels.py): small, named shapes per kind."""
+
+import numpy as np
+
+
+def kernel_inputs(kind, rng, batch, length, dims, per_channel=False):
+    """Float32 NumPy inputs of ``kind`` across its domain: exact 0 and 1 decays
+    and gates, negative and >1 ``a`` for the diagonal kinds."""
+    def normal(*shape):
+        return rng.standard_normal((*batch, *shape)).astype(np.float32)
+
+    def unit(*shape, lead=True):
+        shape = (*batch, *shape) if lead else shape
+        u = rng.uniform(0, 1, shape).astype(np.float32)
+        u[u < 0.05] = 0.0  # exact zeros and ones in every decay
+        u[u > 0.95] = 1.0
+        return u
+
+    L = length
+    if kind == "ssd":
+        H, P, N, G = dims["H"], dims["P"], dims["N"], dims["G"]
+        A = -unit(H, N, lead=False) if per_channel else -unit(H, lead=False)
+        return (normal(L, H, P), unit(L, H), A, normal(L, G, N), normal(L, G, N))
+    if kind == "gla":
+        H, K, V = dims["H"], dims["K"], dims["V"]
+        g = unit(L, H, K) if per_channel else unit(L, H)
+        return (normal(L, H, K) / np.sqrt(K), normal(L, H, K), normal(L, H, V), g)
+    if kind == "rglru":
+        D = dims["D"]
+        return (rng.uniform(-1.1, 1.1, (*batch, L, D)).astype(np.float32), normal(L, D))
+    if kind == "rotlru":
+        P = dims["P"]
+        a = rng.uniform(-1.0, 1.0, (*batch, L, P)).astype(np.float32)
+        theta = rng.uniform(-np.pi, np.pi, (*batch, L, P)).astype(np.float32)
+        return (a, np.cos(theta), np.sin(theta) * 1.05, normal(L, 2 * P))
+    D, N = dims["D"], dims["N"]
+    return (normal(L, D), unit(L, D), -unit(D, N, lead=False), normal(L, N), normal(L, N))
