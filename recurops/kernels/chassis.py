@@ -198,10 +198,12 @@ class KernelPath:
     slower: Callable = _never  # (bound) -> reason, or None
 
 
-def compute_dtype(arrays) -> mx.Dtype:
-    """The one dtype ``T`` the kernel reads its inputs in."""
+def in_one_dtype(*arrays) -> tuple[mx.Dtype, tuple]:
+    """``(T, arrays cast to T)``: the one dtype a kernel reads its inputs in
+    (theirs when they agree, float32 when they are mixed)."""
     dtypes = {x.dtype for x in arrays}
-    return dtypes.pop() if len(dtypes) == 1 else mx.float32
+    dtype = dtypes.pop() if len(dtypes) == 1 else mx.float32
+    return dtype, tuple(x.astype(dtype) for x in arrays)
 
 
 LARGE_STATE = 2048  # state elements per head above which the chunked fallback trains faster

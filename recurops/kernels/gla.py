@@ -17,7 +17,7 @@ from .chassis import (
     Source,
     checkpointed,
     common_unsupported,
-    compute_dtype,
+    in_one_dtype,
     lanes,
     large_state_crossover,
     launch,
@@ -141,9 +141,9 @@ def _seg(k: int) -> int:
 
 
 def _prepare(q, k, v, g):
-    dtype = compute_dtype((q, k, v, g))
-    gates = g[..., None] if g.ndim == 3 else g
-    return dtype, tuple(t.astype(dtype) for t in (q, k, v, gates))
+    gates = g[..., None] if g.ndim == 3 else g  # per-head gates as [B, L, H, 1]
+    dtype, (q, k, v, gates) = in_one_dtype(q, k, v, gates)
+    return dtype, (q, k, v, gates)
 
 
 def _template(dtype, q, v, gates):

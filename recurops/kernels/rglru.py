@@ -7,7 +7,7 @@ from .chassis import (
     Source,
     checkpointed,
     common_unsupported,
-    compute_dtype,
+    in_one_dtype,
     lanes,
     launch,
     segments,
@@ -75,10 +75,10 @@ SEG = 32
 
 def _forward(a, x, state):
     batch, length, width = a.shape
-    dtype = compute_dtype((a, x))
+    dtype, inputs = in_one_dtype(a, x)
     return launch(
         FORWARD,
-        (a.astype(dtype), x.astype(dtype), state),
+        (*inputs, state),
         {"y": (a.shape, dtype),
          "ckpt": ((batch, segments(length, SEG) + 1, width), mx.float32)},
         threads=lanes(batch * width),
@@ -87,10 +87,10 @@ def _forward(a, x, state):
 
 
 def _backward(dy, dfinal, ckpt, a, x, state):
-    dtype = compute_dtype((a, x))
+    dtype, inputs = in_one_dtype(a, x)
     return launch(
         BACKWARD,
-        (a.astype(dtype), x.astype(dtype), ckpt, dy, dfinal),
+        (*inputs, ckpt, dy, dfinal),
         {"da": (a.shape, mx.float32), "dx": (a.shape, mx.float32),
          "dh0": (state.shape, mx.float32)},
         threads=lanes(a.shape[0] * a.shape[2]),

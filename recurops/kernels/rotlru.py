@@ -11,7 +11,7 @@ from .chassis import (
     Source,
     checkpointed,
     common_unsupported,
-    compute_dtype,
+    in_one_dtype,
     lanes,
     launch,
     segments,
@@ -109,14 +109,9 @@ BACKWARD = Source(
 SEG = 32
 
 
-def _cast(a, c, s, x):
-    dtype = compute_dtype((a, c, s, x))
-    return dtype, tuple(t.astype(dtype) for t in (a, c, s, x))
-
-
 def _forward(a, c, s, x, state):
     batch, length, pairs = a.shape
-    dtype, inputs = _cast(a, c, s, x)
+    dtype, inputs = in_one_dtype(a, c, s, x)
     return launch(
         FORWARD,
         (*inputs, state),
@@ -128,7 +123,7 @@ def _forward(a, c, s, x, state):
 
 
 def _backward(dy, dfinal, ckpt, a, c, s, x, state):
-    dtype, inputs = _cast(a, c, s, x)
+    dtype, inputs = in_one_dtype(a, c, s, x)
     f32 = mx.float32
     return launch(
         BACKWARD,

@@ -15,7 +15,7 @@ from .chassis import (
     Source,
     checkpointed,
     common_unsupported,
-    compute_dtype,
+    in_one_dtype,
     lanes,
     launch,
     segments,
@@ -143,15 +143,10 @@ def _seg(n: int) -> int:
     return 32 if n <= 16 else 16
 
 
-def _cast(u, delta, B, C):
-    dtype = compute_dtype((u, delta, B, C))
-    return dtype, tuple(t.astype(dtype) for t in (u, delta, B, C))
-
-
 def _forward(u, delta, A, B, C, state):
     batch, length, width = u.shape
     n, seg = A.shape[1], _seg(A.shape[1])
-    dtype, (u, delta, B, C) = _cast(u, delta, B, C)
+    dtype, (u, delta, B, C) = in_one_dtype(u, delta, B, C)
     return launch(
         FORWARD,
         (u, delta, A.astype(mx.float32), B, C, state),
@@ -165,7 +160,7 @@ def _forward(u, delta, A, B, C, state):
 def _backward(dy, dfinal, ckpt, u, delta, A, B, C, state):
     batch, length, width = u.shape
     n, seg = A.shape[1], _seg(A.shape[1])
-    dtype, (u_, delta_, B_, C_) = _cast(u, delta, B, C)
+    dtype, (u_, delta_, B_, C_) = in_one_dtype(u, delta, B, C)
     f32 = mx.float32
     warps = lanes(width) // WARP
     du, ddelta, dA, dB, dC, dh0 = launch(

@@ -16,7 +16,7 @@ from .chassis import (
     Source,
     checkpointed,
     common_unsupported,
-    compute_dtype,
+    in_one_dtype,
     lanes,
     large_state_crossover,
     launch,
@@ -153,18 +153,13 @@ def _template(x, A, B, dtype):
             "SEG": _seg(B.shape[-1])}
 
 
-def _cast(x, dt, B, C):
-    dtype = compute_dtype((x, dt, B, C))
-    return dtype, tuple(t.astype(dtype) for t in (x, dt, B, C))
-
-
 def _per_head_rates(A):
     return (A if A.ndim == 2 else A[:, None]).astype(mx.float32)
 
 
 def _forward(x, dt, A, B, C, state):
     batch, length, heads, width = x.shape
-    dtype, (x, dt, B, C) = _cast(x, dt, B, C)
+    dtype, (x, dt, B, C) = in_one_dtype(x, dt, B, C)
     rates = _per_head_rates(A)
     seg = _seg(B.shape[-1])
     ckpt_shape = (batch, segments(length, seg) + 1, heads, width, B.shape[-1])
@@ -180,7 +175,7 @@ def _forward(x, dt, A, B, C, state):
 def _backward(dy, dfinal, ckpt, x, dt, A, B, C, state):
     batch, length, heads, width = x.shape
     groups, n = B.shape[2], B.shape[3]
-    dtype, (x_, dt_, B_, C_) = _cast(x, dt, B, C)
+    dtype, (x_, dt_, B_, C_) = in_one_dtype(x, dt, B, C)
     rates = _per_head_rates(A)
     warps = lanes(width) // WARP
     f32 = mx.float32
