@@ -537,6 +537,11 @@ def markdown(report: dict) -> str:
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--gpu" in argv:  # GPU mode: kernels vs fallback vs the CUDA peers (gpu.py)
+        import gpu
+
+        return gpu.main([a for a in argv if a != "--gpu"])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny shapes (a smoke test)")
     parser.add_argument("--lengths", help="comma-separated sequence lengths L to sweep")
