@@ -9,7 +9,7 @@ from typing import NamedTuple
 import mlx.core as mx
 
 from . import _interop
-from ._kind import Bound, Kind, bind
+from ._kind import Bound, Kind, bind, promote
 from .kinds import KINDS
 
 PATHS = ("auto", "kernel", "fallback", "reference")
@@ -63,13 +63,6 @@ def _collect(kind: Kind, inputs: tuple, named: dict) -> tuple:
             + (f" and keyword(s) {sorted(named)}" if named else "")
         )
     return tuple(given)
-
-
-def _promote(dtypes) -> mx.Dtype:
-    dtypes = set(dtypes)
-    if mx.float64 in dtypes:
-        return mx.float64
-    return dtypes.pop() if len(dtypes) == 1 else mx.float32
 
 
 def gpu_backend() -> str | None:
@@ -164,7 +157,7 @@ def scan(kind: str, *inputs, state=None, impl: str = "auto", **named) -> tuple[m
     bound = bind(spec, arrays, state)
     path = _choose(spec, bound, arrays, impl).path
 
-    out_dtype = _promote(x.dtype for x in arrays)
+    out_dtype = promote(x.dtype for x in arrays)
     state_dtype = mx.float64 if out_dtype == mx.float64 else mx.float32
     flat = math.prod(bound.batch)
     state_shape = bound.shape_of(spec.state)

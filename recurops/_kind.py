@@ -17,6 +17,15 @@ _FLOATING = (mx.float16, mx.bfloat16, mx.float32, mx.float64)
 _TOKEN = re.compile(r"^(\d*)([A-Za-z_]\w*)$")
 
 
+def promote(dtypes) -> mx.Dtype:
+    """The dtype floating inputs promote to: their common dtype, float64 if
+    any is float64, float32 for any other mix."""
+    dtypes = set(dtypes)
+    if mx.float64 in dtypes:
+        return mx.float64
+    return dtypes.pop() if len(dtypes) == 1 else mx.float32
+
+
 def _parse(shape: str) -> tuple[bool, tuple[tuple[int, str], ...]]:
     """``"... L 2P"`` -> (batched=True, ((1, "L"), (2, "P")))."""
     tokens = shape.split()

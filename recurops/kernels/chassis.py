@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 
+from .._kind import promote
+
 WARP = 32
 THREADS_PER_GROUP = 128
 
@@ -201,8 +203,7 @@ class KernelPath:
 def in_one_dtype(*arrays) -> tuple[mx.Dtype, tuple]:
     """``(T, arrays cast to T)``: the one dtype a kernel reads its inputs in
     (theirs when they agree, float32 when they are mixed)."""
-    dtypes = {x.dtype for x in arrays}
-    dtype = dtypes.pop() if len(dtypes) == 1 else mx.float32
+    dtype = promote(x.dtype for x in arrays)
     return dtype, tuple(x.astype(dtype) for x in arrays)
 
 
