@@ -292,6 +292,20 @@ def cases(quick):
     ]
 
 
+def _versions() -> dict:
+    """Installed versions of recurops and every library compared against."""
+    from importlib import metadata
+
+    names = ("mlx", "mlx-recurrence", "mlx-lm", "torch", "triton", "fla-core", "mamba-ssm")
+    found = {"recurops": recurops.__version__}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny shapes")
@@ -300,8 +314,8 @@ def main(argv=None):
     parser.add_argument("--out", default="", help="write results as JSON here")
     args = parser.parse_args(argv)
     results = {
-        "machine": platform.platform(), "mlx": mx.__version__,
-        "device": str(mx.default_device()), "bandwidth_Bps": BANDWIDTH,
+        "machine": platform.platform(), "device": str(mx.default_device()),
+        "versions": _versions(), "bandwidth_Bps": BANDWIDTH,
         "cases": [run_case(c, args.repeats) for c in cases(args.quick) if args.only in c[0]],
     }
     if args.out:
