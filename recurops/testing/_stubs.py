@@ -81,6 +81,19 @@ inline T from_bits(unsigned long long b) {
 }  // namespace recurops_sim
 """
 
+# numeric_limits<float>, the same in cuda::std and metal.
+FLOAT_LIMITS = r"""
+template <class T> struct numeric_limits;
+template <> struct numeric_limits<float> {
+  static constexpr float infinity() { return __builtin_inff(); }
+  static constexpr float quiet_NaN() { return __builtin_nanf(""); }
+  static constexpr float max() { return __FLT_MAX__; }
+  static constexpr float lowest() { return -__FLT_MAX__; }
+  static constexpr float min() { return __FLT_MIN__; }
+  static constexpr float epsilon() { return __FLT_EPSILON__; }
+};
+"""
+
 CUDA_UTILS = r"""
 #pragma once
 // recurops simulator stand-in for mlx/backend/cuda/device/utils.cuh (CUDA names only).
@@ -113,16 +126,7 @@ struct array {
   __host__ __device__ T* data() { return elems; }
   __host__ __device__ const T* data() const { return elems; }
 };
-template <class T> struct numeric_limits;
-template <> struct numeric_limits<float> {
-  static constexpr float infinity() { return __builtin_inff(); }
-  static constexpr float quiet_NaN() { return __builtin_nanf(""); }
-  static constexpr float max() { return __FLT_MAX__; }
-  static constexpr float lowest() { return -__FLT_MAX__; }
-  static constexpr float min() { return __FLT_MIN__; }
-  static constexpr float epsilon() { return __FLT_EPSILON__; }
-};
-template <> struct numeric_limits<int> {
+""" + FLOAT_LIMITS + r"""template <> struct numeric_limits<int> {
   static constexpr int max() { return __INT_MAX__; }
   static constexpr int lowest() { return -__INT_MAX__ - 1; }
   static constexpr int min() { return -__INT_MAX__ - 1; }
@@ -343,16 +347,7 @@ inline float fmax(float a, float b) { return __builtin_fmaxf(a, b); }
 inline float fmin(float a, float b) { return __builtin_fminf(a, b); }
 template <class T> inline T select(T a, T b, bool c) { return c ? b : a; }
 
-template <class T> struct numeric_limits;
-template <> struct numeric_limits<float> {
-  static constexpr float infinity() { return __builtin_inff(); }
-  static constexpr float quiet_NaN() { return __builtin_nanf(""); }
-  static constexpr float max() { return __FLT_MAX__; }
-  static constexpr float lowest() { return -__FLT_MAX__; }
-  static constexpr float min() { return __FLT_MIN__; }
-  static constexpr float epsilon() { return __FLT_EPSILON__; }
-};
-
+""" + FLOAT_LIMITS + r"""
 // simdgroup functions: every lane of the simdgroup meets the others in the runtime.
 template <class T> T simd_sum(T) = delete;
 inline float simd_sum(float x) {
