@@ -41,6 +41,8 @@ def matmul(a: mx.array, b: mx.array) -> mx.array:
 
 
 def needs_exact_fp32(*inputs: mx.array) -> bool:
-    """Whether results must be float32-accurate: unless every input is half
-    precision (bfloat16/float16, whose tolerance TF32 meets)."""
-    return any(x.dtype not in (mx.bfloat16, mx.float16) for x in inputs)
+    """Whether results must be float32-accurate: only when no input is half
+    precision. A bfloat16/float16 input carries its data at half precision,
+    so the half-precision tolerance (which TF32 meets) holds for the call,
+    also where a float32 parameter (Mamba's ``A``) promotes ``y`` to float32."""
+    return not any(x.dtype in (mx.bfloat16, mx.float16) for x in inputs)

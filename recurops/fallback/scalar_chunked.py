@@ -17,7 +17,8 @@ The sequence is cut into chunks of ``T`` steps. Inside a chunk
 with ``D[t, s] = prod_{s < r <= t} g[r]`` (built by a cumulative product of
 a masked copy of the gates) and ``cum[t] = prod_{r <= t} g[r]``. Chunk end
 states follow ``S_end = a S_before + k^T (w * v)``, ``a = cum[T-1]``,
-``w[s] = D[T-1, s]``, run over chunks as a blocked associative scan.
+``w[s] = D[T-1, s]``, run over chunks: on a GPU as one matmul with the chunk-level decays (``_states``),
+elsewhere as a blocked associative scan.
 
 The backward pass is written by hand (``mx.custom_function``): it is the
 same chunked form run backwards, with a reverse scan for the state
@@ -43,6 +44,7 @@ its own thread, and the BLAS of its Linux wheel is single-threaded.
 from __future__ import annotations
 
 import functools
+import math
 import os
 
 import mlx.core as mx
@@ -58,14 +60,58 @@ def _sl(x: mx.array, start=None, stop=None, step=None) -> mx.array:
 
 
 _BLOCK = 4  # scan block: a fixed number of steps run one after another
+MATMUL_CHUNKS = 256  # most chunks whose states the GPU passes by one matmul
 
 
-def _states(a: mx.array, b: mx.array, h0: mx.array) -> tuple[mx.array, mx.array]:
+def _states(mm, a: mx.array, b: mx.array, h0: mx.array) -> tuple[mx.array, mx.array]:
     """``h[c] = a[c] * h[c-1] + b[c]`` along axis 1 from ``h[-1] = h0``.
 
     Returns the state *before* each step, ``[h0, h[0], ..., h[C-2]]``, and
     the last one ``h[C-1]``. ``a`` broadcasts against ``b`` (it may be much
-    smaller). A blocked associative scan: the steps inside blocks of
+    smaller). On a GPU, up to ``MATMUL_CHUNKS`` steps, one matmul with the
+    step-level decays (``_states_by_matmul``); otherwise a blocked scan.
+    """
+    if _by_matmul(b.shape[1]):
+        return _states_by_matmul(mm, a, b, h0)
+    return _states_by_scan(a, b, h0)
+
+
+def _on_gpu() -> bool:
+    return mx.default_device().type == mx.DeviceType.gpu
+
+
+def _by_matmul(steps: int) -> bool:
+    """Whether ``_states`` passes ``steps`` chunk states by one matmul (GPU only:
+    the CPU's matmuls are too slow for its O(C^2) work)."""
+    return _on_gpu() and steps <= MATMUL_CHUNKS
+
+
+def _states_by_matmul(mm, a, b, h0):
+    """``_states`` as ``h = D b + cum h0`` with ``D [C, C]`` the products of ``a``
+    between steps (``_decays``): a few passes over ``b`` and one matmul whose
+    contracted axis is the C steps, instead of the scan's O(log C) passes.
+    """
+    z, c, *sb = b.shape
+    varying = [i for i, n in enumerate(a.shape[2:]) if n != 1]  # a's non-broadcast axes
+    shared = [i for i in range(len(sb)) if i not in varying]
+    rows = math.prod(sb[i] for i in varying)
+    cols = math.prod(sb[i] for i in shared)
+    order = [2 + i for i in varying] + [1] + [2 + i for i in shared]
+    decay, cum = _decays(a.transpose(0, *order).reshape(z, rows, c))  # [Z,rows,C,C], [Z,rows,C]
+    # row j of the product is the state before step j; row C the state after the last
+    before_rows = mx.concatenate([mx.zeros((z, rows, 1, c), decay.dtype), decay], axis=-2)
+    start = mx.concatenate([mx.ones((z, rows, 1), cum.dtype), cum], axis=-1)[..., None]
+    h0_rows = h0.transpose(0, *(1 + i for i in varying), *(1 + i for i in shared))
+    h = mm(before_rows, b.transpose(0, *order).reshape(z, rows, c, cols))
+    h = h + start * h0_rows.reshape(z, rows, 1, cols)  # [Z, rows, C+1, cols]
+    h = h.reshape(z, *(sb[i] for i in varying), c + 1, *(sb[i] for i in shared))
+    layout = [*varying, None, *shared]  # the axis of b each axis after Z holds (None: C)
+    h = h.transpose(0, *(1 + layout.index(i) for i in (None, *range(len(sb)))))
+    return h[:, :c], h[:, c]
+
+
+def _states_by_scan(a: mx.array, b: mx.array, h0: mx.array) -> tuple[mx.array, mx.array]:
+    """``_states`` as a blocked associative scan: the steps inside blocks of
     ``_BLOCK`` run one after another (a fixed count, whatever the length),
     the block totals are scanned recursively, and one pass applies each
     block's carry-in. O(C) work in a few passes over ``b``, O(log C) depth,
@@ -87,7 +133,7 @@ def _states(a: mx.array, b: mx.array, h0: mx.array) -> tuple[mx.array, mx.array]
     for j in range(1, m):
         hs.append(a_blk[:, :, j] * hs[-1] + b_blk[:, :, j])
         ps.append(_flush(a_blk[:, :, j] * ps[-1]))
-    carry, last = _states(ps[-1], hs[-1], h0)  # state entering each block
+    carry, last = _states_by_scan(ps[-1], hs[-1], h0)  # state entering each block
     before = mx.stack([carry] + [h + p * carry for h, p in zip(hs[:-1], ps[:-1])], axis=2)
     before = before.reshape(b.shape[0], head, *before.shape[3:])
     if head == n:
@@ -98,14 +144,14 @@ def _states(a: mx.array, b: mx.array, h0: mx.array) -> tuple[mx.array, mx.array]
     return mx.concatenate([before] + tail[:-1], axis=1), tail[-1][:, 0]
 
 
-def _reverse_states(a: mx.array, g: mx.array, dfinal: mx.array):
+def _reverse_states(mm, a: mx.array, g: mx.array, dfinal: mx.array):
     """Cotangents of the chunk states: ``Y[c] = a[c] Y[c+1] + g[c]``, ``Y[C] = dfinal``.
 
     Returns ``(Y[1..C], Y[0])``: the cotangent of the state at the end of each
     chunk and that of the initial state.
     """
     rev = slice(None, None, -1)
-    after, dh0 = _states(a[:, rev], g[:, rev], dfinal)
+    after, dh0 = _states(mm, a[:, rev], g[:, rev], dfinal)
     return after[:, rev], dh0
 
 
@@ -117,15 +163,15 @@ def _decays(g: mx.array) -> tuple[mx.array, mx.array]:
     """``g [..., T]`` -> (D [..., T(t), T(s)], cum [..., T]), products only."""
     steps = g.shape[-1]
     idx = mx.arange(steps)
-    later = idx[None, :] > idx[:, None]  # [s, r]: r > s
-    masked = mx.where(later, mx.expand_dims(g, -2), 1.0)  # [..., s, r]
-    from_s = mx.cumprod(masked, axis=-1)  # [..., s, t] = prod_{s<r<=t} g[r] (1 if t<=s)
-    decay = mx.swapaxes(from_s, -1, -2) * (~later).astype(g.dtype)  # [..., t, s], s<=t
-    return _flush(decay), _flush(mx.cumprod(g, axis=-1))
+    after = idx[:, None] > idx[None, :]  # [r, s]: r > s
+    masked = mx.where(after, mx.expand_dims(g, -1), 1.0)  # [..., r, s]
+    from_s = mx.cumprod(masked, axis=-2)  # [..., t, s] = prod_{s<r<=t} g[r] (1 if t<=s)
+    return _flush(from_s, keep=idx[:, None] >= idx[None, :]), _flush(mx.cumprod(g, axis=-1))
 
 
-def _flush(x: mx.array) -> mx.array:
-    """Decay factors below ``sqrt(smallest normal)`` (2^-63 in float32) -> 0.
+def _flush(x: mx.array, keep: mx.array | None = None) -> mx.array:
+    """Decay factors below ``sqrt(smallest normal)`` (2^-63 in float32) -> 0,
+    and those where ``keep`` is false.
 
     Long products of small gates underflow into subnormal numbers, and x86
     CPUs take a microcode assist on every operation that touches one: the
@@ -134,7 +180,8 @@ def _flush(x: mx.array) -> mx.array:
     rounding of the undecayed terms, so dropping it changes results by less
     than rounding; gates of exactly 0 and 1 are untouched.
     """
-    return mx.where(mx.abs(x) < mx.finfo(x.dtype).smallest_normal ** 0.5, 0.0, x)
+    drop = mx.abs(x) < mx.finfo(x.dtype).smallest_normal ** 0.5
+    return mx.where(drop if keep is None else drop | ~keep, 0.0, x)
 
 
 def _tr(x: mx.array) -> mx.array:
@@ -153,7 +200,7 @@ def _forward(mm, q, k, v, g, h0):
     w = decay[..., -1, :].transpose(0, 1, 3, 2)[..., None]  # [Z,C,T,R,1]
     a = cum[..., -1][:, :, None, :, None]  # [Z,C,1,R,1]
     local = mm(k_t, (v * w).reshape(z, c, t, r * dv))  # [Z,C,K,R*V]
-    before, final = _states(a, local.reshape(z, c, dk, r, dv), h0)
+    before, final = _states(mm, a, local.reshape(z, c, dk, r, dv), h0)
     raw = mm(q, before.reshape(z, c, dk, r * dv))  # [Z,C,T,R*V]
     cum_t = cum.transpose(0, 1, 3, 2)[..., None]  # [Z,C,T,R,1]
     y = raw.reshape(z, c, t, r, dv) * cum_t + intra.transpose(0, 1, 3, 2, 4)
@@ -175,7 +222,7 @@ def _backward(mm, q, k, v, g, h0, before, raw, qk, dy, dfinal):
     local_grad = mm(_tr(q), draw)  # [Z,C,K,R*V]: cotangent of S_before from the outputs
 
     # state cotangents: dS_before[c] = G[c] + a[c] dS_end[c], dS_end[c] = dS_before[c+1]
-    dend, dh0 = _reverse_states(a, local_grad.reshape(z, c, dk, r, dv), dfinal)  # [Z,C,K,R,V]
+    dend, dh0 = _reverse_states(mm, a, local_grad.reshape(z, c, dk, r, dv), dfinal)  # [Z,C,K,R,V]
     da = (dend * before).sum(axis=(2, 4))  # [Z,C,R]
 
     # local states  S_end = a S_before + k^T (w * v)
@@ -269,7 +316,13 @@ def _block(channel: bool, exact_fp32: bool):
     return _checkpointed(functools.partial(forward, mm), functools.partial(backward, mm))
 
 
-def scalar_gate_chunked_scan(q, k, v, g, h0, chunk: int = 32, exact_fp32: bool = True):
+# Chunk lengths, chosen by measurement (benchmarks/chunk_sweep.py): per-head
+# gates by device type, per-channel gates ([K, T, T] decays per chunk) short.
+CHUNK = {"cpu": 32, "gpu": 64}
+CHANNEL_CHUNK = 8
+
+
+def scalar_gate_chunked_scan(q, k, v, g, h0, chunk: int | None = None, exact_fp32: bool = True):
     """Chunked evaluation of the recurrence in the module docstring.
 
     q, k: [Z, L, K] (shared by the R heads of a group); v: [Z, L, R, V];
@@ -280,7 +333,7 @@ def scalar_gate_chunked_scan(q, k, v, g, h0, chunk: int = 32, exact_fp32: bool =
     """
     z, length, r, dv = v.shape
     dk = q.shape[-1]
-    steps = min(chunk, length)
+    steps = min(chunk or CHUNK["gpu" if _on_gpu() else "cpu"], length)
     pad = -length % steps
     if pad:
         q, k = (mx.pad(x, [(0, 0), (0, pad), (0, 0)]) for x in (q, k))
@@ -316,7 +369,7 @@ def _channel_forward(mm, q, k, v, g, h0):
     qk = mx.swapaxes(q, -1, -2)[..., :, None] * mx.swapaxes(k, -1, -2)[..., None, :]
     scores = (qk * decay).sum(axis=2)  # [Z,C,T,T]
     local = mm(_tr(k * w), v)  # [Z,C,K,V]
-    before, final = _states(a, local, h0)
+    before, final = _states(mm, a, local, h0)
     y = mm(scores, v) + mm(q * cum_t, before)
     return y, final, before, scores
 
@@ -332,7 +385,7 @@ def _channel_backward(mm, q, k, v, g, h0, before, scores, dy, dfinal):
     dq = dqc * cum_t
     dcum = dqc * q  # [Z,C,T,K]
     local_grad = mm(_tr(q * cum_t), dy)  # [Z,C,K,V]
-    dend, dh0 = _reverse_states(a, local_grad, dfinal)  # [Z,C,K,V]
+    dend, dh0 = _reverse_states(mm, a, local_grad, dfinal)  # [Z,C,K,V]
     da = (dend * before).sum(-1)  # [Z,C,K]
 
     # local states  S_end = a * S_before + (k * w)^T v
@@ -366,7 +419,7 @@ def _channel_backward(mm, q, k, v, g, h0, before, scores, dy, dfinal):
     return dq, dk_, dv, dg, dh0
 
 
-def channel_gate_chunked_scan(q, k, v, g, h0, chunk: int = 8, exact_fp32: bool = True):
+def channel_gate_chunked_scan(q, k, v, g, h0, chunk: int = CHANNEL_CHUNK, exact_fp32: bool = True):
     """The recurrence with one gate per key channel: ``S <- diag(g) S + k v^T``.
 
     q, k, g: [Z, L, K]; v: [Z, L, V]; h0: [Z, K, V]. Returns y [Z, L, V]

@@ -42,7 +42,7 @@ def fallback(q, k, v, g, state):
     if g.ndim == 4:  # one gate per key channel
         y, final = channel_gate_chunked_scan(
             heads_first(q), heads_first(k), heads_first(v), heads_first(g),
-            state.reshape(b * h, dk, dv), chunk=CHANNEL_CHUNK, exact_fp32=exact,
+            state.reshape(b * h, dk, dv), exact_fp32=exact,
         )
         return y.reshape(b, h, length, dv).transpose(0, 2, 1, 3), final.reshape(b, h, dk, dv)
     # per-head gates: the scalar-gate chunked form, heads folded into the batch
@@ -50,14 +50,10 @@ def fallback(q, k, v, g, state):
     y, final = scalar_gate_chunked_scan(
         heads_first(q), heads_first(k), heads_first(v)[:, :, None],
         g.transpose(0, 2, 1).reshape(b * h, length, 1),
-        state.reshape(b * h, dk, 1, dv), chunk=CHUNK, exact_fp32=exact,
+        state.reshape(b * h, dk, 1, dv), exact_fp32=exact,
     )
     y = y.reshape(b, h, length, dv).transpose(0, 2, 1, 3)
     return y, final.reshape(b, h, dk, dv)
-
-
-CHUNK = 32  # chunk length of the per-head-gate fallback, chosen by measurement
-CHANNEL_CHUNK = 8  # and of the per-channel-gate one ([K, T, T] decays per chunk)
 
 
 KIND = Kind(

@@ -53,35 +53,33 @@ def fallback(x, dt, A, B, C, state):
     y, final = channel_gate_chunked_scan(
         heads_first(C), heads_first(dt[..., None] * B), heads_first(x),
         heads_first(mx.exp(dt[..., None] * A)),
-        mx.swapaxes(state, -1, -2).reshape(b * h, n, p), chunk=CHANNEL_CHUNK, exact_fp32=exact,
+        mx.swapaxes(state, -1, -2).reshape(b * h, n, p), exact_fp32=exact,
     )
     y = y.reshape(b, h, length, p).transpose(0, 2, 1, 3)
     return y, mx.swapaxes(final.reshape(b, h, n, p), -1, -2)
 
 
-CHUNK = 32  # chunk length of the A [H] fallback, chosen by measurement
-CHANNEL_CHUNK = 8  # and of the A [H, N] one ([N, T, T] decays per chunk)
-
-
 def _fallback_per_head(x, dt, A, B, C, state, exact):
     """A [H]: scalar gates per head; the R = H // G heads of a group share B and C."""
-    x, dt, A, B, C = (t.astype(state.dtype) for t in (x, dt, A, B, C))
+    dt, A, B, C = (t.astype(state.dtype) for t in (dt, A, B, C))
     b, length, h, p = x.shape
     groups, n = B.shape[2], B.shape[3]
     r = h // groups
 
-    def groups_first(t):  # [B, L, G, ...] -> [B*G, L, ...]
-        t = mx.moveaxis(t, 2, 1)
-        return t.reshape(b * groups, *t.shape[2:])
+    def groups_first(t):  # [B, L, G, ...] -> [B*G, L, ...] (no copy for one group)
+        if groups > 1:
+            t = mx.moveaxis(t, 2, 1)
+        return t.reshape(b * groups, length, *t.shape[3:])
 
-    v = (dt[..., None] * x).reshape(b, length, groups, r, p)
+    v = (dt[..., None] * x).reshape(b, length, groups, r, p)  # x promotes to state.dtype
     gate = mx.exp(dt * A).reshape(b, length, groups, r)
     h0 = state.reshape(b, groups, r, p, n).transpose(0, 1, 4, 2, 3)  # [B,G,N,R,P]
     y, final = scalar_gate_chunked_scan(
         groups_first(C), groups_first(B), groups_first(v), groups_first(gate),
-        h0.reshape(b * groups, n, r, p), chunk=CHUNK, exact_fp32=exact,
+        h0.reshape(b * groups, n, r, p), exact_fp32=exact,
     )
-    y = mx.moveaxis(y.reshape(b, groups, length, r, p), 1, 2).reshape(b, length, h, p)
+    y = y.reshape(b, groups, length, r, p)
+    y = (y if groups == 1 else mx.moveaxis(y, 1, 2)).reshape(b, length, h, p)
     final = final.reshape(b, groups, n, r, p).transpose(0, 1, 3, 4, 2)
     return y, final.reshape(b, h, p, n)
 
