@@ -17,8 +17,8 @@ The sequence is cut into chunks of ``T`` steps. Inside a chunk
 with ``D[t, s] = prod_{s < r <= t} g[r]`` (built by a cumulative product of
 a masked copy of the gates) and ``cum[t] = prod_{r <= t} g[r]``. Chunk end
 states follow ``S_end = a S_before + k^T (w * v)``, ``a = cum[T-1]``,
-``w[s] = D[T-1, s]``, run over chunks: on a GPU as one matmul with the chunk-level decays (``_states``),
-elsewhere as a blocked associative scan.
+``w[s] = D[T-1, s]``, run over chunks: on a GPU as one matmul with the
+chunk-level decays (``_states``), elsewhere as a blocked associative scan.
 
 The backward pass is written by hand (``mx.custom_function``): it is the
 same chunked form run backwards, with a reverse scan for the state
