@@ -574,8 +574,9 @@ def run_vjp(call: Call, impl: str, cotangent: tuple) -> tuple[tuple, tuple]:
 def float64_reference_vjp(call: Call, cotangent: tuple) -> tuple[tuple, tuple]:
     """``run_vjp`` of the reference path on float64 copies of ``call`` and
     ``cotangent``: what every path's gradients are held to."""
-    wide = tuple(c.astype(mx.float64) for c in cotangent)
-    return run_vjp(call.astype(mx.float64), "reference", wide)
+    with mx.stream(mx.cpu):  # float64 runs on the CPU only
+        wide = tuple(c.astype(mx.float64) for c in cotangent)
+        return run_vjp(call.astype(mx.float64), "reference", wide)
 
 
 def gradient_sizes(call: Call, rng: np.random.Generator) -> tuple[float, ...]:
