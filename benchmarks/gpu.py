@@ -292,6 +292,38 @@ def cases(quick):
     ]
 
 
+def memory_sweep(lengths=(512, 1024, 2048, 4096)):
+    """Training peak memory against ``L``: recurops' kernel and fallback paths
+    (and mlx-lm's ``ssm_attn``) at the large ``ssd`` / ``gla`` shapes. The
+    kernel path keeps a checkpoint every 128 steps, not a state per step."""
+    rows = []
+    for length in lengths:
+        for name, kind, inputs, *_ in (ssd_case(8, length, 32, 64, 128),
+                                       gla_case(8, length, 16, 128, 128)):
+            paths = {f"recurops {impl}": (
+                lambda *a, kind=kind, impl=impl: recurops.scan(kind, *a, impl=impl)[0], inputs)
+                for impl in ("kernel", "fallback")}
+            paths.update({k: v for k, v in peers_mlx(kind, inputs).items() if "mlx-lm" in k})
+            for label, (fn, args) in paths.items():
+                peak = peak_training_bytes(mlx_pair(fn, args)[1])
+                rows.append({"case": name, "L": length, "impl": label, "peak_MB": peak / 1e6})
+                print(f"  L={length:5d} {name[:3]} {label:24s} peak {peak / 1e6:9.1f} MB  "
+                      f"(inputs {sum(x.nbytes for x in inputs) / 1e6:.1f} MB)", flush=True)
+    return rows
+
+
+def _card() -> str | None:
+    """The GPU's name, where ``nvidia-smi`` can tell it."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
 def _versions() -> dict:
     """Installed versions of recurops and every library compared against."""
     from importlib import metadata
@@ -312,12 +344,18 @@ def main(argv=None):
     parser.add_argument("--only", default="", help="run cases whose name contains this")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--out", default="", help="write results as JSON here")
+    parser.add_argument("--memory-sweep", action="store_true",
+                        help="also record training peak memory against L")
     args = parser.parse_args(argv)
+    print(f"card: {_card()}", flush=True)
     results = {
-        "machine": platform.platform(), "device": str(mx.default_device()),
+        "machine": platform.platform(), "device": str(mx.default_device()), "card": _card(),
         "versions": _versions(), "bandwidth_Bps": BANDWIDTH,
         "cases": [run_case(c, args.repeats) for c in cases(args.quick) if args.only in c[0]],
     }
+    if args.memory_sweep:
+        print("\n== training peak memory against L", flush=True)
+        results["memory_sweep"] = memory_sweep()
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=1)

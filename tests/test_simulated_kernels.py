@@ -30,7 +30,8 @@ TOL = {mx.float32: 1e-4, mx.bfloat16: 2e-2}
 
 
 # Small shapes, each with several checkpoint segments and an odd tail (SEG is
-# 32, or 16 for larger state widths), batch > 1 (or two batch dims), lane
+# 32, or 16 for larger state widths; ssd and gla store a checkpoint every 128 steps
+# and recomputes SEG-step pieces), batch > 1 (or two batch dims), lane
 # dimensions that are not a multiple of 32 (a partial warp), and an initial state.
 CASES = [
     # kind, batch, L, dims, per_channel
@@ -40,8 +41,10 @@ CASES = [
     ("s6", (3,), 37, {"D": 33, "N": 20}, False),  # SEG 16: 3 segments
     ("ssd", (2,), 70, {"H": 4, "P": 40, "N": 4, "G": 2}, False),  # A per head
     ("ssd", (2,), 37, {"H": 2, "P": 33, "N": 36, "G": 1}, True),  # A per channel, SEG 16
+    ("ssd", (1,), 150, {"H": 2, "P": 8, "N": 36, "G": 1}, False),  # two 128-step spans
     ("gla", (2,), 70, {"H": 2, "K": 8, "V": 40}, False),  # one gate per head
     ("gla", (2,), 37, {"H": 2, "K": 6, "V": 33}, True),  # one gate per key channel
+    ("gla", (1,), 150, {"H": 2, "K": 6, "V": 8}, True),  # two 128-step spans
 ]
 BF16_CASES = [
     ("rglru", (2,), 40, {"D": 45}, False),

@@ -14,7 +14,9 @@
 
 Neutral tokens: ``THREAD_ID`` (global thread index along x), ``LANE_ID``
 (index within the 32-lane simdgroup / warp), ``WARP_SUM(v)`` (sum over the
-32 lanes; every lane of the warp must reach it), ``EXP(v)``.
+32 lanes; every lane of the warp must reach it), ``EXP(v)``, and
+``ATOMIC_ADD(&out[i], v)`` (a relaxed atomic float add into an output that
+``launch`` was asked to zero, ``init_value=0``).
 Kernels are launched with whole warps only: a warp either returns as a whole
 or reaches every ``WARP_SUM``.
 """
@@ -55,17 +57,23 @@ __device__ __forceinline__ float recurops_warp_sum(float v) {
         "LANE_ID": "((int)(threadIdx.x & 31u))",
         "WARP_SUM": "recurops_warp_sum",
         "EXP": "expf",
+        "ATOMIC_ADD": "atomicAdd",
     },
 )
 
 METAL = Dialect(
     "metal",
-    header="",
+    header="""
+inline void recurops_atomic_add(device float* out, float v) {
+  atomic_fetch_add_explicit((device atomic_float*)out, v, memory_order_relaxed);
+}
+""",
     tokens={
         "THREAD_ID": "((int)thread_position_in_grid.x)",
         "LANE_ID": "((int)thread_index_in_simdgroup)",
         "WARP_SUM": "simd_sum",
         "EXP": "metal::exp",
+        "ATOMIC_ADD": "recurops_atomic_add",
     },
 )
 
@@ -113,11 +121,14 @@ def backend() -> str:
     return "metal" if mx.metal.is_available() else "cuda"
 
 
-def launch(source: Source, inputs, outputs: dict, threads: int, template: dict):
+def launch(source: Source, inputs, outputs: dict, threads: int, template: dict,
+           init_value: float | None = None):
     """Run ``source`` over ``threads`` threads (a multiple of 32).
 
     ``outputs`` maps each output name to ``(shape, dtype)``; ``template``
-    holds the baked constants. Returns the outputs as a tuple, in order.
+    holds the baked constants; ``init_value`` fills the outputs before the
+    kernel runs (0 for those it accumulates into with ``ATOMIC_ADD``).
+    Returns the outputs as a tuple, in order.
     """
     assert threads % WARP == 0
     # ``build`` and ``backend`` are looked up here at call time on purpose:
@@ -133,6 +144,7 @@ def launch(source: Source, inputs, outputs: dict, threads: int, template: dict):
             threadgroup=(THREADS_PER_GROUP, 1, 1),
             output_shapes=[s for s, _ in shapes],
             output_dtypes=[d for _, d in shapes],
+            init_value=init_value,
         )
     )
 

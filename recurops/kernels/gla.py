@@ -2,9 +2,10 @@
 
 One thread per (batch, head, j) holds the state column ``S[:, j]`` (``K``
 values) in registers; lanes of a warp are consecutive ``j``, so the
-gradients of ``q``, ``k`` and the gates (sums over ``j``) are warp sums, one
-partial per warp, finished by MLX. ``GK`` is ``K`` for per-key-channel gates
-and 1 for one gate per head.
+gradients of ``q``, ``k`` and the gates (sums over ``j``) are warp sums added
+atomically into their outputs. ``GK`` is ``K`` for per-key-channel gates and
+1 for one gate per head. Checkpoints every ``SPAN`` steps, recomputed in
+``SEG``-step pieces, as in the ``"ssd"`` kernel (``kernels/ssd.py``).
 """
 
 import math
@@ -12,7 +13,6 @@ import math
 import mlx.core as mx
 
 from .chassis import (
-    WARP,
     KernelPath,
     Source,
     checkpointed,
@@ -29,7 +29,8 @@ _PROLOGUE = """
     const int L = q_shape[1];
     const int H = q_shape[2];
     const int VP = (V + 31) / 32 * 32;
-    const int NS = (L + SEG - 1) / SEG;
+    const int SPAN = SEG * SUBS;
+    const int NS = (L + SPAN - 1) / SPAN;
     const int tid = THREAD_ID;
     const int j = tid % VP;
     const int bh = tid / VP;
@@ -59,8 +60,8 @@ FORWARD = Source(
             out += static_cast<float>(q[row * K + i]) * S[i];
         }
         y[row * V + j] = static_cast<T>(out);
-        if ((t + 1) % SEG == 0 || t == L - 1) {
-            const int c = ((b * (NS + 1) + (t + SEG) / SEG) * H + hh) * K;
+        if ((t + 1) % SPAN == 0 || t == L - 1) {
+            const int c = ((b * (NS + 1) + (t + SPAN) / SPAN) * H + hh) * K;
             for (int i = 0; i < K; ++i) ckpt[(c + i) * V + j] = S[i];
         }
     }
@@ -73,60 +74,74 @@ BACKWARD = Source(
     outputs=("dq", "dk", "dv", "dg", "dh0"),
     body=_PROLOGUE + """
     if (bh >= B * H) return;  // whole warps only: VP is a multiple of 32
-    const int W = VP / 32;
-    const int warp = j / 32;
     float carry[K];  // dLoss/dS[t][:, j] from steps after t
     for (int i = 0; i < K; ++i) carry[i] = active ? dfinal[(bh * K + i) * V + j] : 0.0f;
-    float before[SEG * K];  // S[t-1][:, j] for each step t of the segment
+    float starts[SUBS * K];  // S entering each SEG-step piece of the span
+    float before[SEG * K];  // S[t-1][:, j] for each step t of the piece
     for (int s = NS - 1; s >= 0; --s) {
-        const int t0 = s * SEG;
-        const int t1 = (t0 + SEG < L) ? t0 + SEG : L;
         float S[K];
         for (int i = 0; i < K; ++i) {
             S[i] = active ? ckpt[(((b * (NS + 1) + s) * H + hh) * K + i) * V + j] : 0.0f;
         }
-        for (int t = t0; t < t1; ++t) {
+        for (int t = s * SPAN; t < s * SPAN + SPAN; ++t) {
+            if ((t - s * SPAN) % SEG == 0) {
+                for (int i = 0; i < K; ++i) starts[((t - s * SPAN) / SEG) * K + i] = S[i];
+            }
+            if (t >= L) continue;
             const int row = (b * L + t) * H + hh;
             const float vj = active ? static_cast<float>(v[row * V + j]) : 0.0f;
             for (int i = 0; i < K; ++i) {
                 const float gi = static_cast<float>(g[row * GK + ((GK == 1) ? 0 : i)]);
-                before[(t - t0) * K + i] = S[i];
                 S[i] = gi * S[i] + static_cast<float>(k[row * K + i]) * vj;
             }
         }
-        for (int t = t1 - 1; t >= t0; --t) {
-            const int row = (b * L + t) * H + hh;
-            const float vj = active ? static_cast<float>(v[row * V + j]) : 0.0f;
-            const float g_out = active ? dy[row * V + j] : 0.0f;
-            float dv_t = 0.0f;
-            float dg_head = 0.0f;
-            for (int i = 0; i < K; ++i) {
-                const float gi = static_cast<float>(g[row * GK + ((GK == 1) ? 0 : i)]);
-                const float ki = static_cast<float>(k[row * K + i]);
-                const float qi = static_cast<float>(q[row * K + i]);
-                const float prev = before[(t - t0) * K + i];
-                const float st = gi * prev + ki * vj;
-                const float gt = carry[i] + qi * g_out;
-                const float dq_i = WARP_SUM(st * g_out);
-                const float dk_i = WARP_SUM(gt * vj);
+        for (int piece = SUBS - 1; piece >= 0; --piece) {
+            const int t0 = s * SPAN + piece * SEG;
+            const int t1 = (t0 + SEG < L) ? t0 + SEG : L;
+            for (int i = 0; i < K; ++i) S[i] = starts[piece * K + i];
+            for (int t = t0; t < t1; ++t) {
+                const int row = (b * L + t) * H + hh;
+                const float vj = active ? static_cast<float>(v[row * V + j]) : 0.0f;
+                for (int i = 0; i < K; ++i) {
+                    const float gi = static_cast<float>(g[row * GK + ((GK == 1) ? 0 : i)]);
+                    before[(t - t0) * K + i] = S[i];
+                    S[i] = gi * S[i] + static_cast<float>(k[row * K + i]) * vj;
+                }
+            }
+            for (int t = t1 - 1; t >= t0; --t) {
+                const int row = (b * L + t) * H + hh;
+                const float vj = active ? static_cast<float>(v[row * V + j]) : 0.0f;
+                const float g_out = active ? dy[row * V + j] : 0.0f;
+                float dv_t = 0.0f;
+                float dg_head = 0.0f;
+                for (int i = 0; i < K; ++i) {
+                    const float gi = static_cast<float>(g[row * GK + ((GK == 1) ? 0 : i)]);
+                    const float ki = static_cast<float>(k[row * K + i]);
+                    const float qi = static_cast<float>(q[row * K + i]);
+                    const float prev = before[(t - t0) * K + i];
+                    const float st = gi * prev + ki * vj;
+                    const float gt = carry[i] + qi * g_out;
+                    const float dq_i = WARP_SUM(st * g_out);
+                    const float dk_i = WARP_SUM(gt * vj);
+                    if (GK == 1) {
+                        dg_head += gt * prev;
+                    } else {
+                        const float dg_i = WARP_SUM(gt * prev);
+                        if (LANE_ID == i % 32) ATOMIC_ADD(&dg[row * GK + i], dg_i);
+                    }
+                    if (LANE_ID == i % 32) {
+                        ATOMIC_ADD(&dq[row * K + i], dq_i);
+                        ATOMIC_ADD(&dk[row * K + i], dk_i);
+                    }
+                    dv_t += gt * ki;
+                    carry[i] = gi * gt;
+                }
                 if (GK == 1) {
-                    dg_head += gt * prev;
-                } else {
-                    const float dg_i = WARP_SUM(gt * prev);
-                    if (LANE_ID == 0) dg[(row * W + warp) * GK + i] = dg_i;
+                    const float dg_sum = WARP_SUM(dg_head);
+                    if (LANE_ID == 0) ATOMIC_ADD(&dg[row], dg_sum);
                 }
-                if (LANE_ID == 0) {
-                    dq[(row * W + warp) * K + i] = dq_i;
-                    dk[(row * W + warp) * K + i] = dk_i;
-                }
-                dv_t += gt * ki;
-                carry[i] = gi * gt;
+                if (active) dv[row * V + j] = dv_t;
             }
-            if (GK == 1) {
-                const float dg_sum = WARP_SUM(dg_head);
-                if (LANE_ID == 0) dg[row * W + warp] = dg_sum;
-            }
-            if (active) dv[row * V + j] = dv_t;
         }
     }
     if (active) {
@@ -134,6 +149,9 @@ BACKWARD = Source(
     }
 """,
 )
+
+
+SPAN = 128  # steps between stored checkpoints
 
 
 def _seg(k: int) -> int:
@@ -147,14 +165,15 @@ def _prepare(q, k, v, g):
 
 
 def _template(dtype, q, v, gates):
+    seg = _seg(q.shape[-1])
     return {"T": dtype, "K": q.shape[-1], "V": v.shape[-1], "GK": gates.shape[-1],
-            "SEG": _seg(q.shape[-1])}
+            "SEG": seg, "SUBS": SPAN // seg}
 
 
 def _forward(q, k, v, g, state):
     batch, length, heads, dk = q.shape
     dtype, (q, k, v, gates) = _prepare(q, k, v, g)
-    ckpt_shape = (batch, segments(length, _seg(dk)) + 1, heads, dk, v.shape[-1])
+    ckpt_shape = (batch, segments(length, SPAN) + 1, heads, dk, v.shape[-1])
     return launch(
         FORWARD,
         (q, k, v, gates, state),
@@ -167,25 +186,24 @@ def _forward(q, k, v, g, state):
 def _backward(dy, dfinal, ckpt, q, k, v, g, state):
     batch, length, heads, dk = q.shape
     dtype, (q_, k_, v_, gates) = _prepare(q, k, v, g)
-    warps = lanes(v.shape[-1]) // WARP
     f32 = mx.float32
-    partial = (batch, length, heads, warps)
     dq, dk_, dv, dg, dh0 = launch(
         BACKWARD,
         (q_, k_, v_, gates, ckpt, dy, dfinal),
-        {"dq": ((*partial, dk), f32), "dk": ((*partial, dk), f32), "dv": (v.shape, f32),
-         "dg": ((*partial, gates.shape[-1]), f32), "dh0": (state.shape, f32)},
+        {"dq": (q.shape, f32), "dk": (k.shape, f32), "dv": (v.shape, f32),
+         "dg": (gates.shape, f32), "dh0": (state.shape, f32)},
         threads=batch * heads * lanes(v.shape[-1]),
         template=_template(dtype, q_, v_, gates),
+        init_value=0.0,
     )
-    return dq.sum(3), dk_.sum(3), dv, dg.sum(3).reshape(g.shape), dh0
+    return dq, dk_, dv, dg.reshape(g.shape), dh0
 
 
 def _unsupported(bound, arrays, backend):
     dims = bound.dims
     if dims["K"] > 128:
         return f"K={dims['K']} > 128 does not fit the kernel's registers"
-    ckpt = math.prod(bound.batch) * (dims["L"] // _seg(dims["K"]) + 2) * dims["H"]
+    ckpt = math.prod(bound.batch) * (dims["L"] // SPAN + 2) * dims["H"]
     return common_unsupported(arrays, ckpt * dims["K"] * dims["V"])
 
 

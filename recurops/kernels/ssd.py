@@ -2,8 +2,15 @@
 
 One thread per (batch, head, p) holds the state row ``h[p, :]`` (``N``
 values) in registers; lanes of a warp are consecutive ``p``, so the gradients
-of ``B``, ``C`` and ``dt`` (sums over ``p``) are warp sums, one partial per
-warp, finished (with the sum over the heads of a group) by MLX.
+of ``B``, ``C`` and ``dt`` (sums over ``p``, and over the heads of a group)
+are warp sums added atomically into their outputs.
+
+The forward stores the state every ``SPAN = SEG * SUBS`` steps (128). The
+backward recomputes a span once from its checkpoint, keeping the state at
+the start of each ``SEG``-step piece in scratch; then, piece by piece from
+the newest, recomputes the piece's states and runs the adjoint sweep.
+Training memory is the checkpoints (``L / 128`` states) plus gradients of
+the inputs' sizes: no partial sums per warp.
 """
 
 import math
@@ -11,7 +18,6 @@ import math
 import mlx.core as mx
 
 from .chassis import (
-    WARP,
     KernelPath,
     Source,
     checkpointed,
@@ -29,7 +35,8 @@ _PROLOGUE = """
     const int H = x_shape[2];
     const int G = Bm_shape[2];
     const int PP = (P + 31) / 32 * 32;
-    const int NS = (L + SEG - 1) / SEG;
+    const int SPAN = SEG * SUBS;
+    const int NS = (L + SPAN - 1) / SPAN;
     const int tid = THREAD_ID;
     const int p = tid % PP;
     const int bh = tid / PP;
@@ -63,8 +70,8 @@ FORWARD = Source(
             out += static_cast<float>(Cm[r + n]) * h[n];
         }
         y[row * P + p] = static_cast<T>(out);
-        if ((t + 1) % SEG == 0 || t == L - 1) {
-            const int k = (((b * (NS + 1) + (t + SEG) / SEG) * H + hh) * P + p) * N;
+        if ((t + 1) % SPAN == 0 || t == L - 1) {
+            const int k = (((b * (NS + 1) + (t + SPAN) / SPAN) * H + hh) * P + p) * N;
             for (int n = 0; n < N; ++n) ckpt[k + n] = h[n];
         }
     }
@@ -77,21 +84,22 @@ BACKWARD = Source(
     outputs=("dx", "ddt", "dA", "dB", "dC", "dh0"),
     body=_PROLOGUE + """
     if (bh >= B * H) return;  // whole warps only: PP is a multiple of 32
-    const int W = PP / 32;
-    const int warp = p / 32;
     float carry[N];  // dLoss/dh[t] from steps after t
     float dA_acc[NA];
     for (int n = 0; n < N; ++n) carry[n] = active ? dfinal[(bh * P + p) * N + n] : 0.0f;
     for (int n = 0; n < NA; ++n) dA_acc[n] = 0.0f;
-    float before[SEG * N];  // h[t-1] for each step t of the segment
+    float starts[SUBS * N];  // the state entering each SEG-step piece of the span
+    float before[SEG * N];  // h[t-1] for each step t of the piece
     for (int s = NS - 1; s >= 0; --s) {
-        const int t0 = s * SEG;
-        const int t1 = (t0 + SEG < L) ? t0 + SEG : L;
         float h[N];
         for (int n = 0; n < N; ++n) {
             h[n] = active ? ckpt[(((b * (NS + 1) + s) * H + hh) * P + p) * N + n] : 0.0f;
         }
-        for (int t = t0; t < t1; ++t) {
+        for (int t = s * SPAN; t < s * SPAN + SPAN; ++t) {
+            if ((t - s * SPAN) % SEG == 0) {
+                for (int n = 0; n < N; ++n) starts[((t - s * SPAN) / SEG) * N + n] = h[n];
+            }
+            if (t >= L) continue;
             const int row = (b * L + t) * H + hh;
             const int r = ((b * L + t) * G + grp) * N;
             const float dtv = static_cast<float>(dt[row]);
@@ -99,41 +107,57 @@ BACKWARD = Source(
             const float decay_head = EXP(dtv * A[hh * NA]);
             for (int n = 0; n < N; ++n) {
                 const float decay = (NA == 1) ? decay_head : EXP(dtv * A[hh * NA + n]);
-                before[(t - t0) * N + n] = h[n];
                 h[n] = decay * h[n] + dtv * static_cast<float>(Bm[r + n]) * xv;
             }
         }
-        for (int t = t1 - 1; t >= t0; --t) {
-            const int row = (b * L + t) * H + hh;
-            const int r = ((b * L + t) * G + grp) * N;
-            const float dtv = static_cast<float>(dt[row]);
-            const float xv = active ? static_cast<float>(x[row * P + p]) : 0.0f;
-            const float g_out = active ? dy[row * P + p] : 0.0f;
-            const float decay_head = EXP(dtv * A[hh * NA]);
-            float dx_t = 0.0f;
-            float ddt_t = 0.0f;
-            for (int n = 0; n < N; ++n) {
-                const float an = A[hh * NA + ((NA == 1) ? 0 : n)];
-                const float decay = (NA == 1) ? decay_head : EXP(dtv * an);
-                const float prev = before[(t - t0) * N + n];
-                const float bn = static_cast<float>(Bm[r + n]);
-                const float cn = static_cast<float>(Cm[r + n]);
-                const float ht = decay * prev + dtv * bn * xv;
-                const float gt = carry[n] + cn * g_out;
-                const float dC_n = WARP_SUM(ht * g_out);
-                const float dB_n = WARP_SUM(gt * dtv * xv);
-                if (LANE_ID == 0) {
-                    dC[(row * W + warp) * N + n] = dC_n;
-                    dB[(row * W + warp) * N + n] = dB_n;
+        for (int piece = SUBS - 1; piece >= 0; --piece) {
+            const int t0 = s * SPAN + piece * SEG;
+            const int t1 = (t0 + SEG < L) ? t0 + SEG : L;
+            for (int n = 0; n < N; ++n) h[n] = starts[piece * N + n];
+            for (int t = t0; t < t1; ++t) {
+                const int row = (b * L + t) * H + hh;
+                const int r = ((b * L + t) * G + grp) * N;
+                const float dtv = static_cast<float>(dt[row]);
+                const float xv = active ? static_cast<float>(x[row * P + p]) : 0.0f;
+                const float decay_head = EXP(dtv * A[hh * NA]);
+                for (int n = 0; n < N; ++n) {
+                    const float decay = (NA == 1) ? decay_head : EXP(dtv * A[hh * NA + n]);
+                    before[(t - t0) * N + n] = h[n];
+                    h[n] = decay * h[n] + dtv * static_cast<float>(Bm[r + n]) * xv;
                 }
-                dx_t += gt * dtv * bn;
-                ddt_t += gt * (an * decay * prev + bn * xv);
-                dA_acc[(NA == 1) ? 0 : n] += gt * dtv * decay * prev;
-                carry[n] = decay * gt;
             }
-            const float ddt_sum = WARP_SUM(ddt_t);
-            if (LANE_ID == 0) ddt[row * W + warp] = ddt_sum;
-            if (active) dx[row * P + p] = dx_t;
+            for (int t = t1 - 1; t >= t0; --t) {
+                const int row = (b * L + t) * H + hh;
+                const int r = ((b * L + t) * G + grp) * N;
+                const float dtv = static_cast<float>(dt[row]);
+                const float xv = active ? static_cast<float>(x[row * P + p]) : 0.0f;
+                const float g_out = active ? dy[row * P + p] : 0.0f;
+                const float decay_head = EXP(dtv * A[hh * NA]);
+                float dx_t = 0.0f;
+                float ddt_t = 0.0f;
+                for (int n = 0; n < N; ++n) {
+                    const float an = A[hh * NA + ((NA == 1) ? 0 : n)];
+                    const float decay = (NA == 1) ? decay_head : EXP(dtv * an);
+                    const float prev = before[(t - t0) * N + n];
+                    const float bn = static_cast<float>(Bm[r + n]);
+                    const float cn = static_cast<float>(Cm[r + n]);
+                    const float ht = decay * prev + dtv * bn * xv;
+                    const float gt = carry[n] + cn * g_out;
+                    const float dC_n = WARP_SUM(ht * g_out);
+                    const float dB_n = WARP_SUM(gt * dtv * xv);
+                    if (LANE_ID == n % 32) {
+                        ATOMIC_ADD(&dC[r + n], dC_n);
+                        ATOMIC_ADD(&dB[r + n], dB_n);
+                    }
+                    dx_t += gt * dtv * bn;
+                    ddt_t += gt * (an * decay * prev + bn * xv);
+                    dA_acc[(NA == 1) ? 0 : n] += gt * dtv * decay * prev;
+                    carry[n] = decay * gt;
+                }
+                const float ddt_sum = WARP_SUM(ddt_t);
+                if (LANE_ID == 0) ATOMIC_ADD(&ddt[row], ddt_sum);
+                if (active) dx[row * P + p] = dx_t;
+            }
         }
     }
     if (active) {
@@ -144,13 +168,17 @@ BACKWARD = Source(
 )
 
 
+SPAN = 128  # steps between stored checkpoints
+
+
 def _seg(n: int) -> int:
     return 32 if n <= 32 else 16
 
 
 def _template(x, A, B, dtype):
+    seg = _seg(B.shape[-1])
     return {"T": dtype, "P": x.shape[-1], "N": B.shape[-1], "NA": A.shape[-1],
-            "SEG": _seg(B.shape[-1])}
+            "SEG": seg, "SUBS": SPAN // seg}
 
 
 def _per_head_rates(A):
@@ -161,8 +189,7 @@ def _forward(x, dt, A, B, C, state):
     batch, length, heads, width = x.shape
     dtype, (x, dt, B, C) = in_one_dtype(x, dt, B, C)
     rates = _per_head_rates(A)
-    seg = _seg(B.shape[-1])
-    ckpt_shape = (batch, segments(length, seg) + 1, heads, width, B.shape[-1])
+    ckpt_shape = (batch, segments(length, SPAN) + 1, heads, width, B.shape[-1])
     return launch(
         FORWARD,
         (x, dt, rates, B, C, state),
@@ -174,34 +201,27 @@ def _forward(x, dt, A, B, C, state):
 
 def _backward(dy, dfinal, ckpt, x, dt, A, B, C, state):
     batch, length, heads, width = x.shape
-    groups, n = B.shape[2], B.shape[3]
     dtype, (x_, dt_, B_, C_) = in_one_dtype(x, dt, B, C)
     rates = _per_head_rates(A)
-    warps = lanes(width) // WARP
     f32 = mx.float32
     dx, ddt, dA, dB, dC, dh0 = launch(
         BACKWARD,
         (x_, dt_, rates, B_, C_, ckpt, dy, dfinal),
-        {"dx": (x.shape, f32), "ddt": ((batch, length, heads, warps), f32),
+        {"dx": (x.shape, f32), "ddt": (dt.shape, f32),
          "dA": ((batch, heads, width, rates.shape[1]), f32),
-         "dB": ((batch, length, heads, warps, n), f32),
-         "dC": ((batch, length, heads, warps, n), f32), "dh0": (state.shape, f32)},
+         "dB": (B.shape, f32), "dC": (C.shape, f32), "dh0": (state.shape, f32)},
         threads=batch * heads * lanes(width),
         template=_template(x, rates, B, dtype),
+        init_value=0.0,
     )
-
-    def per_group(d):  # [B, L, H, W, N] -> [B, L, G, N]
-        return d.sum(3).reshape(batch, length, groups, heads // groups, n).sum(3)
-
-    dA = dA.sum((0, 2)).reshape(A.shape)
-    return dx, ddt.sum(-1), dA, per_group(dB), per_group(dC), dh0
+    return dx, ddt, dA.sum((0, 2)).reshape(A.shape), dB, dC, dh0
 
 
 def _unsupported(bound, arrays, backend):
     dims = bound.dims
     if dims["N"] > 128:
         return f"N={dims['N']} > 128 does not fit the kernel's registers"
-    ckpt = math.prod(bound.batch) * (dims["L"] // _seg(dims["N"]) + 2) * dims["H"] * dims["P"]
+    ckpt = math.prod(bound.batch) * (dims["L"] // SPAN + 2) * dims["H"] * dims["P"]
     return common_unsupported(arrays, ckpt * dims["N"])
 
 

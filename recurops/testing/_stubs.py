@@ -37,6 +37,15 @@ inline uint16_t f2bf(float f) {
   return (uint16_t)(u >> 16);
 }
 inline float bf2f(uint16_t b) { return u2f((uint32_t)b << 16); }
+// Threadgroups run on several OS threads: float atomics are real (a CAS loop).
+inline float atomic_add(float* p, float v) {
+  uint32_t* bits = reinterpret_cast<uint32_t*>(p);
+  uint32_t old = __atomic_load_n(bits, __ATOMIC_RELAXED);
+  while (!__atomic_compare_exchange_n(bits, &old, f2u(u2f(old) + v), true,
+                                      __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+  }
+  return u2f(old);
+}
 inline uint16_t f2h(float f) {
   uint32_t u = f2u(f);
   uint32_t sign = (u >> 16) & 0x8000u;
@@ -242,6 +251,7 @@ inline void __syncwarp(unsigned mask = 0xffffffffu) {
   recurops_sim_warp(RECUROPS_SIM_SYNC, 0, 0, mask);
 }
 inline void __syncthreads() { recurops_sim_barrier(); }
+inline float atomicAdd(float* address, float v) { return recurops_sim::atomic_add(address, v); }
 """
 
 COOPERATIVE_GROUPS = r"""
@@ -381,6 +391,13 @@ template <class T> inline T simd_shuffle(T x, ushort lane) {
 template <class T> inline T simd_broadcast(T x, ushort lane) { return simd_shuffle(x, lane); }
 inline void simdgroup_barrier(mem_flags) { recurops_sim_warp(RECUROPS_SIM_SYNC, 0, 0, 0); }
 inline void threadgroup_barrier(mem_flags) { recurops_sim_barrier(); }
+
+enum memory_order { memory_order_relaxed };
+template <class T> struct atomic { T value; };  // Metal allows int, uint, float
+typedef atomic<float> atomic_float;
+inline float atomic_fetch_add_explicit(atomic<float>* object, float v, memory_order) {
+  return recurops_sim::atomic_add(&object->value, v);
+}
 
 }  // namespace metal
 """

@@ -68,7 +68,7 @@ class _SimulatedKernel:
         self.kernel = kernel
 
     def __call__(self, *, inputs, template, grid, threadgroup, output_shapes, output_dtypes,
-                 **unused):
+                 init_value=None, **unused):
         import mlx.core as mx
 
         wrapped = self.kernel.wrapped(inputs, output_dtypes, template)
@@ -77,7 +77,7 @@ class _SimulatedKernel:
             return [mx.zeros(s, d) for s, d in zip(output_shapes, output_dtypes)]
         outs = self.kernel(inputs=list(inputs), template=template, grid=grid,
                            threadgroup=threadgroup, output_shapes=output_shapes,
-                           output_dtypes=output_dtypes)
+                           output_dtypes=output_dtypes, init_value=init_value)
         return [mx.array(np.asarray(o)).astype(d) for o, d in zip(outs, output_dtypes)]
 
 
