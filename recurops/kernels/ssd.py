@@ -78,6 +78,23 @@ FORWARD = Source(
 """,
 )
 
+
+def _recompute_step(save: str) -> str:
+    """Step ``t`` of the state row ``h`` again in the backward; ``save`` runs
+    on ``h[n]`` before its update."""
+    return """
+            const int row = (b * L + t) * H + hh;
+            const int r = ((b * L + t) * G + grp) * N;
+            const float dtv = static_cast<float>(dt[row]);
+            const float xv = active ? static_cast<float>(x[row * P + p]) : 0.0f;
+            const float decay_head = EXP(dtv * A[hh * NA]);
+            for (int n = 0; n < N; ++n) {
+                const float decay = (NA == 1) ? decay_head : EXP(dtv * A[hh * NA + n]);
+                SAVE
+                h[n] = decay * h[n] + dtv * static_cast<float>(Bm[r + n]) * xv;
+            }""".replace("SAVE", save)
+
+
 BACKWARD = Source(
     "ssd_bwd",
     inputs=("x", "dt", "A", "Bm", "Cm", "ckpt", "dy", "dfinal"),
@@ -100,31 +117,14 @@ BACKWARD = Source(
                 for (int n = 0; n < N; ++n) starts[((t - s * SPAN) / SEG) * N + n] = h[n];
             }
             if (t >= L) continue;
-            const int row = (b * L + t) * H + hh;
-            const int r = ((b * L + t) * G + grp) * N;
-            const float dtv = static_cast<float>(dt[row]);
-            const float xv = active ? static_cast<float>(x[row * P + p]) : 0.0f;
-            const float decay_head = EXP(dtv * A[hh * NA]);
-            for (int n = 0; n < N; ++n) {
-                const float decay = (NA == 1) ? decay_head : EXP(dtv * A[hh * NA + n]);
-                h[n] = decay * h[n] + dtv * static_cast<float>(Bm[r + n]) * xv;
-            }
+""" + _recompute_step("") + """
         }
         for (int piece = SUBS - 1; piece >= 0; --piece) {
             const int t0 = s * SPAN + piece * SEG;
             const int t1 = (t0 + SEG < L) ? t0 + SEG : L;
             for (int n = 0; n < N; ++n) h[n] = starts[piece * N + n];
             for (int t = t0; t < t1; ++t) {
-                const int row = (b * L + t) * H + hh;
-                const int r = ((b * L + t) * G + grp) * N;
-                const float dtv = static_cast<float>(dt[row]);
-                const float xv = active ? static_cast<float>(x[row * P + p]) : 0.0f;
-                const float decay_head = EXP(dtv * A[hh * NA]);
-                for (int n = 0; n < N; ++n) {
-                    const float decay = (NA == 1) ? decay_head : EXP(dtv * A[hh * NA + n]);
-                    before[(t - t0) * N + n] = h[n];
-                    h[n] = decay * h[n] + dtv * static_cast<float>(Bm[r + n]) * xv;
-                }
+""" + _recompute_step("before[(t - t0) * N + n] = h[n];") + """
             }
             for (int t = t1 - 1; t >= t0; --t) {
                 const int row = (b * L + t) * H + hh;
