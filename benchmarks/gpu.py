@@ -347,9 +347,10 @@ def main(argv=None):
     parser.add_argument("--memory-sweep", action="store_true",
                         help="also record training peak memory against L")
     args = parser.parse_args(argv)
-    print(f"card: {_card()}", flush=True)
+    card = _card()
+    print(f"card: {card}", flush=True)
     results = {
-        "machine": platform.platform(), "device": str(mx.default_device()), "card": _card(),
+        "machine": platform.platform(), "device": str(mx.default_device()), "card": card,
         "versions": _versions(), "bandwidth_Bps": BANDWIDTH,
         "cases": [run_case(c, args.repeats) for c in cases(args.quick) if args.only in c[0]],
     }

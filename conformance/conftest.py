@@ -11,27 +11,10 @@ import os
 
 from hypothesis import HealthCheck, settings
 
-settings.register_profile(
-    "conformance",
-    max_examples=10,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    print_blob=True,
-)
-settings.register_profile(
-    "quick",  # for slow machines: kernels compiled per shape (MLX CUDA, Triton)
-    max_examples=2,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    print_blob=True,
-)
-settings.register_profile(
-    "thorough",
-    max_examples=100,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    print_blob=True,
-)
+COMMON = dict(deadline=None, print_blob=True,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("conformance", max_examples=10, derandomize=True, **COMMON)
+# for slow machines: kernels compiled per shape (MLX CUDA, Triton)
+settings.register_profile("quick", max_examples=2, derandomize=True, **COMMON)
+settings.register_profile("thorough", max_examples=100, **COMMON)
 settings.load_profile(os.environ.get("RECUROPS_CONFORMANCE_PROFILE", "conformance"))

@@ -8,18 +8,7 @@ more calls.
 
 from hypothesis import HealthCheck, settings
 
-settings.register_profile(
-    "default",
-    max_examples=12,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-    print_blob=True,
-)
-settings.register_profile(
-    "thorough",
-    max_examples=200,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-    print_blob=True,
-)
+COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True)
+settings.register_profile("default", max_examples=12, **COMMON)
+settings.register_profile("thorough", max_examples=200, **COMMON)
 settings.load_profile("default")

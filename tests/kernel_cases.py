@@ -1,7 +1,10 @@
-"""Inputs for the kernel tests on a GPU (test_kernels.py) and on the CPU
-executor (test_simulated_kernels.py): small, named shapes per kind."""
+"""Inputs and checks shared by the kernel tests on a GPU (test_kernels.py)
+and on the CPU executor (test_simulated_kernels.py)."""
 
+import mlx.core as mx
 import numpy as np
+
+import recurops
 
 
 def kernel_inputs(kind, rng, batch, length, dims, per_channel=False):
@@ -36,3 +39,34 @@ def kernel_inputs(kind, rng, batch, length, dims, per_channel=False):
         return (a, np.cos(theta), np.sin(theta) * 1.05, normal(L, 2 * P))
     D, N = dims["D"], dims["N"]
     return (normal(L, D), unit(L, D), -unit(D, N, lead=False), normal(L, N), normal(L, N))
+
+
+def probe(kind, arrays, rng):
+    """A random initial state and weights for ``y`` and the final state, for
+    a loss ``sum(y * wy) + sum(final * ws)`` that reaches every gradient."""
+    y, final = recurops.scan(kind, *arrays, impl="fallback")
+    state, wy, ws = (mx.array(rng.standard_normal(s).astype(np.float32))
+                     for s in (final.shape, y.shape, final.shape))
+    return state, wy, ws
+
+
+def value_and_grads(kind, arrays, state, impl, wy, ws):
+    """``[y, final_state, d(input) for each input, d(state)]`` as float32 NumPy."""
+    def loss(*args):
+        y, final = recurops.scan(kind, *args[:-1], state=args[-1], impl=impl)
+        return (y.astype(mx.float32) * wy).sum() + (final * ws).sum()
+
+    y, final = recurops.scan(kind, *arrays, state=state, impl=impl)
+    grads = mx.grad(loss, tuple(range(len(arrays) + 1)))(*arrays, state)
+    mx.eval(y, final, grads)
+    return [np.array(t.astype(mx.float32)) for t in (y, final, *grads)]
+
+
+def relative_errors(kind, got, expected):
+    """Relative error (norm of the difference over the norm) of each result."""
+    names = ["y", "final_state", *(f"d{n}" for n in recurops.KINDS[kind].input_names), "dstate"]
+    errors = {}
+    for name, g, e in zip(names, got, expected, strict=True):
+        g, e = np.asarray(g, np.float64), np.asarray(e, np.float64)
+        errors[name] = float(np.linalg.norm(g - e) / max(np.linalg.norm(e), 1e-30))
+    return errors

@@ -14,7 +14,8 @@ import zlib
 import mlx.core as mx
 import numpy as np
 import pytest
-from kernel_cases import kernel_inputs
+from cases import TOLERANCE
+from kernel_cases import kernel_inputs, probe, relative_errors, value_and_grads
 
 import recurops
 from recurops.kernels import chassis
@@ -26,7 +27,6 @@ pytestmark = pytest.mark.skipif(sys.platform not in ("linux", "darwin"),
                                 reason="the kernel simulator needs POSIX ucontext")
 
 DIALECTS = ("cuda", "metal")
-TOL = {mx.float32: 1e-4, mx.bfloat16: 2e-2}
 
 
 # Small shapes, each with several checkpoint segments and an odd tail (SEG is
@@ -53,42 +53,22 @@ BF16_CASES = [
 ]
 
 
-def _value_and_grads(kind, arrays, state, impl, wy, ws):
-    def loss(*args):
-        y, final = recurops.scan(kind, *args[:-1], state=args[-1], impl=impl)
-        return (y.astype(mx.float32) * wy).sum() + (final * ws).sum()
-
-    y, final = recurops.scan(kind, *arrays, state=state, impl=impl)
-    grads = mx.grad(loss, tuple(range(len(arrays) + 1)))(*arrays, state)
-    mx.eval(y, final, grads)
-    return [np.array(t.astype(mx.float32)) for t in (y, final, *grads)]
-
-
-def _rel(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
-
-
 def _compare(dialect, kind, batch, length, dims, per_channel, dtype):
     rng = np.random.default_rng(zlib.crc32(f"{kind}{batch}{length}{dims}".encode()))
     host = kernel_inputs(kind, rng, batch, length, dims, per_channel)
     arrays = tuple(mx.array(x).astype(dtype) for x in host)
-    y0, s0 = recurops.scan(kind, *arrays, impl="fallback")
-    state = mx.array(rng.standard_normal(s0.shape).astype(np.float32))
-    wy = mx.array(rng.standard_normal(y0.shape).astype(np.float32))
-    ws = mx.array(rng.standard_normal(s0.shape).astype(np.float32))
+    state, wy, ws = probe(kind, arrays, rng)
 
-    expected = _value_and_grads(kind, arrays, state, "fallback", wy, ws)
+    expected = value_and_grads(kind, arrays, state, "fallback", wy, ws)
     with simulate(dialect) as sim:
         assert recurops.explain(kind, *arrays, state=state).path == "kernel"
-        got = _value_and_grads(kind, arrays, state, "kernel", wy, ws)
+        got = value_and_grads(kind, arrays, state, "kernel", wy, ws)
     # the forward and backward kernel sources both ran, in this dialect
     assert {launch.name for launch in sim.launches} == {f"{kind}_fwd", f"{kind}_bwd"}
     assert all(launch.wrapped.dialect == dialect for launch in sim.launches)
 
-    names = ["y", "final_state"] + [f"d{n}" for n in recurops.KINDS[kind].input_names]
-    errors = {n: _rel(g, e) for n, g, e in zip(names + ["dstate"], got, expected)}
-    assert max(errors.values()) < TOL[dtype], errors
+    errors = relative_errors(kind, got, expected)
+    assert max(errors.values()) < TOLERANCE[dtype], errors
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)

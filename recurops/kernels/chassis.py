@@ -149,6 +149,9 @@ def launch(source: Source, inputs, outputs: dict, threads: int, template: dict,
     )
 
 
+SPAN = 128  # steps between stored checkpoints of the two-level kernels (ssd, gla)
+
+
 def lanes(n: int) -> int:
     """``n`` rounded up to whole warps."""
     return -(-n // WARP) * WARP

@@ -13,6 +13,7 @@ import math
 import mlx.core as mx
 
 from .chassis import (
+    SPAN,
     KernelPath,
     Source,
     checkpointed,
@@ -149,9 +150,6 @@ BACKWARD = Source(
     }
 """,
 )
-
-
-SPAN = 128  # steps between stored checkpoints
 
 
 def _seg(k: int) -> int:

@@ -18,6 +18,7 @@ import math
 import mlx.core as mx
 
 from .chassis import (
+    SPAN,
     KernelPath,
     Source,
     checkpointed,
@@ -166,9 +167,6 @@ BACKWARD = Source(
     }
 """,
 )
-
-
-SPAN = 128  # steps between stored checkpoints
 
 
 def _seg(n: int) -> int:
