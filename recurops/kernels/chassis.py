@@ -167,7 +167,8 @@ def checkpointed(forward: Callable, backward: Callable) -> Callable:
     ``forward(*inputs, state)`` returns ``(y, ckpt)`` with ``ckpt`` of shape
     ``[B, n_seg + 1, ...state]``: the state before every segment and, last,
     the final state. ``backward(dy, dfinal, ckpt, *inputs, state)`` returns
-    one gradient per input and one for ``state``.
+    one gradient per input and one for ``state``; ``dy`` comes in ``y``'s
+    dtype (kernels read it as they read inputs, no float32 copy).
     """
 
     @mx.custom_function
@@ -178,7 +179,7 @@ def checkpointed(forward: Callable, backward: Callable) -> Callable:
     def op_vjp(primals, cotangents, outputs):
         dy, dckpt = cotangents
         ckpt = outputs[1]
-        grads = backward(dy.astype(mx.float32), dckpt[:, -1], ckpt, *primals)
+        grads = backward(dy.astype(outputs[0].dtype), dckpt[:, -1], ckpt, *primals)
         return tuple(g.astype(p.dtype) for g, p in zip(grads, primals))
 
     def run(*args):

@@ -112,7 +112,7 @@ BACKWARD = Source(
             for (int t = t1 - 1; t >= t0; --t) {
                 const int row = (b * L + t) * H + hh;
                 const float vj = active ? static_cast<float>(v[row * V + j]) : 0.0f;
-                const float g_out = active ? dy[row * V + j] : 0.0f;
+                const float g_out = active ? static_cast<float>(dy[row * V + j]) : 0.0f;
                 float dv_t = 0.0f;
                 float dg_head = 0.0f;
                 for (int i = 0; i < K; ++i) {
@@ -141,7 +141,7 @@ BACKWARD = Source(
                     const float dg_sum = WARP_SUM(dg_head);
                     if (LANE_ID == 0) ATOMIC_ADD(&dg[row], dg_sum);
                 }
-                if (active) dv[row * V + j] = dv_t;
+                if (active) dv[row * V + j] = static_cast<T>(dv_t);
             }
         }
     }
@@ -188,7 +188,7 @@ def _backward(dy, dfinal, ckpt, q, k, v, g, state):
     dq, dk_, dv, dg, dh0 = launch(
         BACKWARD,
         (q_, k_, v_, gates, ckpt, dy, dfinal),
-        {"dq": (q.shape, f32), "dk": (k.shape, f32), "dv": (v.shape, f32),
+        {"dq": (q.shape, f32), "dk": (k.shape, f32), "dv": (v.shape, dtype),
          "dg": (gates.shape, f32), "dh0": (state.shape, f32)},
         threads=batch * heads * lanes(v.shape[-1]),
         template=_template(dtype, q_, v_, gates),

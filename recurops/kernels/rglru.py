@@ -60,7 +60,7 @@ BACKWARD = Source(
         }
         for (int t = t1 - 1; t >= t0; --t) {
             const int i = (b * L + t) * D + d;
-            const float grad = dy[i] + carry;
+            const float grad = static_cast<float>(dy[i]) + carry;
             dx[i] = grad;
             da[i] = grad * before[t - t0];
             carry = static_cast<float>(a[i]) * grad;

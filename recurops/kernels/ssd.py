@@ -132,7 +132,7 @@ BACKWARD = Source(
                 const int r = ((b * L + t) * G + grp) * N;
                 const float dtv = static_cast<float>(dt[row]);
                 const float xv = active ? static_cast<float>(x[row * P + p]) : 0.0f;
-                const float g_out = active ? dy[row * P + p] : 0.0f;
+                const float g_out = active ? static_cast<float>(dy[row * P + p]) : 0.0f;
                 const float decay_head = EXP(dtv * A[hh * NA]);
                 float dx_t = 0.0f;
                 float ddt_t = 0.0f;
@@ -157,7 +157,7 @@ BACKWARD = Source(
                 }
                 const float ddt_sum = WARP_SUM(ddt_t);
                 if (LANE_ID == 0) ATOMIC_ADD(&ddt[row], ddt_sum);
-                if (active) dx[row * P + p] = dx_t;
+                if (active) dx[row * P + p] = static_cast<T>(dx_t);
             }
         }
     }
@@ -205,7 +205,7 @@ def _backward(dy, dfinal, ckpt, x, dt, A, B, C, state):
     dx, ddt, dA, dB, dC, dh0 = launch(
         BACKWARD,
         (x_, dt_, rates, B_, C_, ckpt, dy, dfinal),
-        {"dx": (x.shape, f32), "ddt": (dt.shape, f32),
+        {"dx": (x.shape, dtype), "ddt": (dt.shape, f32),
          "dA": ((batch, heads, width, rates.shape[1]), f32),
          "dB": (B.shape, f32), "dC": (C.shape, f32), "dh0": (state.shape, f32)},
         threads=batch * heads * lanes(width),
