@@ -1,9 +1,10 @@
-"""The chunked fallback's two ways of passing states between chunks.
+"""The chunked fallback's GPU and CPU forms.
 
 On a GPU, ``scalar_chunked`` passes chunk states by one matmul with the
-chunk-level decays; elsewhere by a blocked associative scan. CI has no GPU,
-so each way is forced here and checked against SPEC section 3 (values and
-every gradient) for the kinds that use the chunked form.
+chunk-level decays and keeps tiny decay factors; elsewhere it passes them by
+a blocked associative scan and flushes factors below 2^-63 to zero. CI has no
+GPU, so each form is forced here and checked against SPEC section 3 (values
+and every gradient) for the kinds that use the chunked form.
 """
 
 import mlx.core as mx
@@ -19,9 +20,11 @@ from recurops.fallback import scalar_chunked
 seeds = st.integers(0, 2**32 - 1)
 
 
-@pytest.fixture(params=[True, False], ids=["matmul", "scan"])
+@pytest.fixture(params=[True, False], ids=["gpu-form", "cpu-form"])
 def state_passing(request, monkeypatch):
+    """The GPU's chunked form (matmul state passing, no flush) or the CPU's."""
     monkeypatch.setattr(scalar_chunked, "_by_matmul", lambda steps: request.param)
+    monkeypatch.setattr(scalar_chunked, "_flushes", lambda: not request.param)
 
 
 @pytest.mark.usefixtures("state_passing")

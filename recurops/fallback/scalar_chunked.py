@@ -178,10 +178,20 @@ def _flush(x: mx.array, keep: mx.array | None = None) -> mx.array:
     matmuls that read them (or their products with the data) run several
     times slower. A factor this small weights its term 2^-40 below float32
     rounding of the undecayed terms, so dropping it changes results by less
-    than rounding; gates of exactly 0 and 1 are untouched.
+    than rounding; gates of exactly 0 and 1 are untouched. Only on the CPU
+    (``_flushes``).
     """
+    if not _flushes():
+        return x if keep is None else mx.where(keep, x, 0.0)
     drop = mx.abs(x) < mx.finfo(x.dtype).smallest_normal ** 0.5
     return mx.where(drop if keep is None else drop | ~keep, 0.0, x)
+
+
+def _flushes() -> bool:
+    """Whether ``_flush`` drops tiny factors: on the CPU only (GPUs take
+    subnormal numbers at full speed, and the flush costs passes over the
+    ``[T, T]`` decays)."""
+    return not _on_gpu()
 
 
 def _tr(x: mx.array) -> mx.array:
