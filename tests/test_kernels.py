@@ -31,6 +31,7 @@ CASES = [
     ("gla", (1,), 45, {"H": 2, "K": 24, "V": 33}, True),
     ("gla", (2,), 20, {"H": 2, "K": 128, "V": 64}, False),
     ("ssd", (1,), 300, {"H": 2, "P": 32, "N": 64, "G": 1}, False),  # three 128-step spans
+    ("ssd", (2,), 45, {"H": 3, "P": 24, "N": 12, "G": 3}, True),  # 4 lanes a row, 3 warps a head
     ("gla", (1,), 300, {"H": 2, "K": 64, "V": 32}, True),
 ]
 

@@ -39,9 +39,10 @@ CASES = [
     ("rotlru", (2, 2), 70, {"P": 19}, False),
     ("s6", (2,), 70, {"D": 40, "N": 4}, False),  # SEG 32: 3 segments
     ("s6", (3,), 37, {"D": 33, "N": 20}, False),  # SEG 16: 3 segments
-    ("ssd", (2,), 70, {"H": 4, "P": 40, "N": 4, "G": 2}, False),  # A per head
-    ("ssd", (2,), 37, {"H": 2, "P": 33, "N": 36, "G": 1}, True),  # A per channel, SEG 16
-    ("ssd", (1,), 150, {"H": 2, "P": 8, "N": 36, "G": 1}, False),  # two 128-step spans
+    ("ssd", (2,), 70, {"H": 4, "P": 40, "N": 6, "G": 2}, False),  # A per head, 2 lanes a row
+    ("ssd", (2,), 37, {"H": 2, "P": 33, "N": 35, "G": 1}, True),  # A per channel, SEG 16
+    ("ssd", (2,), 37, {"H": 2, "P": 33, "N": 36, "G": 1}, True),  # A per channel, 4 lanes a row
+    ("ssd", (1,), 150, {"H": 2, "P": 8, "N": 16, "G": 1}, False),  # two spans, 8 lanes a row
     ("gla", (2,), 70, {"H": 2, "K": 8, "V": 40}, False),  # one gate per head
     ("gla", (2,), 37, {"H": 2, "K": 6, "V": 33}, True),  # one gate per key channel
     ("gla", (1,), 150, {"H": 2, "K": 6, "V": 8}, True),  # two 128-step spans

@@ -14,7 +14,10 @@
 
 Neutral tokens: ``THREAD_ID`` (global thread index along x), ``LANE_ID``
 (index within the 32-lane simdgroup / warp), ``WARP_SUM(v)`` (sum over the
-32 lanes; every lane of the warp must reach it), ``EXP(v)``, and
+32 lanes; every lane of the warp must reach it), ``LANE_SUM(v, first, last)``
+(sum over the lanes whose index differs from this lane's only in the bits
+``first`` to ``last``, powers of two; nothing when ``first > last``; every
+lane must reach it), ``EXP(v)``, and
 ``ATOMIC_ADD(&out[i], v)`` (a relaxed atomic float add into an output that
 ``launch`` was asked to zero, ``init_value=0``).
 Kernels are launched with whole warps only: a warp either returns as a whole
@@ -51,11 +54,18 @@ __device__ __forceinline__ float recurops_warp_sum(float v) {
   }
   return v;
 }
+__device__ __forceinline__ float recurops_lane_sum(float v, int first, int last) {
+  for (int offset = first; offset <= last; offset <<= 1) {
+    v += __shfl_xor_sync(0xffffffffu, v, offset);
+  }
+  return v;
+}
 """,
     tokens={
         "THREAD_ID": "((int)(blockIdx.x * blockDim.x + threadIdx.x))",
         "LANE_ID": "((int)(threadIdx.x & 31u))",
         "WARP_SUM": "recurops_warp_sum",
+        "LANE_SUM": "recurops_lane_sum",
         "EXP": "expf",
         "ATOMIC_ADD": "atomicAdd",
     },
@@ -67,11 +77,18 @@ METAL = Dialect(
 inline void recurops_atomic_add(device float* out, float v) {
   atomic_fetch_add_explicit((device atomic_float*)out, v, memory_order_relaxed);
 }
+inline float recurops_lane_sum(float v, int first, int last) {
+  for (int offset = first; offset <= last; offset <<= 1) {
+    v += simd_shuffle_xor(v, (ushort)offset);
+  }
+  return v;
+}
 """,
     tokens={
         "THREAD_ID": "((int)thread_position_in_grid.x)",
         "LANE_ID": "((int)thread_index_in_simdgroup)",
         "WARP_SUM": "simd_sum",
+        "LANE_SUM": "recurops_lane_sum",
         "EXP": "metal::exp",
         "ATOMIC_ADD": "recurops_atomic_add",
     },

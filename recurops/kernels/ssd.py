@@ -1,9 +1,11 @@
 """Fused kernels for ``"ssd"``, the Mamba-2 scan.
 
-One thread per (batch, head, p) holds the state row ``h[p, :]`` (``N``
-values) in registers; lanes of a warp are consecutive ``p``, so the gradients
-of ``B``, ``C`` and ``dt`` (sums over ``p``, and over the heads of a group)
-are warp sums added atomically into their outputs.
+The state of a head is ``h [P, N]``. Each row ``h[p, :]`` is split over
+``NSPLIT`` consecutive lanes: lane ``j`` holds ``h[p, n]`` for
+``n = i * NSPLIT + j`` (``NL = N / NSPLIT`` values, in registers). Sums over
+``n`` (the output ``y[p]``, ``dx[p]``) are ``LANE_SUM``s over those lanes;
+sums over ``p`` (the gradients of ``B`` and ``C``) are ``LANE_SUM``s over
+the other lane bits, added atomically into their outputs, as is ``dt``'s.
 
 The forward stores the state every ``SPAN = SEG * SUBS`` steps (128). The
 backward recomputes a span once from its checkpoint, keeping the state at
@@ -35,12 +37,14 @@ _PROLOGUE = """
     const int L = x_shape[1];
     const int H = x_shape[2];
     const int G = Bm_shape[2];
-    const int PP = (P + 31) / 32 * 32;
+    const int NL = N / NSPLIT;  // state values per lane: n = i * NSPLIT + j
+    const int PP = (P * NSPLIT + 31) / 32 * 32 / NSPLIT;  // a head's lanes fill whole warps
     const int SPAN = SEG * SUBS;
     const int NS = (L + SPAN - 1) / SPAN;
     const int tid = THREAD_ID;
-    const int p = tid % PP;
-    const int bh = tid / PP;
+    const int j = tid % NSPLIT;
+    const int p = (tid / NSPLIT) % PP;
+    const int bh = tid / (NSPLIT * PP);
     const int b = bh / H;
     const int hh = bh % H;
     const int grp = hh / (H / G);
@@ -52,28 +56,30 @@ FORWARD = Source(
     inputs=("x", "dt", "A", "Bm", "Cm", "h0"),
     outputs=("y", "ckpt"),
     body=_PROLOGUE + """
-    if (bh >= B * H || !active) return;
-    float h[N];
-    for (int n = 0; n < N; ++n) {
-        h[n] = h0[(bh * P + p) * N + n];
-        ckpt[(((b * (NS + 1)) * H + hh) * P + p) * N + n] = h[n];
+    if (bh >= B * H) return;  // whole warps only
+    float h[NL];
+    for (int i = 0; i < NL; ++i) {
+        const int n = i * NSPLIT + j;
+        h[i] = active ? h0[(bh * P + p) * N + n] : 0.0f;
+        if (active) ckpt[(((b * (NS + 1)) * H + hh) * P + p) * N + n] = h[i];
     }
     for (int t = 0; t < L; ++t) {
         const int row = (b * L + t) * H + hh;
-        const int r = ((b * L + t) * G + grp) * N;
+        const int r = ((b * L + t) * G + grp) * N + j;
         const float dtv = static_cast<float>(dt[row]);
-        const float xv = static_cast<float>(x[row * P + p]);
+        const float xv = active ? static_cast<float>(x[row * P + p]) : 0.0f;
         const float decay_head = EXP(dtv * A[hh * NA]);
         float out = 0.0f;
-        for (int n = 0; n < N; ++n) {
-            const float decay = (NA == 1) ? decay_head : EXP(dtv * A[hh * NA + n]);
-            h[n] = decay * h[n] + dtv * static_cast<float>(Bm[r + n]) * xv;
-            out += static_cast<float>(Cm[r + n]) * h[n];
+        for (int i = 0; i < NL; ++i) {
+            const float decay = (NA == 1) ? decay_head : EXP(dtv * A[hh * NA + i * NSPLIT + j]);
+            h[i] = decay * h[i] + dtv * static_cast<float>(Bm[r + i * NSPLIT]) * xv;
+            out += static_cast<float>(Cm[r + i * NSPLIT]) * h[i];
         }
-        y[row * P + p] = static_cast<T>(out);
-        if ((t + 1) % SPAN == 0 || t == L - 1) {
-            const int k = (((b * (NS + 1) + (t + SPAN) / SPAN) * H + hh) * P + p) * N;
-            for (int n = 0; n < N; ++n) ckpt[k + n] = h[n];
+        out = LANE_SUM(out, 1, NSPLIT / 2);
+        if (active && j == 0) y[row * P + p] = static_cast<T>(out);
+        if (active && ((t + 1) % SPAN == 0 || t == L - 1)) {
+            const int k = (((b * (NS + 1) + (t + SPAN) / SPAN) * H + hh) * P + p) * N + j;
+            for (int i = 0; i < NL; ++i) ckpt[k + i * NSPLIT] = h[i];
         }
     }
 """,
@@ -81,18 +87,18 @@ FORWARD = Source(
 
 
 def _recompute_step(save: str) -> str:
-    """Step ``t`` of the state row ``h`` again in the backward; ``save`` runs
-    on ``h[n]`` before its update."""
+    """Step ``t`` of the lane's part of the state row, ``h``, again in the
+    backward; ``save`` runs on ``h[i]`` before its update."""
     return """
             const int row = (b * L + t) * H + hh;
-            const int r = ((b * L + t) * G + grp) * N;
+            const int r = ((b * L + t) * G + grp) * N + j;
             const float dtv = static_cast<float>(dt[row]);
             const float xv = active ? static_cast<float>(x[row * P + p]) : 0.0f;
             const float decay_head = EXP(dtv * A[hh * NA]);
-            for (int n = 0; n < N; ++n) {
-                const float decay = (NA == 1) ? decay_head : EXP(dtv * A[hh * NA + n]);
+            for (int i = 0; i < NL; ++i) {
+                const float decay = (NA == 1) ? decay_head : EXP(dtv * A[hh * NA + i * NSPLIT + j]);
                 SAVE
-                h[n] = decay * h[n] + dtv * static_cast<float>(Bm[r + n]) * xv;
+                h[i] = decay * h[i] + dtv * static_cast<float>(Bm[r + i * NSPLIT]) * xv;
             }""".replace("SAVE", save)
 
 
@@ -101,21 +107,23 @@ BACKWARD = Source(
     inputs=("x", "dt", "A", "Bm", "Cm", "ckpt", "dy", "dfinal"),
     outputs=("dx", "ddt", "dA", "dB", "dC", "dh0"),
     body=_PROLOGUE + """
-    if (bh >= B * H) return;  // whole warps only: PP is a multiple of 32
-    float carry[N];  // dLoss/dh[t] from steps after t
-    float dA_acc[NA];
-    for (int n = 0; n < N; ++n) carry[n] = active ? dfinal[(bh * P + p) * N + n] : 0.0f;
-    for (int n = 0; n < NA; ++n) dA_acc[n] = 0.0f;
-    float starts[SUBS * N];  // the state entering each SEG-step piece of the span
-    float before[SEG * N];  // h[t-1] for each step t of the piece
+    if (bh >= B * H) return;  // whole warps only
+    const int NDA = (NA == 1) ? 1 : NL;  // dA partials per lane
+    float carry[NL];  // dLoss/dh[t] from steps after t
+    float dA_acc[NDA];
+    for (int i = 0; i < NL; ++i) {
+        carry[i] = active ? dfinal[(bh * P + p) * N + i * NSPLIT + j] : 0.0f;
+    }
+    for (int i = 0; i < NDA; ++i) dA_acc[i] = 0.0f;
+    float starts[SUBS * NL];  // the state entering each SEG-step piece of the span
+    float before[SEG * NL];  // h[t-1] for each step t of the piece
     for (int s = NS - 1; s >= 0; --s) {
-        float h[N];
-        for (int n = 0; n < N; ++n) {
-            h[n] = active ? ckpt[(((b * (NS + 1) + s) * H + hh) * P + p) * N + n] : 0.0f;
-        }
+        float h[NL];
+        const int k = (((b * (NS + 1) + s) * H + hh) * P + p) * N + j;
+        for (int i = 0; i < NL; ++i) h[i] = active ? ckpt[k + i * NSPLIT] : 0.0f;
         for (int t = s * SPAN; t < s * SPAN + SPAN; ++t) {
             if ((t - s * SPAN) % SEG == 0) {
-                for (int n = 0; n < N; ++n) starts[((t - s * SPAN) / SEG) * N + n] = h[n];
+                for (int i = 0; i < NL; ++i) starts[((t - s * SPAN) / SEG) * NL + i] = h[i];
             }
             if (t >= L) continue;
 """ + _recompute_step("") + """
@@ -123,60 +131,76 @@ BACKWARD = Source(
         for (int piece = SUBS - 1; piece >= 0; --piece) {
             const int t0 = s * SPAN + piece * SEG;
             const int t1 = (t0 + SEG < L) ? t0 + SEG : L;
-            for (int n = 0; n < N; ++n) h[n] = starts[piece * N + n];
+            for (int i = 0; i < NL; ++i) h[i] = starts[piece * NL + i];
             for (int t = t0; t < t1; ++t) {
-""" + _recompute_step("before[(t - t0) * N + n] = h[n];") + """
+""" + _recompute_step("before[(t - t0) * NL + i] = h[i];") + """
             }
             for (int t = t1 - 1; t >= t0; --t) {
                 const int row = (b * L + t) * H + hh;
-                const int r = ((b * L + t) * G + grp) * N;
+                const int r = ((b * L + t) * G + grp) * N + j;
                 const float dtv = static_cast<float>(dt[row]);
                 const float xv = active ? static_cast<float>(x[row * P + p]) : 0.0f;
                 const float g_out = active ? static_cast<float>(dy[row * P + p]) : 0.0f;
                 const float decay_head = EXP(dtv * A[hh * NA]);
                 float dx_t = 0.0f;
                 float ddt_t = 0.0f;
-                for (int n = 0; n < N; ++n) {
-                    const float an = A[hh * NA + ((NA == 1) ? 0 : n)];
+                for (int i = 0; i < NL; ++i) {
+                    const float an = A[hh * NA + ((NA == 1) ? 0 : i * NSPLIT + j)];
                     const float decay = (NA == 1) ? decay_head : EXP(dtv * an);
-                    const float prev = before[(t - t0) * N + n];
-                    const float bn = static_cast<float>(Bm[r + n]);
-                    const float cn = static_cast<float>(Cm[r + n]);
+                    const float prev = before[(t - t0) * NL + i];
+                    const float bn = static_cast<float>(Bm[r + i * NSPLIT]);
+                    const float cn = static_cast<float>(Cm[r + i * NSPLIT]);
                     const float ht = decay * prev + dtv * bn * xv;
-                    const float gt = carry[n] + cn * g_out;
-                    const float dC_n = WARP_SUM(ht * g_out);
-                    const float dB_n = WARP_SUM(gt * dtv * xv);
-                    if (LANE_ID == n % 32) {
-                        ATOMIC_ADD(&dC[r + n], dC_n);
-                        ATOMIC_ADD(&dB[r + n], dB_n);
+                    const float gt = carry[i] + cn * g_out;
+                    // sums over the warp's rows p (lanes with the same j)
+                    const float dC_n = LANE_SUM(ht * g_out, NSPLIT, 16);
+                    const float dB_n = LANE_SUM(gt * dtv * xv, NSPLIT, 16);
+                    if (LANE_ID < NSPLIT) {
+                        ATOMIC_ADD(&dC[r + i * NSPLIT], dC_n);
+                        ATOMIC_ADD(&dB[r + i * NSPLIT], dB_n);
                     }
                     dx_t += gt * dtv * bn;
                     ddt_t += gt * (an * decay * prev + bn * xv);
-                    dA_acc[(NA == 1) ? 0 : n] += gt * dtv * decay * prev;
-                    carry[n] = decay * gt;
+                    dA_acc[(NA == 1) ? 0 : i] += gt * dtv * decay * prev;
+                    carry[i] = decay * gt;
                 }
+                dx_t = LANE_SUM(dx_t, 1, NSPLIT / 2);
                 const float ddt_sum = WARP_SUM(ddt_t);
                 if (LANE_ID == 0) ATOMIC_ADD(&ddt[row], ddt_sum);
-                if (active) dx[row * P + p] = static_cast<T>(dx_t);
+                if (active && j == 0) dx[row * P + p] = static_cast<T>(dx_t);
             }
         }
     }
     if (active) {
-        for (int n = 0; n < N; ++n) dh0[(bh * P + p) * N + n] = carry[n];
-        for (int n = 0; n < NA; ++n) dA[(bh * P + p) * NA + n] = dA_acc[n];
+        for (int i = 0; i < NL; ++i) dh0[(bh * P + p) * N + i * NSPLIT + j] = carry[i];
+        for (int i = 0; i < NDA; ++i) {
+            dA[(bh * P + p) * (NDA * NSPLIT) + i * NSPLIT + j] = dA_acc[i];
+        }
     }
 """,
 )
 
 
+def _split(n: int) -> int:
+    """Lanes per state row: the largest of 8, 4, 2, 1 that divides ``N``."""
+    return next(s for s in (8, 4, 2, 1) if n % s == 0)
+
+
 def _seg(n: int) -> int:
-    return 32 if n <= 32 else 16
+    """Steps per recomputed piece: the piece's states (``SEG`` x the lane's
+    ``N / NSPLIT`` values) stay in fast scratch."""
+    return 32 if n // _split(n) <= 32 else 16
 
 
 def _template(x, A, B, dtype):
-    seg = _seg(B.shape[-1])
-    return {"T": dtype, "P": x.shape[-1], "N": B.shape[-1], "NA": A.shape[-1],
+    n = B.shape[-1]
+    seg = _seg(n)
+    return {"T": dtype, "P": x.shape[-1], "N": n, "NA": A.shape[-1], "NSPLIT": _split(n),
             "SEG": seg, "SUBS": SPAN // seg}
+
+
+def _threads(batch, heads, width, n):
+    return batch * heads * lanes(width * _split(n))
 
 
 def _per_head_rates(A):
@@ -192,7 +216,7 @@ def _forward(x, dt, A, B, C, state):
         FORWARD,
         (x, dt, rates, B, C, state),
         {"y": (x.shape, dtype), "ckpt": (ckpt_shape, mx.float32)},
-        threads=batch * heads * lanes(width),
+        threads=_threads(batch, heads, width, B.shape[-1]),
         template=_template(x, rates, B, dtype),
     )
 
@@ -201,18 +225,20 @@ def _backward(dy, dfinal, ckpt, x, dt, A, B, C, state):
     batch, length, heads, width = x.shape
     dtype, (x_, dt_, B_, C_) = in_one_dtype(x, dt, B, C)
     rates = _per_head_rates(A)
+    per_lane = rates.shape[1] if rates.shape[1] > 1 else _split(B.shape[-1])  # dA partials
     f32 = mx.float32
     dx, ddt, dA, dB, dC, dh0 = launch(
         BACKWARD,
         (x_, dt_, rates, B_, C_, ckpt, dy, dfinal),
         {"dx": (x.shape, dtype), "ddt": (dt.shape, f32),
-         "dA": ((batch, heads, width, rates.shape[1]), f32),
+         "dA": ((batch, heads, width, per_lane), f32),
          "dB": (B.shape, f32), "dC": (C.shape, f32), "dh0": (state.shape, f32)},
-        threads=batch * heads * lanes(width),
+        threads=_threads(batch, heads, width, B.shape[-1]),
         template=_template(x, rates, B, dtype),
         init_value=0.0,
     )
-    return dx, ddt, dA.sum((0, 2)).reshape(A.shape), dB, dC, dh0
+    dA = dA.sum((0, 2))  # [H, N], or [H, NSPLIT] partials of a per-head rate
+    return dx, ddt, (dA if rates.shape[1] > 1 else dA.sum(-1)).reshape(A.shape), dB, dC, dh0
 
 
 def _unsupported(bound, arrays, backend):
