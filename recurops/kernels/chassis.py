@@ -243,15 +243,18 @@ def in_one_dtype(*arrays) -> tuple[mx.Dtype, tuple]:
 LARGE_STATE = 2048  # state elements per head above which the chunked fallback trains faster
 
 
-def large_state_crossover(dims: dict, rows: str, cols: str, seg: int) -> str | None:
+def large_state_crossover(dims: dict, rows: str, cols: str, seg: int,
+                          per_channel: bool = False) -> str | None:
     """Why ``auto`` prefers the fallback for a matrix-state kind, or None.
 
-    Measured on an H100 (docs/kernels.md): with more than ``LARGE_STATE``
-    state elements per head the recurrent kernel is latency-bound and the
-    chunked (matmul) fallback is faster on anything longer than four segments.
+    Measured on an H200 (docs/kernels.md): with one decay per head and more
+    than ``LARGE_STATE`` state elements per head, the chunked (matmul)
+    fallback trains faster on anything longer than four segments. With a
+    decay per state channel the fallback's chunks are short and its decays
+    ``[K, T, T]`` per chunk: the kernel is faster there, and far leaner.
     """
     size = dims[rows] * dims[cols]
-    if size > LARGE_STATE and dims["L"] > 4 * seg:
+    if not per_channel and size > LARGE_STATE and dims["L"] > 4 * seg:
         return (f"the chunked fallback is faster for a large state per head "
                 f"({rows}*{cols}={size} > {LARGE_STATE}) over L={dims['L']} steps")
     return None

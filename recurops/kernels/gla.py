@@ -1,11 +1,14 @@
 """Fused kernels for ``"gla"``, gated linear attention.
 
-One thread per (batch, head, j) holds the state column ``S[:, j]`` (``K``
-values) in registers; lanes of a warp are consecutive ``j``, so the
-gradients of ``q``, ``k`` and the gates (sums over ``j``) are warp sums added
-atomically into their outputs. ``GK`` is ``K`` for per-key-channel gates and
-1 for one gate per head. Checkpoints every ``SPAN`` steps, recomputed in
-``SEG``-step pieces, as in the ``"ssd"`` kernel (``kernels/ssd.py``).
+The state of a head is ``S [K, V]``. Each column ``S[:, j]`` is split over
+``KSPLIT`` consecutive lanes: lane ``u`` holds ``S[i, j]`` for
+``i = c * KSPLIT + u`` (``KL = K / KSPLIT`` values, in registers). Sums over
+``i`` (the output ``y[j]``, ``dv[j]``) are ``LANE_SUM``s over those lanes;
+sums over ``j`` (the gradients of ``q``, ``k`` and the gates) are
+``LANE_SUM``s over the other lane bits, added atomically into their outputs.
+``GK`` is ``K`` for per-key-channel gates and 1 for one gate per head.
+Checkpoints every ``SPAN`` steps, recomputed in ``SEG``-step pieces, as in
+the ``"ssd"`` kernel (``kernels/ssd.py``).
 """
 
 import math
@@ -29,41 +32,61 @@ _PROLOGUE = """
     const int B = q_shape[0];
     const int L = q_shape[1];
     const int H = q_shape[2];
-    const int VP = (V + 31) / 32 * 32;
+    const int KL = K / KSPLIT;  // state values per lane: i = c * KSPLIT + u
+    const int VP = (V * KSPLIT + 31) / 32 * 32 / KSPLIT;  // a head's lanes fill whole warps
     const int SPAN = SEG * SUBS;
     const int NS = (L + SPAN - 1) / SPAN;
     const int tid = THREAD_ID;
-    const int j = tid % VP;
-    const int bh = tid / VP;
+    const int u = tid % KSPLIT;
+    const int j = (tid / KSPLIT) % VP;
+    const int bh = tid / (KSPLIT * VP);
     const int b = bh / H;
     const int hh = bh % H;
     const bool active = j < V;
 """
+
+
+def _step(save: str) -> str:
+    """Step ``t`` of the lane's part of the state column, ``S``; ``save`` runs
+    on ``S[c]`` before its update."""
+    return """
+                const int row = (b * L + t) * H + hh;
+                const float vj = active ? static_cast<float>(v[row * V + j]) : 0.0f;
+                for (int c = 0; c < KL; ++c) {
+                    const int i = c * KSPLIT + u;
+                    const float gi = static_cast<float>(g[row * GK + ((GK == 1) ? 0 : i)]);
+                    SAVE
+                    S[c] = gi * S[c] + static_cast<float>(k[row * K + i]) * vj;
+                }""".replace("SAVE", save)
+
 
 FORWARD = Source(
     "gla_fwd",
     inputs=("q", "k", "v", "g", "h0"),
     outputs=("y", "ckpt"),
     body=_PROLOGUE + """
-    if (bh >= B * H || !active) return;
-    float S[K];
-    for (int i = 0; i < K; ++i) {
-        S[i] = h0[(bh * K + i) * V + j];
-        ckpt[(((b * (NS + 1)) * H + hh) * K + i) * V + j] = S[i];
+    if (bh >= B * H) return;  // whole warps only
+    float S[KL];
+    for (int c = 0; c < KL; ++c) {
+        const int i = c * KSPLIT + u;
+        S[c] = active ? h0[(bh * K + i) * V + j] : 0.0f;
+        if (active) ckpt[(((b * (NS + 1)) * H + hh) * K + i) * V + j] = S[c];
     }
     for (int t = 0; t < L; ++t) {
         const int row = (b * L + t) * H + hh;
-        const float vj = static_cast<float>(v[row * V + j]);
+        const float vj = active ? static_cast<float>(v[row * V + j]) : 0.0f;
         float out = 0.0f;
-        for (int i = 0; i < K; ++i) {
+        for (int c = 0; c < KL; ++c) {
+            const int i = c * KSPLIT + u;
             const float gi = static_cast<float>(g[row * GK + ((GK == 1) ? 0 : i)]);
-            S[i] = gi * S[i] + static_cast<float>(k[row * K + i]) * vj;
-            out += static_cast<float>(q[row * K + i]) * S[i];
+            S[c] = gi * S[c] + static_cast<float>(k[row * K + i]) * vj;
+            out += static_cast<float>(q[row * K + i]) * S[c];
         }
-        y[row * V + j] = static_cast<T>(out);
-        if ((t + 1) % SPAN == 0 || t == L - 1) {
-            const int c = ((b * (NS + 1) + (t + SPAN) / SPAN) * H + hh) * K;
-            for (int i = 0; i < K; ++i) ckpt[(c + i) * V + j] = S[i];
+        out = LANE_SUM(out, 1, KSPLIT / 2);
+        if (active && u == 0) y[row * V + j] = static_cast<T>(out);
+        if (active && ((t + 1) % SPAN == 0 || t == L - 1)) {
+            const int base = ((b * (NS + 1) + (t + SPAN) / SPAN) * H + hh) * K;
+            for (int c = 0; c < KL; ++c) ckpt[(base + c * KSPLIT + u) * V + j] = S[c];
         }
     }
 """,
@@ -74,40 +97,32 @@ BACKWARD = Source(
     inputs=("q", "k", "v", "g", "ckpt", "dy", "dfinal"),
     outputs=("dq", "dk", "dv", "dg", "dh0"),
     body=_PROLOGUE + """
-    if (bh >= B * H) return;  // whole warps only: VP is a multiple of 32
-    float carry[K];  // dLoss/dS[t][:, j] from steps after t
-    for (int i = 0; i < K; ++i) carry[i] = active ? dfinal[(bh * K + i) * V + j] : 0.0f;
-    float starts[SUBS * K];  // S entering each SEG-step piece of the span
-    float before[SEG * K];  // S[t-1][:, j] for each step t of the piece
+    if (bh >= B * H) return;  // whole warps only
+    float carry[KL];  // dLoss/dS[t][i, j] from steps after t
+    for (int c = 0; c < KL; ++c) {
+        carry[c] = active ? dfinal[(bh * K + c * KSPLIT + u) * V + j] : 0.0f;
+    }
+    float starts[SUBS * KL];  // S entering each SEG-step piece of the span
+    float before[SEG * KL];  // S[t-1] for each step t of the piece
     for (int s = NS - 1; s >= 0; --s) {
-        float S[K];
-        for (int i = 0; i < K; ++i) {
-            S[i] = active ? ckpt[(((b * (NS + 1) + s) * H + hh) * K + i) * V + j] : 0.0f;
+        float S[KL];
+        const int base = ((b * (NS + 1) + s) * H + hh) * K;
+        for (int c = 0; c < KL; ++c) {
+            S[c] = active ? ckpt[(base + c * KSPLIT + u) * V + j] : 0.0f;
         }
         for (int t = s * SPAN; t < s * SPAN + SPAN; ++t) {
             if ((t - s * SPAN) % SEG == 0) {
-                for (int i = 0; i < K; ++i) starts[((t - s * SPAN) / SEG) * K + i] = S[i];
+                for (int c = 0; c < KL; ++c) starts[((t - s * SPAN) / SEG) * KL + c] = S[c];
             }
             if (t >= L) continue;
-            const int row = (b * L + t) * H + hh;
-            const float vj = active ? static_cast<float>(v[row * V + j]) : 0.0f;
-            for (int i = 0; i < K; ++i) {
-                const float gi = static_cast<float>(g[row * GK + ((GK == 1) ? 0 : i)]);
-                S[i] = gi * S[i] + static_cast<float>(k[row * K + i]) * vj;
-            }
+""" + _step("") + """
         }
         for (int piece = SUBS - 1; piece >= 0; --piece) {
             const int t0 = s * SPAN + piece * SEG;
             const int t1 = (t0 + SEG < L) ? t0 + SEG : L;
-            for (int i = 0; i < K; ++i) S[i] = starts[piece * K + i];
+            for (int c = 0; c < KL; ++c) S[c] = starts[piece * KL + c];
             for (int t = t0; t < t1; ++t) {
-                const int row = (b * L + t) * H + hh;
-                const float vj = active ? static_cast<float>(v[row * V + j]) : 0.0f;
-                for (int i = 0; i < K; ++i) {
-                    const float gi = static_cast<float>(g[row * GK + ((GK == 1) ? 0 : i)]);
-                    before[(t - t0) * K + i] = S[i];
-                    S[i] = gi * S[i] + static_cast<float>(k[row * K + i]) * vj;
-                }
+""" + _step("before[(t - t0) * KL + c] = S[c];") + """
             }
             for (int t = t1 - 1; t >= t0; --t) {
                 const int row = (b * L + t) * H + hh;
@@ -115,45 +130,55 @@ BACKWARD = Source(
                 const float g_out = active ? static_cast<float>(dy[row * V + j]) : 0.0f;
                 float dv_t = 0.0f;
                 float dg_head = 0.0f;
-                for (int i = 0; i < K; ++i) {
+                for (int c = 0; c < KL; ++c) {
+                    const int i = c * KSPLIT + u;
                     const float gi = static_cast<float>(g[row * GK + ((GK == 1) ? 0 : i)]);
                     const float ki = static_cast<float>(k[row * K + i]);
                     const float qi = static_cast<float>(q[row * K + i]);
-                    const float prev = before[(t - t0) * K + i];
+                    const float prev = before[(t - t0) * KL + c];
                     const float st = gi * prev + ki * vj;
-                    const float gt = carry[i] + qi * g_out;
-                    const float dq_i = WARP_SUM(st * g_out);
-                    const float dk_i = WARP_SUM(gt * vj);
+                    const float gt = carry[c] + qi * g_out;
+                    // sums over the warp's columns j (lanes with the same u)
+                    const float dq_i = LANE_SUM(st * g_out, KSPLIT, 16);
+                    const float dk_i = LANE_SUM(gt * vj, KSPLIT, 16);
                     if (GK == 1) {
                         dg_head += gt * prev;
                     } else {
-                        const float dg_i = WARP_SUM(gt * prev);
-                        if (LANE_ID == i % 32) ATOMIC_ADD(&dg[row * GK + i], dg_i);
+                        const float dg_i = LANE_SUM(gt * prev, KSPLIT, 16);
+                        if (LANE_ID < KSPLIT) ATOMIC_ADD(&dg[row * GK + i], dg_i);
                     }
-                    if (LANE_ID == i % 32) {
+                    if (LANE_ID < KSPLIT) {
                         ATOMIC_ADD(&dq[row * K + i], dq_i);
                         ATOMIC_ADD(&dk[row * K + i], dk_i);
                     }
                     dv_t += gt * ki;
-                    carry[i] = gi * gt;
+                    carry[c] = gi * gt;
                 }
                 if (GK == 1) {
                     const float dg_sum = WARP_SUM(dg_head);
                     if (LANE_ID == 0) ATOMIC_ADD(&dg[row], dg_sum);
                 }
-                if (active) dv[row * V + j] = static_cast<T>(dv_t);
+                dv_t = LANE_SUM(dv_t, 1, KSPLIT / 2);
+                if (active && u == 0) dv[row * V + j] = static_cast<T>(dv_t);
             }
         }
     }
     if (active) {
-        for (int i = 0; i < K; ++i) dh0[(bh * K + i) * V + j] = carry[i];
+        for (int c = 0; c < KL; ++c) dh0[(bh * K + c * KSPLIT + u) * V + j] = carry[c];
     }
 """,
 )
 
 
+def _split(k: int) -> int:
+    """Lanes per state column: the largest of 8, 4, 2, 1 that divides ``K``."""
+    return next(s for s in (8, 4, 2, 1) if k % s == 0)
+
+
 def _seg(k: int) -> int:
-    return 32 if k <= 64 else 16
+    """Steps per recomputed piece: the piece's states (``SEG`` x the lane's
+    ``K / KSPLIT`` values) stay in fast scratch."""
+    return 32 if k // _split(k) <= 64 else 16
 
 
 def _prepare(q, k, v, g):
@@ -165,7 +190,12 @@ def _prepare(q, k, v, g):
 def _template(dtype, q, v, gates):
     seg = _seg(q.shape[-1])
     return {"T": dtype, "K": q.shape[-1], "V": v.shape[-1], "GK": gates.shape[-1],
-            "SEG": seg, "SUBS": SPAN // seg}
+            "KSPLIT": _split(q.shape[-1]), "SEG": seg, "SUBS": SPAN // seg}
+
+
+def _threads(q, v):
+    batch, _, heads, dk = q.shape
+    return batch * heads * lanes(v.shape[-1] * _split(dk))
 
 
 def _forward(q, k, v, g, state):
@@ -176,7 +206,7 @@ def _forward(q, k, v, g, state):
         FORWARD,
         (q, k, v, gates, state),
         {"y": (v.shape, dtype), "ckpt": (ckpt_shape, mx.float32)},
-        threads=batch * heads * lanes(v.shape[-1]),
+        threads=_threads(q, v),
         template=_template(dtype, q, v, gates),
     )
 
@@ -190,7 +220,7 @@ def _backward(dy, dfinal, ckpt, q, k, v, g, state):
         (q_, k_, v_, gates, ckpt, dy, dfinal),
         {"dq": (q.shape, f32), "dk": (k.shape, f32), "dv": (v.shape, dtype),
          "dg": (gates.shape, f32), "dh0": (state.shape, f32)},
-        threads=batch * heads * lanes(v.shape[-1]),
+        threads=_threads(q, v),
         template=_template(dtype, q_, v_, gates),
         init_value=0.0,
     )
@@ -206,7 +236,8 @@ def _unsupported(bound, arrays, backend):
 
 
 def _slower(bound):
-    return large_state_crossover(bound.dims, "K", "V", _seg(bound.dims["K"]))
+    return large_state_crossover(bound.dims, "K", "V", _seg(bound.dims["K"]),
+                                 per_channel=bound.variant["g"] == 1)
 
 
 KERNEL = KernelPath(

@@ -250,7 +250,8 @@ def _unsupported(bound, arrays, backend):
 
 
 def _slower(bound):
-    return large_state_crossover(bound.dims, "P", "N", _seg(bound.dims["N"]))
+    return large_state_crossover(bound.dims, "P", "N", _seg(bound.dims["N"]),
+                                 per_channel=bound.variant["A"] == 1)
 
 
 KERNEL = KernelPath(
