@@ -4,7 +4,9 @@
     o_h[t] = S_h[t]^T q[t]
 
 ``q`` and ``k`` may be shared by ``R`` heads (Mamba-2 groups: ``q = C``,
-``k = B``, ``v = dt * x``; GLA is ``R = 1``). This is the form both the
+``k = B``, ``v = dt * x``; GLA is ``R = 1``). Heads come before time
+(``v [Z, R, L, V]``), so each head's chunk states ``[C, K, V]`` stay in one
+block that the state passing reads and writes without transposes. This is the form both the
 ``"gla"`` kind with per-head gates and the ``"ssd"`` kind with ``A [H]`` take
 (``scalar_gate_chunked_scan``); gates per key channel (``"gla"`` with
 ``g [..., L, H, K]``, ``"ssd"`` with ``A [H, N]``) take the same form with
@@ -18,7 +20,8 @@ with ``D[t, s] = prod_{s < r <= t} g[r]`` (built by a cumulative product of
 a masked copy of the gates) and ``cum[t] = prod_{r <= t} g[r]``. Chunk end
 states follow ``S_end = a S_before + k^T (w * v)``, ``a = cum[T-1]``,
 ``w[s] = D[T-1, s]``, run over chunks: on a GPU as one matmul with the
-chunk-level decays (``_states``), elsewhere as a blocked associative scan.
+chunk-level decays (``_states``; the backward's reverse pass multiplies by
+the transposed matrix), elsewhere as a blocked associative scan.
 
 The backward pass is written by hand (``mx.custom_function``): it is the
 same chunked form run backwards, with a reverse scan for the state
@@ -76,6 +79,19 @@ def _states(mm, a: mx.array, b: mx.array, h0: mx.array) -> tuple[mx.array, mx.ar
     return _states_by_scan(a, b, h0)
 
 
+def _reverse_states(mm, a: mx.array, g: mx.array, dfinal: mx.array):
+    """Cotangents of the chunk states: ``Y[c] = a[c] Y[c+1] + g[c]``, ``Y[C] = dfinal``.
+
+    Returns ``(Y[1..C], Y[0])``: the cotangent of the state at the end of each
+    chunk and that of the initial state.
+    """
+    if _by_matmul(g.shape[1]):
+        return _reverse_states_by_matmul(mm, a, g, dfinal)
+    rev = slice(None, None, -1)
+    after, dh0 = _states_by_scan(a[:, rev], g[:, rev], dfinal)
+    return after[:, rev], dh0
+
+
 def _on_gpu() -> bool:
     return mx.default_device().type == mx.DeviceType.gpu
 
@@ -86,28 +102,59 @@ def _by_matmul(steps: int) -> bool:
     return _on_gpu() and steps <= MATMUL_CHUNKS
 
 
-def _states_by_matmul(mm, a, b, h0):
-    """``_states`` as ``h = D b + cum h0`` with ``D [C, C]`` the products of ``a``
-    between steps (``_decays``): a few passes over ``b`` and one matmul whose
-    contracted axis is the C steps, instead of the scan's O(log C) passes.
-    """
+def _as_rows(a: mx.array, b: mx.array):
+    """``(a_rows, to_rows, from_rows)`` for ``a [Z, C, *sa]`` broadcasting
+    against ``b [Z, C, *sb]``: ``a_rows [Z, rows, C]`` and the maps between
+    ``[Z, n, *sb]`` and ``[Z, rows, n, cols]``, ``rows`` the axes where ``a``
+    varies and ``cols`` those it broadcasts over (no copy when ``a`` varies
+    along none of them)."""
     z, c, *sb = b.shape
-    varying = [i for i, n in enumerate(a.shape[2:]) if n != 1]  # a's non-broadcast axes
+    varying = [i for i, n in enumerate(a.shape[2:]) if n != 1]
     shared = [i for i in range(len(sb)) if i not in varying]
     rows = math.prod(sb[i] for i in varying)
     cols = math.prod(sb[i] for i in shared)
     order = [2 + i for i in varying] + [1] + [2 + i for i in shared]
-    decay, cum = _decays(a.transpose(0, *order).reshape(z, rows, c))  # [Z,rows,C,C], [Z,rows,C]
-    # row j of the product is the state before step j; row C the state after the last
-    before_rows = mx.concatenate([mx.zeros((z, rows, 1, c), decay.dtype), decay], axis=-2)
-    start = mx.concatenate([mx.ones((z, rows, 1), cum.dtype), cum], axis=-1)[..., None]
-    h0_rows = h0.transpose(0, *(1 + i for i in varying), *(1 + i for i in shared))
-    h = mm(before_rows, b.transpose(0, *order).reshape(z, rows, c, cols))
-    h = h + start * h0_rows.reshape(z, rows, 1, cols)  # [Z, rows, C+1, cols]
-    h = h.reshape(z, *(sb[i] for i in varying), c + 1, *(sb[i] for i in shared))
     layout = [*varying, None, *shared]  # the axis of b each axis after Z holds (None: C)
-    h = h.transpose(0, *(1 + layout.index(i) for i in (None, *range(len(sb)))))
-    return h[:, :c], h[:, c]
+
+    def to_rows(x):
+        return x.transpose(0, *order).reshape(z, rows, x.shape[1], cols)
+
+    def from_rows(h):
+        h = h.reshape(z, *(sb[i] for i in varying), h.shape[2], *(sb[i] for i in shared))
+        return h.transpose(0, *(1 + layout.index(i) for i in (None, *range(len(sb)))))
+
+    return a.transpose(0, *order).reshape(z, rows, c), to_rows, from_rows
+
+
+def _chunk_decays(a_rows: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+    """``a_rows [Z, rows, C]`` -> ``M [Z, rows, C, C]`` with
+    ``M[j, i] = prod_{i<m<j} a[m]`` for ``i < j`` (else 0), ``start[j] =
+    prod_{m<j} a[m]`` and ``to_end[i] = prod_{m>i} a[m]``, each ``[Z, rows, C]``."""
+    decay, cum = _decays(a_rows)  # [Z,rows,C,C], [Z,rows,C]
+    z, rows, c = a_rows.shape
+    into = mx.concatenate([mx.zeros((z, rows, 1, c), decay.dtype), decay[..., :-1, :]], axis=-2)
+    start = mx.concatenate([mx.ones((z, rows, 1), cum.dtype), cum[..., :-1]], axis=-1)
+    return into, start, decay[..., -1, :]
+
+
+def _states_by_matmul(mm, a, b, h0):
+    """``_states`` as ``h = M b + start h0`` (``_chunk_decays``; ``start[j]``
+    the product of ``a`` before step ``j``): a few passes over ``b`` and one
+    matmul whose contracted axis is the C steps, instead of the scan's
+    O(log C) passes."""
+    a_rows, to_rows, from_rows = _as_rows(a, b)
+    into, start, _ = _chunk_decays(a_rows)
+    before = from_rows(mm(into, to_rows(b)) + start[..., None] * to_rows(h0[:, None]))
+    return before, a[:, -1] * before[:, -1] + b[:, -1]
+
+
+def _reverse_states_by_matmul(mm, a, g, dfinal):
+    """``_reverse_states`` as ``Y[1..C] = M^T g + D[C-1, :] dfinal``: the
+    forward's matrix transposed (no reversed copies)."""
+    a_rows, to_rows, from_rows = _as_rows(a, g)
+    into, _, to_end = _chunk_decays(a_rows)
+    after = from_rows(mm(_tr(into), to_rows(g)) + to_end[..., None] * to_rows(dfinal[:, None]))
+    return after, a[:, 0] * after[:, 0] + g[:, 0]
 
 
 def _states_by_scan(a: mx.array, b: mx.array, h0: mx.array) -> tuple[mx.array, mx.array]:
@@ -142,17 +189,6 @@ def _states_by_scan(a: mx.array, b: mx.array, h0: mx.array) -> tuple[mx.array, m
     for i in range(head, n):
         tail.append(_sl(a, i, i + 1) * tail[-1] + _sl(b, i, i + 1))
     return mx.concatenate([before] + tail[:-1], axis=1), tail[-1][:, 0]
-
-
-def _reverse_states(mm, a: mx.array, g: mx.array, dfinal: mx.array):
-    """Cotangents of the chunk states: ``Y[c] = a[c] Y[c+1] + g[c]``, ``Y[C] = dfinal``.
-
-    Returns ``(Y[1..C], Y[0])``: the cotangent of the state at the end of each
-    chunk and that of the initial state.
-    """
-    rev = slice(None, None, -1)
-    after, dh0 = _states(mm, a[:, rev], g[:, rev], dfinal)
-    return after[:, rev], dh0
 
 
 # --------------------------------------------------------------------------
@@ -198,75 +234,85 @@ def _tr(x: mx.array) -> mx.array:
     return mx.swapaxes(x, -1, -2)
 
 
+def _heads_sum(x: mx.array) -> mx.array:
+    """Sum over the heads axis 1 (the ``R`` heads that share ``q`` and ``k``)."""
+    return x[:, 0] if x.shape[1] == 1 else x.sum(1)
+
+
+def _pass_states(mm, a, local, h0):
+    """``_states`` over the chunks of each head: a [Z,R,C], local [Z,R,C,K,V], h0 [Z,R,K,V]."""
+    z, r, c, dk, dv = local.shape
+    before, final = _states(mm, a.reshape(z * r, c, 1, 1), local.reshape(z * r, c, dk, dv),
+                            h0.reshape(z * r, dk, dv))
+    return before.reshape(local.shape), final.reshape(h0.shape)
+
+
 def _forward(mm, q, k, v, g, h0):
-    """q, k [Z,C,T,K]; v [Z,C,T,R,V]; g [Z,C,T,R]; h0 [Z,K,R,V]."""
-    z, c, t, r, dv = v.shape
-    dk = q.shape[-1]
-    decay, cum = _decays(g.transpose(0, 1, 3, 2))  # [Z,C,R,T,T], [Z,C,R,T]
+    """q, k [Z,C,T,K]; v [Z,R,C,T,V]; g [Z,R,C,T]; h0 [Z,R,K,V]."""
+    decay, cum = _decays(g)  # [Z,R,C,T,T], [Z,R,C,T]
     k_t = mx.contiguous(_tr(k))  # [Z,C,K,T]: plain (untransposed) matmuls are faster
     qk = mm(q, k_t)  # [Z,C,T,T]
-    vh = v.transpose(0, 1, 3, 2, 4)  # [Z,C,R,T,V]
-    intra = mm(qk[:, :, None] * decay, vh)  # [Z,C,R,T,V]
-    w = decay[..., -1, :].transpose(0, 1, 3, 2)[..., None]  # [Z,C,T,R,1]
-    a = cum[..., -1][:, :, None, :, None]  # [Z,C,1,R,1]
-    local = mm(k_t, (v * w).reshape(z, c, t, r * dv))  # [Z,C,K,R*V]
-    before, final = _states(mm, a, local.reshape(z, c, dk, r, dv), h0)
-    raw = mm(q, before.reshape(z, c, dk, r * dv))  # [Z,C,T,R*V]
-    cum_t = cum.transpose(0, 1, 3, 2)[..., None]  # [Z,C,T,R,1]
-    y = raw.reshape(z, c, t, r, dv) * cum_t + intra.transpose(0, 1, 3, 2, 4)
+    intra = mm(qk[:, None] * decay, v)  # [Z,R,C,T,V]
+    w = decay[..., -1, :, None]  # [Z,R,C,T,1]: decay from each step to the chunk's end
+    local = mm(k_t[:, None], v * w)  # [Z,R,C,K,V]
+    before, final = _pass_states(mm, cum[..., -1], local, h0)
+    raw = mm(q[:, None], before)  # [Z,R,C,T,V]
+    y = raw * cum[..., None] + intra
     return y, final, before, raw, qk
 
 
 def _backward(mm, q, k, v, g, h0, before, raw, qk, dy, dfinal):
-    z, c, t, r, dv = v.shape
+    z, r, c, t, dv = v.shape
     dk = q.shape[-1]
-    decay, cum = _decays(g.transpose(0, 1, 3, 2))  # [Z,C,R,T,T], [Z,C,R,T]
-    cum_t = cum.transpose(0, 1, 3, 2)[..., None]  # [Z,C,T,R,1]
-    w = decay[..., -1, :].transpose(0, 1, 3, 2)[..., None]  # [Z,C,T,R,1]
-    a = cum[..., -1][:, :, None, :, None]  # [Z,C,1,R,1]
+    decay, cum = _decays(g)  # [Z,R,C,T,T], [Z,R,C,T]
+    w = decay[..., -1, :, None]  # [Z,R,C,T,1]
+    a = cum[..., -1]  # [Z,R,C]
 
     # inter-chunk output  y += cum * (q @ S_before)
-    draw = (dy * cum_t).reshape(z, c, t, r * dv)
-    dcum = (dy * raw.reshape(z, c, t, r, dv)).sum(-1)  # [Z,C,T,R]
-    dq = mm(draw, mx.contiguous(_tr(before.reshape(z, c, dk, r * dv))))
-    local_grad = mm(_tr(q), draw)  # [Z,C,K,R*V]: cotangent of S_before from the outputs
+    draw = dy * cum[..., None]  # [Z,R,C,T,V]
+    dcum = (dy * raw).sum(-1)  # [Z,R,C,T]
+    dq = _heads_sum(mm(draw, _tr(before)))  # [Z,C,T,K]
+    local_grad = mm(_tr(q)[:, None], draw)  # [Z,R,C,K,V]: cotangent of S_before from the outputs
 
     # state cotangents: dS_before[c] = G[c] + a[c] dS_end[c], dS_end[c] = dS_before[c+1]
-    dend, dh0 = _reverse_states(mm, a, local_grad.reshape(z, c, dk, r, dv), dfinal)  # [Z,C,K,R,V]
-    da = (dend * before).sum(axis=(2, 4))  # [Z,C,R]
+    dend, dh0 = _reverse_states(mm, a.reshape(z * r, c, 1, 1),
+                                local_grad.reshape(z * r, c, dk, dv), dfinal.reshape(z * r, dk, dv))
+    dend, dh0 = dend.reshape(local_grad.shape), dh0.reshape(dfinal.shape)
+    da = (dend * before).sum(axis=(-2, -1))  # [Z,R,C]
 
     # local states  S_end = a S_before + k^T (w * v)
-    dend2 = dend.reshape(z, c, dk, r * dv)
-    dk_ = mm((v * w).reshape(z, c, t, r * dv), mx.contiguous(_tr(dend2)))
-    p = mm(k, dend2).reshape(z, c, t, r, dv)
+    dk_ = _heads_sum(mm(v * w, _tr(dend)))  # [Z,C,T,K]
+    p = mm(k[:, None], dend)  # [Z,R,C,T,V]
     dv_ = p * w
-    dw = (p * v).sum(-1).transpose(0, 1, 3, 2)  # [Z,C,R,T]
+    dw = (p * v).sum(-1)  # [Z,R,C,T]
 
     # intra-chunk attention  y += (qk * D) @ v
-    dyh = dy.transpose(0, 1, 3, 2, 4)  # [Z,C,R,T,V]
-    v_t = mx.contiguous(v.transpose(0, 1, 3, 4, 2))  # [Z,C,R,V,T]
-    d_att = mm(dyh, v_t)  # [Z,C,R,T,T]
-    att = qk[:, :, None] * decay
-    dv_ = dv_ + mm(_tr(att), dyh).transpose(0, 1, 3, 2, 4)
-    dqk = (d_att * decay).sum(2) if r > 1 else (d_att * decay)[:, :, 0]  # [Z,C,T,T]
+    d_att = mm(dy, _tr(v))  # [Z,R,C,T,T]
+    dv_ = dv_ + mm(_tr(qk[:, None] * decay), dy)
+    dqk = _heads_sum(d_att * decay)  # [Z,C,T,T]
     dq = dq + mm(dqk, k)
     dk_ = dk_ + mm(_tr(dqk), q)
+    return dq, dk_, dv_, _gate_grad(mm, decay, cum, d_att * qk[:, None], dw, dcum, da), dh0
 
-    # gates: g enters through D, cum, w = D[T-1, :] and a = cum[T-1]
-    d_decay = d_att * qk[:, :, None]
-    d_decay = mx.concatenate(
-        [d_decay[..., :-1, :], d_decay[..., -1:, :] + dw[..., None, :]], axis=-2
-    )
-    dcum = dcum.transpose(0, 1, 3, 2)  # [Z,C,R,T]
-    dcum = mx.concatenate([dcum[..., :-1], dcum[..., -1:] + da[..., None]], axis=-1)
+
+def _gate_grad(mm, decay, cum, d_decay, dw, dcum, da):
+    """Gradient of the gates ``g [..., T]`` from those of ``D`` (``d_decay``),
+    of ``w = D[T-1, :]`` (``dw``), of ``cum`` (``dcum``) and of
+    ``a = cum[T-1]`` (``da``), by products only:
+
+        dg[r] = sum_t D[t, r] (sum_s dD'[t, s] D[r-1, s] + dcum'[t] cum[r-1])
+
+    with ``dD' = dD + e_{T-1} dw`` and ``dcum' = dcum + e_{T-1} da``;
+    ``D[-1, :] = 0`` and ``cum[-1] = 1``.
+    """
+    full = mm(d_decay, _tr(decay))  # [..., t, r-1] = sum_s dD[t, s] D[r-1, s]
+    via_decay = (decay[..., :, 1:] * full[..., :, :-1]).sum(-2)  # [..., T-1]: r >= 1
+    via_w = decay[..., -1, 1:] * mm(dw[..., None, :], _tr(decay))[..., 0, :-1]
     lead = decay.shape[:-2]
-    shifted_t = mx.concatenate(  # [..., s, r] = D[r-1, s]
-        [mx.zeros((*lead, t, 1), decay.dtype), _tr(decay[..., :-1, :])], axis=-1
-    )
+    shifted = mx.concatenate([mx.zeros((*lead, 1), decay.dtype), via_decay + via_w], axis=-1)
+    dcum = mx.concatenate([dcum[..., :-1], dcum[..., -1:] + da[..., None]], axis=-1)
     cum_shift = mx.concatenate([mx.ones((*lead, 1), cum.dtype), cum[..., :-1]], axis=-1)
-    m = mm(d_decay, shifted_t) + dcum[..., :, None] * cum_shift[..., None, :]
-    dg = (decay * m).sum(-2).transpose(0, 1, 3, 2)  # [Z,C,T,R]
-    return dq, dk_, dv_, dg, dh0
+    return shifted + cum_shift * mm(dcum[..., None, :], decay)[..., 0, :]
 
 
 # --------------------------------------------------------------------------
@@ -335,30 +381,30 @@ CHANNEL_CHUNK = 8
 def scalar_gate_chunked_scan(q, k, v, g, h0, chunk: int | None = None, exact_fp32: bool = True):
     """Chunked evaluation of the recurrence in the module docstring.
 
-    q, k: [Z, L, K] (shared by the R heads of a group); v: [Z, L, R, V];
-    g: [Z, L, R] linear-space gates; h0: [Z, K, R, V]. Returns
-    y [Z, L, R, V] and the final state [Z, K, R, V]. Float32/64 in.
+    q, k: [Z, L, K] (shared by the R heads of a group); v: [Z, R, L, V];
+    g: [Z, R, L] linear-space gates; h0: [Z, R, K, V]. Returns
+    y [Z, R, L, V] and the final state [Z, R, K, V]. Float32/64 in.
     ``exact_fp32=False`` lets matmuls use TF32 where MLX does (enough for
     half-precision inputs); True keeps them float32-accurate.
     """
-    z, length, r, dv = v.shape
+    z, r, length, dv = v.shape
     dk = q.shape[-1]
     steps = min(chunk or CHUNK["gpu" if _on_gpu() else "cpu"], length)
     pad = -length % steps
     if pad:
         q, k = (mx.pad(x, [(0, 0), (0, pad), (0, 0)]) for x in (q, k))
-        v = mx.pad(v, [(0, 0), (0, pad), (0, 0), (0, 0)])
-        g = mx.pad(g, [(0, 0), (0, pad), (0, 0)], constant_values=1.0)
+        v = mx.pad(v, [(0, 0), (0, 0), (0, pad), (0, 0)])
+        g = mx.pad(g, [(0, 0), (0, 0), (0, pad)], constant_values=1.0)
     c = (length + pad) // steps
     y, final, *_ = _block(False, exact_fp32)(
         q.reshape(z, c, steps, dk),
         k.reshape(z, c, steps, dk),
-        v.reshape(z, c, steps, r, dv),
-        g.reshape(z, c, steps, r),
+        v.reshape(z, r, c, steps, dv),
+        g.reshape(z, r, c, steps),
         h0,
     )
-    y = y.reshape(z, c * steps, r, dv)
-    return (y[:, :length] if pad else y), final
+    y = y.reshape(z, r, c * steps, dv)
+    return (y[:, :, :length] if pad else y), final
 
 
 # --------------------------------------------------------------------------

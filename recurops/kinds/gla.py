@@ -48,9 +48,9 @@ def fallback(q, k, v, g, state):
     # per-head gates: the scalar-gate chunked form, heads folded into the batch
 
     y, final = scalar_gate_chunked_scan(
-        heads_first(q), heads_first(k), heads_first(v)[:, :, None],
-        g.transpose(0, 2, 1).reshape(b * h, length, 1),
-        state.reshape(b * h, dk, 1, dv), exact_fp32=exact,
+        heads_first(q), heads_first(k), heads_first(v)[:, None],
+        g.transpose(0, 2, 1).reshape(b * h, 1, length),
+        state.reshape(b * h, 1, dk, dv), exact_fp32=exact,
     )
     y = y.reshape(b, h, length, dv).transpose(0, 2, 1, 3)
     return y, final.reshape(b, h, dk, dv)

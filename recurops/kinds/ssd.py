@@ -66,22 +66,21 @@ def _fallback_per_head(x, dt, A, B, C, state, exact):
     groups, n = B.shape[2], B.shape[3]
     r = h // groups
 
-    def groups_first(t):  # [B, L, G, ...] -> [B*G, L, ...] (no copy for one group)
+    def groups_first(t):  # [B, L, G, N] -> [B*G, L, N] (no copy for one group)
         if groups > 1:
             t = mx.moveaxis(t, 2, 1)
-        return t.reshape(b * groups, length, *t.shape[3:])
+        return t.reshape(b * groups, length, n)
 
-    v = (dt[..., None] * x).reshape(b, length, groups, r, p)  # x promotes to state.dtype
-    gate = mx.exp(dt * A).reshape(b, length, groups, r)
-    h0 = state.reshape(b, groups, r, p, n).transpose(0, 1, 4, 2, 3)  # [B,G,N,R,P]
+    dt_heads = mx.swapaxes(dt, 1, 2)  # [B, H, L]
+    v = dt_heads[..., None] * mx.swapaxes(x, 1, 2)  # [B, H, L, P]; x promotes to state.dtype
+    gate = mx.exp(dt_heads * A[:, None])
     y, final = scalar_gate_chunked_scan(
-        groups_first(C), groups_first(B), groups_first(v), groups_first(gate),
-        h0.reshape(b * groups, n, r, p), exact_fp32=exact,
+        groups_first(C), groups_first(B), v.reshape(b * groups, r, length, p),
+        gate.reshape(b * groups, r, length),
+        mx.swapaxes(state, -1, -2).reshape(b * groups, r, n, p), exact_fp32=exact,
     )
-    y = y.reshape(b, groups, length, r, p)
-    y = (y if groups == 1 else mx.moveaxis(y, 1, 2)).reshape(b, length, h, p)
-    final = final.reshape(b, groups, n, r, p).transpose(0, 1, 3, 4, 2)
-    return y, final.reshape(b, h, p, n)
+    y = mx.swapaxes(y.reshape(b, h, length, p), 1, 2)
+    return y, mx.swapaxes(final.reshape(b, h, n, p), -1, -2)
 
 
 KIND = Kind(
