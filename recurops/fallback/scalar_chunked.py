@@ -31,8 +31,9 @@ cumulative products, no logarithm), so gates of exactly 0 and 1 are exact:
     dg[r] = sum_t D[t, r] * (sum_s dD[t, s] D[r-1, s] + dcum[t] cum[r-1])
 
 which is one small ``T x T x T`` matmul per chunk. The forward keeps only the
-per-chunk states, ``q k^T`` and ``q S_before`` for the backward: memory is
-O(L (K + V + T) + (L / T) K V) per head, never a state per time step.
+per-chunk states, the decays ``D``, ``q k^T`` and ``q S_before`` for the
+backward: memory is O(L (K + V + T) + (L / T) K V) per head, never a state
+per time step.
 
 Decay factors below ``sqrt`` of the smallest normal float are set to zero
 (``_flush``): subnormal products of gates made the CPU matmuls several times
@@ -202,7 +203,12 @@ def _decays(g: mx.array) -> tuple[mx.array, mx.array]:
     after = idx[:, None] > idx[None, :]  # [r, s]: r > s
     masked = mx.where(after, mx.expand_dims(g, -1), 1.0)  # [..., r, s]
     from_s = mx.cumprod(masked, axis=-2)  # [..., t, s] = prod_{s<r<=t} g[r] (1 if t<=s)
-    return _flush(from_s, keep=idx[:, None] >= idx[None, :]), _flush(mx.cumprod(g, axis=-1))
+    return _flush(from_s, keep=idx[:, None] >= idx[None, :]), _cumulative(g)
+
+
+def _cumulative(g: mx.array) -> mx.array:
+    """``cum [..., T]``: ``cum[t] = prod_{r <= t} g[r]``."""
+    return _flush(mx.cumprod(g, axis=-1))
 
 
 def _flush(x: mx.array, keep: mx.array | None = None) -> mx.array:
@@ -258,13 +264,13 @@ def _forward(mm, q, k, v, g, h0):
     before, final = _pass_states(mm, cum[..., -1], local, h0)
     raw = mm(q[:, None], before)  # [Z,R,C,T,V]
     y = raw * cum[..., None] + intra
-    return y, final, before, raw, qk
+    return y, final, before, raw, qk, decay
 
 
-def _backward(mm, q, k, v, g, h0, before, raw, qk, dy, dfinal):
+def _backward(mm, q, k, v, g, h0, before, raw, qk, decay, dy, dfinal):
     z, r, c, t, dv = v.shape
     dk = q.shape[-1]
-    decay, cum = _decays(g)  # [Z,R,C,T,T], [Z,R,C,T]
+    cum = _cumulative(g)  # [Z,R,C,T]; the forward kept decay [Z,R,C,T,T]
     w = decay[..., -1, :, None]  # [Z,R,C,T,1]
     a = cum[..., -1]  # [Z,R,C]
 
