@@ -117,6 +117,22 @@ def test_warp_sum_and_thread_positions(dialect):
     np.testing.assert_array_equal(lane, np.tile(np.arange(32), 4))
 
 
+@pytest.mark.parametrize("dialect", DIALECTS)
+@pytest.mark.parametrize("first,last", [(1, 4), (8, 16), (1, 0)])
+def test_lane_sum_adds_over_the_named_lane_bits(dialect, first, last):
+    """LANE_SUM(v, first, last): the sum over the lanes whose index differs from
+    this lane's only in the bits first..last (none when first > last)."""
+    body = f"const int tid = THREAD_ID; out[tid] = LANE_SUM(inp[tid], {first}, {last});"
+    x = np.random.default_rng(0).standard_normal(64).astype(np.float32)
+    (out,) = _kernel(body, dialect)(inputs=[x], output_shapes=[(64,)],
+                                    output_dtypes=[np.float32], grid=(64, 1, 1),
+                                    threadgroup=(64, 1, 1))
+    bits = sum(b for b in (1, 2, 4, 8, 16) if first <= b <= last)
+    lanes = np.arange(64)
+    expected = [x[(lanes & ~bits) == (i & ~bits)].sum() for i in lanes]
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+
+
 def test_cuda_runs_whole_blocks_metal_clips_to_the_grid():
     """A grid of 96 threads in groups of 128: CUDA launches a full block, Metal 96 threads."""
     body = "const int tid = THREAD_ID; if (tid < 128) out[tid] = 1.0f;"
