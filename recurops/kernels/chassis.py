@@ -174,6 +174,12 @@ def lanes(n: int) -> int:
     return -(-n // WARP) * WARP
 
 
+def lane_split(n: int) -> int:
+    """Lanes one state row (``n`` values) is split over: the largest of 8, 4,
+    2, 1 that divides ``n``. The row's sums are ``LANE_SUM``s over them."""
+    return next(s for s in (8, 4, 2, 1) if n % s == 0)
+
+
 def segments(length: int, seg: int) -> int:
     return -(-length // seg)
 

@@ -22,6 +22,7 @@ from .chassis import (
     checkpointed,
     common_unsupported,
     in_one_dtype,
+    lane_split,
     lanes,
     large_state_crossover,
     launch,
@@ -170,15 +171,10 @@ BACKWARD = Source(
 )
 
 
-def _split(k: int) -> int:
-    """Lanes per state column: the largest of 8, 4, 2, 1 that divides ``K``."""
-    return next(s for s in (8, 4, 2, 1) if k % s == 0)
-
-
 def _seg(k: int) -> int:
     """Steps per recomputed piece: the piece's states (``SEG`` x the lane's
     ``K / KSPLIT`` values) stay in fast scratch."""
-    return 32 if k // _split(k) <= 64 else 16
+    return 32 if k // lane_split(k) <= 64 else 16
 
 
 def _prepare(q, k, v, g):
@@ -190,12 +186,12 @@ def _prepare(q, k, v, g):
 def _template(dtype, q, v, gates):
     seg = _seg(q.shape[-1])
     return {"T": dtype, "K": q.shape[-1], "V": v.shape[-1], "GK": gates.shape[-1],
-            "KSPLIT": _split(q.shape[-1]), "SEG": seg, "SUBS": SPAN // seg}
+            "KSPLIT": lane_split(q.shape[-1]), "SEG": seg, "SUBS": SPAN // seg}
 
 
 def _threads(q, v):
     batch, _, heads, dk = q.shape
-    return batch * heads * lanes(v.shape[-1] * _split(dk))
+    return batch * heads * lanes(v.shape[-1] * lane_split(dk))
 
 
 def _forward(q, k, v, g, state):

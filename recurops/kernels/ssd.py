@@ -26,6 +26,7 @@ from .chassis import (
     checkpointed,
     common_unsupported,
     in_one_dtype,
+    lane_split,
     lanes,
     large_state_crossover,
     launch,
@@ -181,26 +182,21 @@ BACKWARD = Source(
 )
 
 
-def _split(n: int) -> int:
-    """Lanes per state row: the largest of 8, 4, 2, 1 that divides ``N``."""
-    return next(s for s in (8, 4, 2, 1) if n % s == 0)
-
-
 def _seg(n: int) -> int:
     """Steps per recomputed piece: the piece's states (``SEG`` x the lane's
     ``N / NSPLIT`` values) stay in fast scratch."""
-    return 32 if n // _split(n) <= 32 else 16
+    return 32 if n // lane_split(n) <= 32 else 16
 
 
 def _template(x, A, B, dtype):
     n = B.shape[-1]
     seg = _seg(n)
-    return {"T": dtype, "P": x.shape[-1], "N": n, "NA": A.shape[-1], "NSPLIT": _split(n),
+    return {"T": dtype, "P": x.shape[-1], "N": n, "NA": A.shape[-1], "NSPLIT": lane_split(n),
             "SEG": seg, "SUBS": SPAN // seg}
 
 
 def _threads(batch, heads, width, n):
-    return batch * heads * lanes(width * _split(n))
+    return batch * heads * lanes(width * lane_split(n))
 
 
 def _per_head_rates(A):
@@ -225,7 +221,7 @@ def _backward(dy, dfinal, ckpt, x, dt, A, B, C, state):
     batch, length, heads, width = x.shape
     dtype, (x_, dt_, B_, C_) = in_one_dtype(x, dt, B, C)
     rates = _per_head_rates(A)
-    per_lane = rates.shape[1] if rates.shape[1] > 1 else _split(B.shape[-1])  # dA partials
+    per_lane = rates.shape[1] if rates.shape[1] > 1 else lane_split(B.shape[-1])  # dA partials
     f32 = mx.float32
     dx, ddt, dA, dB, dC, dh0 = launch(
         BACKWARD,
