@@ -11,6 +11,9 @@
 * ``checkpointed`` wires a forward kernel (outputs and a state checkpoint
   every ``SEG`` steps) and a backward kernel (recompute each segment from its
   checkpoint, then the adjoint sweep) into one ``mx.custom_function``.
+* ``span_backward`` is the backward sweep of the two-level kernels (a
+  checkpoint every ``SPAN`` steps, recomputed in ``SEG``-step pieces), with
+  a kind's load, recompute step and adjoint step filled in.
 
 Neutral tokens: ``THREAD_ID`` (global thread index along x), ``LANE_ID``
 (index within the 32-lane simdgroup / warp), ``WARP_SUM(v)`` (sum over the
@@ -167,6 +170,53 @@ def launch(source: Source, inputs, outputs: dict, threads: int, template: dict,
 
 
 SPAN = 128  # steps between stored checkpoints of the two-level kernels (ssd, gla)
+
+_SPAN_BACKWARD = """
+    float starts[SUBS * @W@];  // the state entering each SEG-step piece of the span
+    float before[SEG * @W@];  // the state before each step t of the piece
+    for (int s = NS - 1; s >= 0; --s) {
+        float @S@[@W@];
+@LOAD@
+        for (int t = s * SPAN; t < s * SPAN + SPAN; ++t) {
+            if ((t - s * SPAN) % SEG == 0) {
+                for (int @I@ = 0; @I@ < @W@; ++@I@)
+                    starts[((t - s * SPAN) / SEG) * @W@ + @I@] = @S@[@I@];
+            }
+            if (t >= L) continue;
+@SPAN_STEP@
+        }
+        for (int piece = SUBS - 1; piece >= 0; --piece) {
+            const int t0 = s * SPAN + piece * SEG;
+            const int t1 = (t0 + SEG < L) ? t0 + SEG : L;
+            for (int @I@ = 0; @I@ < @W@; ++@I@) @S@[@I@] = starts[piece * @W@ + @I@];
+            for (int t = t0; t < t1; ++t) {
+@PIECE_STEP@
+            }
+            for (int t = t1 - 1; t >= t0; --t) {
+@ADJOINT@
+            }
+        }
+    }
+"""
+
+
+def span_backward(state: str, index: str, width: str, load: str,
+                  step: Callable[[str], str], adjoint: str) -> str:
+    """Body text of the backward sweep of a two-level checkpointed kernel.
+
+    Checkpoints (one every ``SPAN`` steps) newest first: ``load`` fills the
+    lane's state ``state[width]`` from checkpoint ``s``; the span is
+    recomputed once by ``step("")``, keeping the state entering each
+    ``SEG``-step piece; then piece by piece, newest first, ``step(save)``
+    recomputes the piece (``save`` keeps the state before step ``t`` in
+    ``before[(t - t0) * width + index]``) and ``adjoint`` runs for
+    ``t = t1 - 1`` down to ``t0``. ``step(save)`` advances the state by step
+    ``t``, looping over it with ``index`` and running ``save`` before each update.
+    """
+    save = f"before[(t - t0) * {width} + {index}] = {state}[{index}];"
+    parts = {"@LOAD@": load, "@SPAN_STEP@": step(""), "@PIECE_STEP@": step(save),
+             "@ADJOINT@": adjoint, "@S@": state, "@I@": index, "@W@": width}
+    return re.sub("|".join(parts), lambda m: parts[m[0]], _SPAN_BACKWARD)
 
 
 def lanes(n: int) -> int:

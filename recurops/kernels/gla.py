@@ -27,6 +27,7 @@ from .chassis import (
     large_state_crossover,
     launch,
     segments,
+    span_backward,
 )
 
 _PROLOGUE = """
@@ -103,29 +104,15 @@ BACKWARD = Source(
     for (int c = 0; c < KL; ++c) {
         carry[c] = active ? dfinal[(bh * K + c * KSPLIT + u) * V + j] : 0.0f;
     }
-    float starts[SUBS * KL];  // S entering each SEG-step piece of the span
-    float before[SEG * KL];  // S[t-1] for each step t of the piece
-    for (int s = NS - 1; s >= 0; --s) {
-        float S[KL];
+""" + span_backward(
+        "S", "c", "KL",
+        load="""
         const int base = ((b * (NS + 1) + s) * H + hh) * K;
         for (int c = 0; c < KL; ++c) {
             S[c] = active ? ckpt[(base + c * KSPLIT + u) * V + j] : 0.0f;
-        }
-        for (int t = s * SPAN; t < s * SPAN + SPAN; ++t) {
-            if ((t - s * SPAN) % SEG == 0) {
-                for (int c = 0; c < KL; ++c) starts[((t - s * SPAN) / SEG) * KL + c] = S[c];
-            }
-            if (t >= L) continue;
-""" + _step("") + """
-        }
-        for (int piece = SUBS - 1; piece >= 0; --piece) {
-            const int t0 = s * SPAN + piece * SEG;
-            const int t1 = (t0 + SEG < L) ? t0 + SEG : L;
-            for (int c = 0; c < KL; ++c) S[c] = starts[piece * KL + c];
-            for (int t = t0; t < t1; ++t) {
-""" + _step("before[(t - t0) * KL + c] = S[c];") + """
-            }
-            for (int t = t1 - 1; t >= t0; --t) {
+        }""",
+        step=_step,
+        adjoint="""
                 const int row = (b * L + t) * H + hh;
                 const float vj = active ? static_cast<float>(v[row * V + j]) : 0.0f;
                 const float g_out = active ? static_cast<float>(dy[row * V + j]) : 0.0f;
@@ -160,11 +147,8 @@ BACKWARD = Source(
                     if (LANE_ID == 0) ATOMIC_ADD(&dg[row], dg_sum);
                 }
                 dv_t = LANE_SUM(dv_t, 1, KSPLIT / 2);
-                if (active && u == 0) dv[row * V + j] = static_cast<T>(dv_t);
-            }
-        }
-    }
-    if (active) {
+                if (active && u == 0) dv[row * V + j] = static_cast<T>(dv_t);""",
+    ) + """    if (active) {
         for (int c = 0; c < KL; ++c) dh0[(bh * K + c * KSPLIT + u) * V + j] = carry[c];
     }
 """,

@@ -31,6 +31,7 @@ from .chassis import (
     large_state_crossover,
     launch,
     segments,
+    span_backward,
 )
 
 _PROLOGUE = """
@@ -116,27 +117,13 @@ BACKWARD = Source(
         carry[i] = active ? dfinal[(bh * P + p) * N + i * NSPLIT + j] : 0.0f;
     }
     for (int i = 0; i < NDA; ++i) dA_acc[i] = 0.0f;
-    float starts[SUBS * NL];  // the state entering each SEG-step piece of the span
-    float before[SEG * NL];  // h[t-1] for each step t of the piece
-    for (int s = NS - 1; s >= 0; --s) {
-        float h[NL];
+""" + span_backward(
+        "h", "i", "NL",
+        load="""
         const int k = (((b * (NS + 1) + s) * H + hh) * P + p) * N + j;
-        for (int i = 0; i < NL; ++i) h[i] = active ? ckpt[k + i * NSPLIT] : 0.0f;
-        for (int t = s * SPAN; t < s * SPAN + SPAN; ++t) {
-            if ((t - s * SPAN) % SEG == 0) {
-                for (int i = 0; i < NL; ++i) starts[((t - s * SPAN) / SEG) * NL + i] = h[i];
-            }
-            if (t >= L) continue;
-""" + _recompute_step("") + """
-        }
-        for (int piece = SUBS - 1; piece >= 0; --piece) {
-            const int t0 = s * SPAN + piece * SEG;
-            const int t1 = (t0 + SEG < L) ? t0 + SEG : L;
-            for (int i = 0; i < NL; ++i) h[i] = starts[piece * NL + i];
-            for (int t = t0; t < t1; ++t) {
-""" + _recompute_step("before[(t - t0) * NL + i] = h[i];") + """
-            }
-            for (int t = t1 - 1; t >= t0; --t) {
+        for (int i = 0; i < NL; ++i) h[i] = active ? ckpt[k + i * NSPLIT] : 0.0f;""",
+        step=_recompute_step,
+        adjoint="""
                 const int row = (b * L + t) * H + hh;
                 const int r = ((b * L + t) * G + grp) * N + j;
                 const float dtv = static_cast<float>(dt[row]);
@@ -168,11 +155,8 @@ BACKWARD = Source(
                 dx_t = LANE_SUM(dx_t, 1, NSPLIT / 2);
                 const float ddt_sum = WARP_SUM(ddt_t);
                 if (LANE_ID == 0) ATOMIC_ADD(&ddt[row], ddt_sum);
-                if (active && j == 0) dx[row * P + p] = static_cast<T>(dx_t);
-            }
-        }
-    }
-    if (active) {
+                if (active && j == 0) dx[row * P + p] = static_cast<T>(dx_t);""",
+    ) + """    if (active) {
         for (int i = 0; i < NL; ++i) dh0[(bh * P + p) * N + i * NSPLIT + j] = carry[i];
         for (int i = 0; i < NDA; ++i) {
             dA[(bh * P + p) * (NDA * NSPLIT) + i * NSPLIT + j] = dA_acc[i];
