@@ -245,12 +245,13 @@ def _heads_sum(x: mx.array) -> mx.array:
     return x[:, 0] if x.shape[1] == 1 else x.sum(1)
 
 
-def _pass_states(mm, a, local, h0):
-    """``_states`` over the chunks of each head: a [Z,R,C], local [Z,R,C,K,V], h0 [Z,R,K,V]."""
-    z, r, c, dk, dv = local.shape
-    before, final = _states(mm, a.reshape(z * r, c, 1, 1), local.reshape(z * r, c, dk, dv),
-                            h0.reshape(z * r, dk, dv))
-    return before.reshape(local.shape), final.reshape(h0.shape)
+def _per_head(passing, mm, a, b, h0):
+    """``_states`` or ``_reverse_states`` (``passing``) over the chunks of
+    each head: a [Z,R,C], b [Z,R,C,K,V], h0 [Z,R,K,V] (heads folded into Z)."""
+    z, r, c, dk, dv = b.shape
+    every, one = passing(mm, a.reshape(z * r, c, 1, 1), b.reshape(z * r, c, dk, dv),
+                         h0.reshape(z * r, dk, dv))
+    return every.reshape(b.shape), one.reshape(h0.shape)
 
 
 def _forward(mm, q, k, v, g, h0):
@@ -261,15 +262,13 @@ def _forward(mm, q, k, v, g, h0):
     intra = mm(qk[:, None] * decay, v)  # [Z,R,C,T,V]
     w = decay[..., -1, :, None]  # [Z,R,C,T,1]: decay from each step to the chunk's end
     local = mm(k_t[:, None], v * w)  # [Z,R,C,K,V]
-    before, final = _pass_states(mm, cum[..., -1], local, h0)
+    before, final = _per_head(_states, mm, cum[..., -1], local, h0)
     raw = mm(q[:, None], before)  # [Z,R,C,T,V]
     y = raw * cum[..., None] + intra
     return y, final, before, raw, qk, decay
 
 
 def _backward(mm, q, k, v, g, h0, before, raw, qk, decay, dy, dfinal):
-    z, r, c, t, dv = v.shape
-    dk = q.shape[-1]
     cum = _cumulative(g)  # [Z,R,C,T]; the forward kept decay [Z,R,C,T,T]
     w = decay[..., -1, :, None]  # [Z,R,C,T,1]
     a = cum[..., -1]  # [Z,R,C]
@@ -281,9 +280,7 @@ def _backward(mm, q, k, v, g, h0, before, raw, qk, decay, dy, dfinal):
     local_grad = mm(_tr(q)[:, None], draw)  # [Z,R,C,K,V]: cotangent of S_before from the outputs
 
     # state cotangents: dS_before[c] = G[c] + a[c] dS_end[c], dS_end[c] = dS_before[c+1]
-    dend, dh0 = _reverse_states(mm, a.reshape(z * r, c, 1, 1),
-                                local_grad.reshape(z * r, c, dk, dv), dfinal.reshape(z * r, dk, dv))
-    dend, dh0 = dend.reshape(local_grad.shape), dh0.reshape(dfinal.shape)
+    dend, dh0 = _per_head(_reverse_states, mm, a, local_grad, dfinal)
     da = (dend * before).sum(axis=(-2, -1))  # [Z,R,C]
 
     # local states  S_end = a S_before + k^T (w * v)
