@@ -1,8 +1,11 @@
 """Fused kernels for ``"s6"``, the Mamba-1 selective scan.
 
-One thread per channel ``d`` holds ``h[d, :]`` (``N`` values) in registers;
-lanes of a warp are consecutive channels, so the gradients of ``B`` and
-``C`` (sums over ``d``) are warp sums, one partial per warp.
+The state of a channel ``d`` is ``h[d, :]`` (``N`` values), split over
+``NSPLIT`` consecutive lanes: lane ``j`` holds ``h[d, n]`` for
+``n = i * NSPLIT + j`` (``NL = N / NSPLIT`` values, in registers). Sums over
+``n`` (``y``, ``du``, ``ddelta``) are ``LANE_SUM``s over those lanes; the
+gradients of ``B`` and ``C`` (sums over ``d``) are ``LANE_SUM``s over the
+other lane bits, added atomically into their outputs.
 """
 
 import math
@@ -10,7 +13,6 @@ import math
 import mlx.core as mx
 
 from .chassis import (
-    WARP,
     KernelPath,
     Source,
     checkpointed,
@@ -25,11 +27,13 @@ _PROLOGUE = """
     const int B = u_shape[0];
     const int L = u_shape[1];
     const int D = u_shape[2];
-    const int DP = (D + 31) / 32 * 32;
+    const int NL = N / NSPLIT;  // state values per lane: n = i * NSPLIT + j
+    const int DP = (D * NSPLIT + 31) / 32 * 32 / NSPLIT;  // a batch row's lanes fill whole warps
     const int NS = (L + SEG - 1) / SEG;
     const int tid = THREAD_ID;
-    const int b = tid / DP;
-    const int d = tid % DP;
+    const int j = tid % NSPLIT;
+    const int d = (tid / NSPLIT) % DP;
+    const int b = tid / (NSPLIT * DP);
     const bool active = d < D;
 """
 
@@ -38,26 +42,29 @@ FORWARD = Source(
     inputs=("u", "delta", "A", "Bm", "Cm", "h0"),
     outputs=("y", "ckpt"),
     body=_PROLOGUE + """
-    if (b >= B || !active) return;
-    float h[N];
-    for (int n = 0; n < N; ++n) {
-        h[n] = h0[(b * D + d) * N + n];
-        ckpt[((b * (NS + 1)) * D + d) * N + n] = h[n];
+    if (b >= B) return;  // whole warps only
+    float h[NL];
+    for (int i = 0; i < NL; ++i) {
+        const int n = i * NSPLIT + j;
+        h[i] = active ? h0[(b * D + d) * N + n] : 0.0f;
+        if (active) ckpt[((b * (NS + 1)) * D + d) * N + n] = h[i];
     }
     for (int t = 0; t < L; ++t) {
-        const int i = (b * L + t) * D + d;
-        const int r = (b * L + t) * N;
-        const float dl = static_cast<float>(delta[i]);
-        const float uu = static_cast<float>(u[i]);
+        const int at = (b * L + t) * D + d;
+        const int r = (b * L + t) * N + j;
+        const float dl = active ? static_cast<float>(delta[at]) : 0.0f;
+        const float uu = active ? static_cast<float>(u[at]) : 0.0f;
         float out = 0.0f;
-        for (int n = 0; n < N; ++n) {
-            h[n] = EXP(dl * A[d * N + n]) * h[n] + dl * static_cast<float>(Bm[r + n]) * uu;
-            out += static_cast<float>(Cm[r + n]) * h[n];
+        for (int i = 0; i < NL; ++i) {
+            const float an = active ? A[d * N + i * NSPLIT + j] : 0.0f;
+            h[i] = EXP(dl * an) * h[i] + dl * static_cast<float>(Bm[r + i * NSPLIT]) * uu;
+            out += static_cast<float>(Cm[r + i * NSPLIT]) * h[i];
         }
-        y[i] = static_cast<T>(out);
-        if ((t + 1) % SEG == 0 || t == L - 1) {
-            const int k = ((b * (NS + 1) + (t + SEG) / SEG) * D + d) * N;
-            for (int n = 0; n < N; ++n) ckpt[k + n] = h[n];
+        out = LANE_SUM(out, 1, NSPLIT / 2);
+        if (active && j == 0) y[at] = static_cast<T>(out);
+        if (active && ((t + 1) % SEG == 0 || t == L - 1)) {
+            const int k = ((b * (NS + 1) + (t + SEG) / SEG) * D + d) * N + j;
+            for (int i = 0; i < NL; ++i) ckpt[k + i * NSPLIT] = h[i];
         }
     }
 """,
@@ -68,79 +75,88 @@ BACKWARD = Source(
     inputs=("u", "delta", "A", "Bm", "Cm", "ckpt", "dy", "dfinal"),
     outputs=("du", "ddelta", "dA", "dB", "dC", "dh0"),
     body=_PROLOGUE + """
-    if (b >= B) return;  // whole warps only: DP is a multiple of 32
-    const int W = DP / 32;
-    const int warp = d / 32;
-    float carry[N];   // dLoss/dh[t] from steps after t
-    float dA_acc[N];
-    for (int n = 0; n < N; ++n) {
-        carry[n] = active ? dfinal[(b * D + d) * N + n] : 0.0f;
-        dA_acc[n] = 0.0f;
+    if (b >= B) return;  // whole warps only
+    float carry[NL];   // dLoss/dh[t] from steps after t
+    float dA_acc[NL];
+    for (int i = 0; i < NL; ++i) {
+        carry[i] = active ? dfinal[(b * D + d) * N + i * NSPLIT + j] : 0.0f;
+        dA_acc[i] = 0.0f;
     }
-    float before[SEG * N];  // h[t-1] for each step t of the segment
+    float before[SEG * NL];  // h[t-1] for each step t of the segment
     for (int s = NS - 1; s >= 0; --s) {
         const int t0 = s * SEG;
         const int t1 = (t0 + SEG < L) ? t0 + SEG : L;
-        float h[N];
-        for (int n = 0; n < N; ++n) {
-            h[n] = active ? ckpt[((b * (NS + 1) + s) * D + d) * N + n] : 0.0f;
-        }
+        float h[NL];
+        const int k = ((b * (NS + 1) + s) * D + d) * N + j;
+        for (int i = 0; i < NL; ++i) h[i] = active ? ckpt[k + i * NSPLIT] : 0.0f;
         for (int t = t0; t < t1; ++t) {
-            const int i = (b * L + t) * D + d;
-            const int r = (b * L + t) * N;
-            const float dl = active ? static_cast<float>(delta[i]) : 0.0f;
-            const float uu = active ? static_cast<float>(u[i]) : 0.0f;
-            for (int n = 0; n < N; ++n) {
-                const float an = active ? A[d * N + n] : 0.0f;
-                before[(t - t0) * N + n] = h[n];
-                h[n] = EXP(dl * an) * h[n] + dl * static_cast<float>(Bm[r + n]) * uu;
+            const int at = (b * L + t) * D + d;
+            const int r = (b * L + t) * N + j;
+            const float dl = active ? static_cast<float>(delta[at]) : 0.0f;
+            const float uu = active ? static_cast<float>(u[at]) : 0.0f;
+            for (int i = 0; i < NL; ++i) {
+                const float an = active ? A[d * N + i * NSPLIT + j] : 0.0f;
+                before[(t - t0) * NL + i] = h[i];
+                h[i] = EXP(dl * an) * h[i] + dl * static_cast<float>(Bm[r + i * NSPLIT]) * uu;
             }
         }
         for (int t = t1 - 1; t >= t0; --t) {
-            const int i = (b * L + t) * D + d;
-            const int r = (b * L + t) * N;
-            const float dl = active ? static_cast<float>(delta[i]) : 0.0f;
-            const float uu = active ? static_cast<float>(u[i]) : 0.0f;
-            const float g_out = active ? static_cast<float>(dy[i]) : 0.0f;
+            const int at = (b * L + t) * D + d;
+            const int r = (b * L + t) * N + j;
+            const float dl = active ? static_cast<float>(delta[at]) : 0.0f;
+            const float uu = active ? static_cast<float>(u[at]) : 0.0f;
+            const float g_out = active ? static_cast<float>(dy[at]) : 0.0f;
             float du_t = 0.0f;
             float ddl = 0.0f;
-            for (int n = 0; n < N; ++n) {
-                const float an = active ? A[d * N + n] : 0.0f;
+            for (int i = 0; i < NL; ++i) {
+                const float an = active ? A[d * N + i * NSPLIT + j] : 0.0f;
                 const float decay = EXP(dl * an);
-                const float prev = before[(t - t0) * N + n];
-                const float bn = static_cast<float>(Bm[r + n]);
-                const float cn = static_cast<float>(Cm[r + n]);
+                const float prev = before[(t - t0) * NL + i];
+                const float bn = static_cast<float>(Bm[r + i * NSPLIT]);
+                const float cn = static_cast<float>(Cm[r + i * NSPLIT]);
                 const float ht = decay * prev + dl * bn * uu;
-                const float gt = carry[n] + cn * g_out;
-                const float dC_n = WARP_SUM(ht * g_out);
-                const float dB_n = WARP_SUM(gt * dl * uu);
-                if (LANE_ID == 0) {
-                    dC[((b * L + t) * W + warp) * N + n] = dC_n;
-                    dB[((b * L + t) * W + warp) * N + n] = dB_n;
+                const float gt = carry[i] + cn * g_out;
+                // sums over the warp's channels d (lanes with the same j)
+                const float dC_n = LANE_SUM(ht * g_out, NSPLIT, 16);
+                const float dB_n = LANE_SUM(gt * dl * uu, NSPLIT, 16);
+                if (LANE_ID < NSPLIT) {
+                    ATOMIC_ADD(&dC[r + i * NSPLIT], dC_n);
+                    ATOMIC_ADD(&dB[r + i * NSPLIT], dB_n);
                 }
                 du_t += gt * dl * bn;
                 ddl += gt * (an * decay * prev + bn * uu);
-                dA_acc[n] += gt * dl * decay * prev;
-                carry[n] = decay * gt;
+                dA_acc[i] += gt * dl * decay * prev;
+                carry[i] = decay * gt;
             }
-            if (active) {
-                du[i] = du_t;
-                ddelta[i] = ddl;
+            du_t = LANE_SUM(du_t, 1, NSPLIT / 2);
+            ddl = LANE_SUM(ddl, 1, NSPLIT / 2);
+            if (active && j == 0) {
+                du[at] = du_t;
+                ddelta[at] = ddl;
             }
         }
     }
     if (active) {
-        for (int n = 0; n < N; ++n) {
-            dh0[(b * D + d) * N + n] = carry[n];
-            dA[(b * D + d) * N + n] = dA_acc[n];
+        for (int i = 0; i < NL; ++i) {
+            dh0[(b * D + d) * N + i * NSPLIT + j] = carry[i];
+            dA[(b * D + d) * N + i * NSPLIT + j] = dA_acc[i];
         }
     }
 """,
 )
 
 
+def _split(n: int) -> int:
+    """Lanes per state row: the largest of 8, 4, 2, 1 that divides ``N``."""
+    return next(s for s in (8, 4, 2, 1) if n % s == 0)
+
+
 def _seg(n: int) -> int:
-    return 32 if n <= 16 else 16
+    return 32 if n // _split(n) <= 16 else 16
+
+
+def _template(dtype, n):
+    return {"T": dtype, "N": n, "NSPLIT": _split(n), "SEG": _seg(n)}
 
 
 def _forward(u, delta, A, B, C, state):
@@ -152,27 +168,26 @@ def _forward(u, delta, A, B, C, state):
         (u, delta, A.astype(mx.float32), B, C, state),
         {"y": (u.shape, dtype),
          "ckpt": ((batch, segments(length, seg) + 1, width, n), mx.float32)},
-        threads=batch * lanes(width),
-        template={"T": dtype, "N": n, "SEG": seg},
+        threads=batch * lanes(width * _split(n)),
+        template=_template(dtype, n),
     )
 
 
 def _backward(dy, dfinal, ckpt, u, delta, A, B, C, state):
     batch, length, width = u.shape
-    n, seg = A.shape[1], _seg(A.shape[1])
+    n = A.shape[1]
     dtype, (u_, delta_, B_, C_) = in_one_dtype(u, delta, B, C)
     f32 = mx.float32
-    warps = lanes(width) // WARP
     du, ddelta, dA, dB, dC, dh0 = launch(
         BACKWARD,
         (u_, delta_, A.astype(f32), B_, C_, ckpt, dy, dfinal),
         {"du": (u.shape, f32), "ddelta": (u.shape, f32), "dA": ((batch, width, n), f32),
-         "dB": ((batch, length, warps, n), f32), "dC": ((batch, length, warps, n), f32),
-         "dh0": (state.shape, f32)},
-        threads=batch * lanes(width),
-        template={"T": dtype, "N": n, "SEG": seg},
+         "dB": (B.shape, f32), "dC": (C.shape, f32), "dh0": (state.shape, f32)},
+        threads=batch * lanes(width * _split(n)),
+        template=_template(dtype, n),
+        init_value=0.0,
     )
-    return du, ddelta, dA.sum(0), dB.sum(2), dC.sum(2), dh0
+    return du, ddelta, dA.sum(0), dB, dC, dh0
 
 
 def _unsupported(bound, arrays, backend):
