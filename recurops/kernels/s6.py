@@ -18,6 +18,7 @@ from .chassis import (
     checkpointed,
     common_unsupported,
     in_one_dtype,
+    lane_split,
     lanes,
     launch,
     segments,
@@ -146,17 +147,12 @@ BACKWARD = Source(
 )
 
 
-def _split(n: int) -> int:
-    """Lanes per state row: the largest of 8, 4, 2, 1 that divides ``N``."""
-    return next(s for s in (8, 4, 2, 1) if n % s == 0)
-
-
 def _seg(n: int) -> int:
-    return 32 if n // _split(n) <= 16 else 16
+    return 32 if n // lane_split(n) <= 16 else 16
 
 
 def _template(dtype, n):
-    return {"T": dtype, "N": n, "NSPLIT": _split(n), "SEG": _seg(n)}
+    return {"T": dtype, "N": n, "NSPLIT": lane_split(n), "SEG": _seg(n)}
 
 
 def _forward(u, delta, A, B, C, state):
@@ -168,7 +164,7 @@ def _forward(u, delta, A, B, C, state):
         (u, delta, A.astype(mx.float32), B, C, state),
         {"y": (u.shape, dtype),
          "ckpt": ((batch, segments(length, seg) + 1, width, n), mx.float32)},
-        threads=batch * lanes(width * _split(n)),
+        threads=batch * lanes(width * lane_split(n)),
         template=_template(dtype, n),
     )
 
@@ -183,7 +179,7 @@ def _backward(dy, dfinal, ckpt, u, delta, A, B, C, state):
         (u_, delta_, A.astype(f32), B_, C_, ckpt, dy, dfinal),
         {"du": (u.shape, f32), "ddelta": (u.shape, f32), "dA": ((batch, width, n), f32),
          "dB": (B.shape, f32), "dC": (C.shape, f32), "dh0": (state.shape, f32)},
-        threads=batch * lanes(width * _split(n)),
+        threads=batch * lanes(width * lane_split(n)),
         template=_template(dtype, n),
         init_value=0.0,
     )
