@@ -47,6 +47,7 @@ CASES = [
     ("gla", (2,), 70, {"H": 2, "K": 16, "V": 40}, False),  # one gate per head, 8 lanes a column
     ("gla", (2,), 37, {"H": 2, "K": 6, "V": 33}, True),  # one gate per key channel, 2 lanes
     ("gla", (1,), 150, {"H": 2, "K": 5, "V": 8}, True),  # two 128-step spans, 1 lane
+    ("gla", (2,), 5, {"H": 2, "K": 16, "V": 8}, True),  # shorter than one input tile
 ]
 BF16_CASES = [
     ("rglru", (2,), 40, {"D": 45}, False),
