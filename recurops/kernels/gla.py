@@ -74,21 +74,37 @@ FORWARD = Source(
         S[c] = active ? h0[(bh * K + i) * V + j] : 0.0f;
         if (active) ckpt[(((b * (NS + 1)) * H + hh) * K + i) * V + j] = S[c];
     }
-    for (int t = 0; t < L; ++t) {
-        const int row = (b * L + t) * H + hh;
-        const float vj = active ? static_cast<float>(v[row * V + j]) : 0.0f;
-        float out = 0.0f;
-        for (int c = 0; c < KL; ++c) {
-            const int i = c * KSPLIT + u;
-            const float gi = static_cast<float>(g[row * GK + ((GK == 1) ? 0 : i)]);
-            S[c] = gi * S[c] + static_cast<float>(k[row * K + i]) * vj;
-            out += static_cast<float>(q[row * K + i]) * S[c];
+    for (int t0 = 0; t0 < L; t0 += TILE) {
+        // the tile's inputs first: independent loads, one memory latency a tile
+        float vs[TILE];
+        float gs[TILE * KL];
+        float ks[TILE * KL];
+        float qs[TILE * KL];
+        for (int s = 0; s < TILE; ++s) {
+            const int t = (t0 + s < L) ? t0 + s : L - 1;
+            const int row = (b * L + t) * H + hh;
+            vs[s] = active ? static_cast<float>(v[row * V + j]) : 0.0f;
+            for (int c = 0; c < KL; ++c) {
+                const int i = c * KSPLIT + u;
+                gs[s * KL + c] = static_cast<float>(g[row * GK + ((GK == 1) ? 0 : i)]);
+                ks[s * KL + c] = static_cast<float>(k[row * K + i]);
+                qs[s * KL + c] = static_cast<float>(q[row * K + i]);
+            }
         }
-        out = LANE_SUM(out, 1, KSPLIT / 2);
-        if (active && u == 0) y[row * V + j] = static_cast<T>(out);
-        if (active && ((t + 1) % SPAN == 0 || t == L - 1)) {
-            const int base = ((b * (NS + 1) + (t + SPAN) / SPAN) * H + hh) * K;
-            for (int c = 0; c < KL; ++c) ckpt[(base + c * KSPLIT + u) * V + j] = S[c];
+        for (int s = 0; s < TILE; ++s) {
+            const int t = t0 + s;
+            if (t >= L) break;  // the same t for every lane of the warp
+            float out = 0.0f;
+            for (int c = 0; c < KL; ++c) {
+                S[c] = gs[s * KL + c] * S[c] + ks[s * KL + c] * vs[s];
+                out += qs[s * KL + c] * S[c];
+            }
+            out = LANE_SUM(out, 1, KSPLIT / 2);
+            if (active && u == 0) y[((b * L + t) * H + hh) * V + j] = static_cast<T>(out);
+            if (active && ((t + 1) % SPAN == 0 || t == L - 1)) {
+                const int base = ((b * (NS + 1) + (t + SPAN) / SPAN) * H + hh) * K;
+                for (int c = 0; c < KL; ++c) ckpt[(base + c * KSPLIT + u) * V + j] = S[c];
+            }
         }
     }
 """,
@@ -170,7 +186,14 @@ def _prepare(q, k, v, g):
 def _template(dtype, q, v, gates):
     seg = _seg(q.shape[-1])
     return {"T": dtype, "K": q.shape[-1], "V": v.shape[-1], "GK": gates.shape[-1],
-            "KSPLIT": lane_split(q.shape[-1]), "SEG": seg, "SUBS": SPAN // seg}
+            "KSPLIT": lane_split(q.shape[-1]), "SEG": seg, "SUBS": SPAN // seg,
+            "TILE": _tile(q.shape[-1])}
+
+
+def _tile(k: int) -> int:
+    """Steps whose inputs the forward loads at once (``TILE * (1 + 3 K /
+    KSPLIT)`` registers): 8, fewer for wide lanes."""
+    return max(1, min(8, 24 // (k // lane_split(k))))
 
 
 def _threads(q, v):

@@ -65,23 +65,40 @@ FORWARD = Source(
         h[i] = active ? h0[(bh * P + p) * N + n] : 0.0f;
         if (active) ckpt[(((b * (NS + 1)) * H + hh) * P + p) * N + n] = h[i];
     }
-    for (int t = 0; t < L; ++t) {
-        const int row = (b * L + t) * H + hh;
-        const int r = ((b * L + t) * G + grp) * N + j;
-        const float dtv = static_cast<float>(dt[row]);
-        const float xv = active ? static_cast<float>(x[row * P + p]) : 0.0f;
-        const float decay_head = EXP(dtv * A[hh * NA]);
-        float out = 0.0f;
-        for (int i = 0; i < NL; ++i) {
-            const float decay = (NA == 1) ? decay_head : EXP(dtv * A[hh * NA + i * NSPLIT + j]);
-            h[i] = decay * h[i] + dtv * static_cast<float>(Bm[r + i * NSPLIT]) * xv;
-            out += static_cast<float>(Cm[r + i * NSPLIT]) * h[i];
+    for (int t0 = 0; t0 < L; t0 += TILE) {
+        // the tile's inputs first: independent loads, one memory latency a tile
+        float dts[TILE];
+        float xs[TILE];
+        float bs[TILE * NL];
+        float cs[TILE * NL];
+        for (int s = 0; s < TILE; ++s) {
+            const int t = (t0 + s < L) ? t0 + s : L - 1;
+            const int row = (b * L + t) * H + hh;
+            const int r = ((b * L + t) * G + grp) * N + j;
+            dts[s] = static_cast<float>(dt[row]);
+            xs[s] = active ? static_cast<float>(x[row * P + p]) : 0.0f;
+            for (int i = 0; i < NL; ++i) {
+                bs[s * NL + i] = static_cast<float>(Bm[r + i * NSPLIT]);
+                cs[s * NL + i] = static_cast<float>(Cm[r + i * NSPLIT]);
+            }
         }
-        out = LANE_SUM(out, 1, NSPLIT / 2);
-        if (active && j == 0) y[row * P + p] = static_cast<T>(out);
-        if (active && ((t + 1) % SPAN == 0 || t == L - 1)) {
-            const int k = (((b * (NS + 1) + (t + SPAN) / SPAN) * H + hh) * P + p) * N + j;
-            for (int i = 0; i < NL; ++i) ckpt[k + i * NSPLIT] = h[i];
+        for (int s = 0; s < TILE; ++s) {
+            const int t = t0 + s;
+            if (t >= L) break;  // the same t for every lane of the warp
+            const float dtv = dts[s];
+            const float decay_head = EXP(dtv * A[hh * NA]);
+            float out = 0.0f;
+            for (int i = 0; i < NL; ++i) {
+                const float decay = (NA == 1) ? decay_head : EXP(dtv * A[hh * NA + i * NSPLIT + j]);
+                h[i] = decay * h[i] + dtv * bs[s * NL + i] * xs[s];
+                out += cs[s * NL + i] * h[i];
+            }
+            out = LANE_SUM(out, 1, NSPLIT / 2);
+            if (active && j == 0) y[((b * L + t) * H + hh) * P + p] = static_cast<T>(out);
+            if (active && ((t + 1) % SPAN == 0 || t == L - 1)) {
+                const int k = (((b * (NS + 1) + (t + SPAN) / SPAN) * H + hh) * P + p) * N + j;
+                for (int i = 0; i < NL; ++i) ckpt[k + i * NSPLIT] = h[i];
+            }
         }
     }
 """,
@@ -176,7 +193,13 @@ def _template(x, A, B, dtype):
     n = B.shape[-1]
     seg = _seg(n)
     return {"T": dtype, "P": x.shape[-1], "N": n, "NA": A.shape[-1], "NSPLIT": lane_split(n),
-            "SEG": seg, "SUBS": SPAN // seg}
+            "SEG": seg, "SUBS": SPAN // seg, "TILE": _tile(n)}
+
+
+def _tile(n: int) -> int:
+    """Steps whose inputs the forward loads at once (``TILE * (2 + 2 N /
+    NSPLIT)`` registers): 8, fewer for wide lanes."""
+    return max(1, min(8, 32 // (n // lane_split(n))))
 
 
 def _threads(batch, heads, width, n):
