@@ -295,7 +295,7 @@ def cases(quick):
 def memory_sweep(lengths=(512, 1024, 2048, 4096)):
     """Training peak memory against ``L``: recurops' kernel and fallback paths
     (and mlx-lm's ``ssm_attn``) at the large ``ssd`` / ``gla`` shapes. The
-    kernel path keeps a checkpoint every 128 steps, not a state per step."""
+    kernel path keeps a checkpoint every 256 steps, not a state per step."""
     rows = []
     for length in lengths:
         for name, kind, inputs, *_ in (ssd_case(8, length, 32, 64, 128),

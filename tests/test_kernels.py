@@ -30,9 +30,9 @@ CASES = [
     ("gla", (2,), 70, {"H": 3, "K": 16, "V": 40}, False),
     ("gla", (1,), 45, {"H": 2, "K": 24, "V": 33}, True),
     ("gla", (2,), 20, {"H": 2, "K": 128, "V": 64}, False),
-    ("ssd", (1,), 300, {"H": 2, "P": 32, "N": 64, "G": 1}, False),  # three 128-step spans
+    ("ssd", (1,), 600, {"H": 2, "P": 32, "N": 64, "G": 1}, False),  # three 256-step spans
     ("ssd", (2,), 45, {"H": 3, "P": 24, "N": 12, "G": 3}, True),  # 4 lanes a row, 3 warps a head
-    ("gla", (1,), 300, {"H": 2, "K": 64, "V": 32}, True),
+    ("gla", (1,), 600, {"H": 2, "K": 64, "V": 32}, True),  # three spans
 ]
 
 

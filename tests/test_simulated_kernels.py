@@ -30,7 +30,7 @@ DIALECTS = ("cuda", "metal")
 
 
 # Small shapes, each with several checkpoint segments and an odd tail (SEG is
-# 32, or 16 for larger state widths; ssd and gla store a checkpoint every 128 steps
+# 32, or 16 for larger state widths; ssd and gla store a checkpoint every 256 steps
 # and recomputes SEG-step pieces), batch > 1 (or two batch dims), lane
 # dimensions that are not a multiple of 32 (a partial warp), and an initial state.
 CASES = [
@@ -43,11 +43,11 @@ CASES = [
     ("ssd", (2,), 70, {"H": 4, "P": 40, "N": 6, "G": 2}, False),  # A per head, 2 lanes a row
     ("ssd", (2,), 37, {"H": 2, "P": 33, "N": 35, "G": 1}, True),  # A per channel, SEG 16
     ("ssd", (2,), 37, {"H": 2, "P": 33, "N": 36, "G": 1}, True),  # A per channel, 4 lanes a row
-    ("ssd", (1,), 150, {"H": 2, "P": 8, "N": 16, "G": 1}, False),  # two spans, 8 lanes a row
+    ("ssd", (1,), 300, {"H": 2, "P": 8, "N": 16, "G": 1}, False),  # two spans, 8 lanes a row
     ("ssd", (2,), 3, {"H": 2, "P": 8, "N": 4, "G": 1}, False),  # shorter than one input tile
     ("gla", (2,), 70, {"H": 2, "K": 16, "V": 40}, False),  # one gate per head, 8 lanes a column
     ("gla", (2,), 37, {"H": 2, "K": 6, "V": 33}, True),  # one gate per key channel, 2 lanes
-    ("gla", (1,), 150, {"H": 2, "K": 5, "V": 8}, True),  # two 128-step spans, 1 lane
+    ("gla", (1,), 300, {"H": 2, "K": 5, "V": 8}, True),  # two 256-step spans, 1 lane
     ("gla", (2,), 5, {"H": 2, "K": 16, "V": 8}, True),  # shorter than one input tile
 ]
 BF16_CASES = [

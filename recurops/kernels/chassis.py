@@ -169,7 +169,7 @@ def launch(source: Source, inputs, outputs: dict, threads: int, template: dict,
     )
 
 
-SPAN = 128  # steps between stored checkpoints of the two-level kernels (ssd, gla)
+SPAN = 256  # steps between stored checkpoints of the two-level kernels (ssd, gla)
 
 _SPAN_BACKWARD = """
     float starts[SUBS * @W@];  // the state entering each SEG-step piece of the span
@@ -228,6 +228,13 @@ def lane_split(n: int) -> int:
     """Lanes one state row (``n`` values) is split over: the largest of 8, 4,
     2, 1 that divides ``n``. The row's sums are ``LANE_SUM``s over them."""
     return next(s for s in (8, 4, 2, 1) if n % s == 0)
+
+
+def tile_steps(n: int) -> int:
+    """Steps whose inputs a forward kernel loads at once, for a state row of
+    ``n`` values split over ``lane_split(n)`` lanes: 8, fewer for wide lanes
+    (2 at 16 values a lane; measured on an H200, docs/kernels.md)."""
+    return max(1, min(8, 32 // (n // lane_split(n))))
 
 
 def segments(length: int, seg: int) -> int:

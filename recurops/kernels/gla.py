@@ -28,6 +28,7 @@ from .chassis import (
     launch,
     segments,
     span_backward,
+    tile_steps,
 )
 
 _PROLOGUE = """
@@ -187,13 +188,7 @@ def _template(dtype, q, v, gates):
     seg = _seg(q.shape[-1])
     return {"T": dtype, "K": q.shape[-1], "V": v.shape[-1], "GK": gates.shape[-1],
             "KSPLIT": lane_split(q.shape[-1]), "SEG": seg, "SUBS": SPAN // seg,
-            "TILE": _tile(q.shape[-1])}
-
-
-def _tile(k: int) -> int:
-    """Steps whose inputs the forward loads at once (``TILE * (1 + 3 K /
-    KSPLIT)`` registers): 8, fewer for wide lanes."""
-    return max(1, min(8, 24 // (k // lane_split(k))))
+            "TILE": tile_steps(q.shape[-1])}
 
 
 def _threads(q, v):

@@ -7,7 +7,7 @@ The state of a head is ``h [P, N]``. Each row ``h[p, :]`` is split over
 sums over ``p`` (the gradients of ``B`` and ``C``) are ``LANE_SUM``s over
 the other lane bits, added atomically into their outputs, as is ``dt``'s.
 
-The forward stores the state every ``SPAN = SEG * SUBS`` steps (128). The
+The forward stores the state every ``SPAN = SEG * SUBS`` steps (256). The
 backward recomputes a span once from its checkpoint, keeping the state at
 the start of each ``SEG``-step piece in scratch; then, piece by piece from
 the newest, recomputes the piece's states and runs the adjoint sweep.
@@ -32,6 +32,7 @@ from .chassis import (
     launch,
     segments,
     span_backward,
+    tile_steps,
 )
 
 _PROLOGUE = """
@@ -193,13 +194,7 @@ def _template(x, A, B, dtype):
     n = B.shape[-1]
     seg = _seg(n)
     return {"T": dtype, "P": x.shape[-1], "N": n, "NA": A.shape[-1], "NSPLIT": lane_split(n),
-            "SEG": seg, "SUBS": SPAN // seg, "TILE": _tile(n)}
-
-
-def _tile(n: int) -> int:
-    """Steps whose inputs the forward loads at once (``TILE * (2 + 2 N /
-    NSPLIT)`` registers): 8, fewer for wide lanes."""
-    return max(1, min(8, 32 // (n // lane_split(n))))
+            "SEG": seg, "SUBS": SPAN // seg, "TILE": tile_steps(n)}
 
 
 def _threads(batch, heads, width, n):
