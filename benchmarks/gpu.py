@@ -341,7 +341,8 @@ def _versions() -> dict:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny shapes")
-    parser.add_argument("--only", default="", help="run cases whose name contains this")
+    parser.add_argument("--only", default="",
+                        help="comma-separated substrings: run cases whose name contains one")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--out", default="", help="write results as JSON here")
     parser.add_argument("--memory-sweep", action="store_true",
@@ -351,15 +352,23 @@ def main(argv=None):
     print(f"card: {card}", flush=True)
     results = {
         "machine": platform.platform(), "device": str(mx.default_device()), "card": card,
-        "versions": _versions(), "bandwidth_Bps": BANDWIDTH,
-        "cases": [run_case(c, args.repeats) for c in cases(args.quick) if args.only in c[0]],
+        "versions": _versions(), "bandwidth_Bps": BANDWIDTH, "cases": [],
     }
+
+    def save():  # after every case, so a run cut short keeps what it measured
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(results, f, indent=1)
+
+    wanted = args.only.split(",")
+    for case in cases(args.quick):
+        if any(w in case[0] for w in wanted):
+            results["cases"].append(run_case(case, args.repeats))
+            save()
     if args.memory_sweep:
         print("\n== training peak memory against L", flush=True)
         results["memory_sweep"] = memory_sweep()
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=1)
+        save()
 
 
 if __name__ == "__main__":

@@ -303,21 +303,27 @@ def in_one_dtype(*arrays) -> tuple[mx.Dtype, tuple]:
     return dtype, tuple(x.astype(dtype) for x in arrays)
 
 
-LARGE_STATE = 2048  # state elements per head above which the chunked fallback trains faster
+LARGE_STATE = 2048  # state elements per head above which the chunked fallback can train faster
+LARGE_TOTAL = 2**20  # ... when the states of all heads together hold at least this many
 
 
-def large_state_crossover(dims: dict, rows: str, cols: str, seg: int,
+def large_state_crossover(dims: dict, rows: str, cols: str, seg: int, heads: int,
                           per_channel: bool = False) -> str | None:
     """Why ``auto`` prefers the fallback for a matrix-state kind, or None.
 
-    Measured on an H200 (docs/kernels.md): with one decay per head and more
-    than ``LARGE_STATE`` state elements per head, the chunked (matmul)
-    fallback trains faster on anything longer than four segments. With a
+    ``heads`` counts the independent states (batch x heads). Measured on an
+    H200 (docs/kernels.md): with one decay per head, more than
+    ``LARGE_STATE`` state elements per head and ``LARGE_TOTAL`` over all
+    heads (2.1M at the large ssd and gla shapes), the chunked (matmul)
+    fallback trains 3x faster on anything longer than four segments; with
+    fewer heads (0.15M at gla B=3 H=12 K=V=64) the kernel is faster. With a
     decay per state channel the fallback's chunks are short and its decays
     ``[K, T, T]`` per chunk: the kernel is faster there, and far leaner.
     """
     size = dims[rows] * dims[cols]
-    if not per_channel and size > LARGE_STATE and dims["L"] > 4 * seg:
-        return (f"the chunked fallback is faster for a large state per head "
-                f"({rows}*{cols}={size} > {LARGE_STATE}) over L={dims['L']} steps")
+    if (not per_channel and size > LARGE_STATE and size * heads >= LARGE_TOTAL
+            and dims["L"] > 4 * seg):
+        return (f"the chunked fallback is faster for large states ({rows}*{cols}={size} "
+                f"> {LARGE_STATE} per head, {size * heads} >= {LARGE_TOTAL} in all) "
+                f"over L={dims['L']} steps")
     return None

@@ -235,6 +235,7 @@ def _unsupported(bound, arrays, backend):
 
 def _slower(bound):
     return large_state_crossover(bound.dims, "K", "V", _seg(bound.dims["K"]),
+                                 math.prod(bound.batch) * bound.dims["H"],
                                  per_channel=bound.variant["g"] == 1)
 
 

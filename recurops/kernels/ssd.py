@@ -249,6 +249,7 @@ def _unsupported(bound, arrays, backend):
 
 def _slower(bound):
     return large_state_crossover(bound.dims, "P", "N", _seg(bound.dims["N"]),
+                                 math.prod(bound.batch) * bound.dims["H"],
                                  per_channel=bound.variant["A"] == 1)
 
 
