@@ -219,6 +219,31 @@ def span_backward(state: str, index: str, width: str, load: str,
     return re.sub("|".join(parts), lambda m: parts[m[0]], _SPAN_BACKWARD)
 
 
+def selective_adjoint(step: str, signal: str, rows: str) -> str:
+    """Body text of the adjoint of one state value of Mamba's selective scan
+    (``s6``, ``ssd``): ``h = decay h + step B signal``, read out as ``C . h``.
+
+    For value ``i`` of the lane (``n = i * NSPLIT + j`` of the row at input
+    offset ``r``), given ``decay``, ``prev`` (the state before the step),
+    ``carry[i]`` and the output gradient ``g_out``: defines ``bn``, ``cn``,
+    ``ht`` (the state after the step) and ``gt`` (its cotangent), and adds
+    the ``B`` and ``C`` gradients, summed over the warp's ``rows``, into
+    ``dB`` and ``dC`` atomically.
+    """
+    return f"""
+                const float bn = static_cast<float>(Bm[r + i * NSPLIT]);
+                const float cn = static_cast<float>(Cm[r + i * NSPLIT]);
+                const float ht = decay * prev + {step} * bn * {signal};
+                const float gt = carry[i] + cn * g_out;
+                // sums over the warp's {rows} (lanes with the same j)
+                const float dC_n = LANE_SUM(ht * g_out, NSPLIT, 16);
+                const float dB_n = LANE_SUM(gt * {step} * {signal}, NSPLIT, 16);
+                if (LANE_ID < NSPLIT) {{
+                    ATOMIC_ADD(&dC[r + i * NSPLIT], dC_n);
+                    ATOMIC_ADD(&dB[r + i * NSPLIT], dB_n);
+                }}"""
+
+
 def lanes(n: int) -> int:
     """``n`` rounded up to whole warps."""
     return -(-n // WARP) * WARP

@@ -22,6 +22,7 @@ from .chassis import (
     lanes,
     launch,
     segments,
+    selective_adjoint,
 )
 
 _PROLOGUE = """
@@ -112,18 +113,8 @@ BACKWARD = Source(
             for (int i = 0; i < NL; ++i) {
                 const float an = active ? A[d * N + i * NSPLIT + j] : 0.0f;
                 const float decay = EXP(dl * an);
-                const float prev = before[(t - t0) * NL + i];
-                const float bn = static_cast<float>(Bm[r + i * NSPLIT]);
-                const float cn = static_cast<float>(Cm[r + i * NSPLIT]);
-                const float ht = decay * prev + dl * bn * uu;
-                const float gt = carry[i] + cn * g_out;
-                // sums over the warp's channels d (lanes with the same j)
-                const float dC_n = LANE_SUM(ht * g_out, NSPLIT, 16);
-                const float dB_n = LANE_SUM(gt * dl * uu, NSPLIT, 16);
-                if (LANE_ID < NSPLIT) {
-                    ATOMIC_ADD(&dC[r + i * NSPLIT], dC_n);
-                    ATOMIC_ADD(&dB[r + i * NSPLIT], dB_n);
-                }
+                const float prev = before[(t - t0) * NL + i];""" + selective_adjoint(
+                    "dl", "uu", "channels d") + """
                 du_t += gt * dl * bn;
                 ddl += gt * (an * decay * prev + bn * uu);
                 dA_acc[i] += gt * dl * decay * prev;

@@ -31,6 +31,7 @@ from .chassis import (
     large_state_crossover,
     launch,
     segments,
+    selective_adjoint,
     span_backward,
     tile_steps,
 )
@@ -153,18 +154,8 @@ BACKWARD = Source(
                 for (int i = 0; i < NL; ++i) {
                     const float an = A[hh * NA + ((NA == 1) ? 0 : i * NSPLIT + j)];
                     const float decay = (NA == 1) ? decay_head : EXP(dtv * an);
-                    const float prev = before[(t - t0) * NL + i];
-                    const float bn = static_cast<float>(Bm[r + i * NSPLIT]);
-                    const float cn = static_cast<float>(Cm[r + i * NSPLIT]);
-                    const float ht = decay * prev + dtv * bn * xv;
-                    const float gt = carry[i] + cn * g_out;
-                    // sums over the warp's rows p (lanes with the same j)
-                    const float dC_n = LANE_SUM(ht * g_out, NSPLIT, 16);
-                    const float dB_n = LANE_SUM(gt * dtv * xv, NSPLIT, 16);
-                    if (LANE_ID < NSPLIT) {
-                        ATOMIC_ADD(&dC[r + i * NSPLIT], dC_n);
-                        ATOMIC_ADD(&dB[r + i * NSPLIT], dB_n);
-                    }
+                    const float prev = before[(t - t0) * NL + i];""" + selective_adjoint(
+                        "dtv", "xv", "rows p") + """
                     dx_t += gt * dtv * bn;
                     ddt_t += gt * (an * decay * prev + bn * xv);
                     dA_acc[(NA == 1) ? 0 : i] += gt * dtv * decay * prev;
