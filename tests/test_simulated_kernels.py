@@ -15,6 +15,8 @@ import mlx.core as mx
 import numpy as np
 import pytest
 from cases import TOLERANCE
+from hypothesis import given
+from hypothesis import strategies as st
 from kernel_cases import kernel_inputs, probe, relative_errors, value_and_grads
 
 import recurops
@@ -204,3 +206,38 @@ def test_kernel_breaking_the_whole_warp_invariant_fails(dialect, monkeypatch):
     arrays = tuple(mx.array(x) for x in kernel_inputs("ssd", rng, (1,), 5, dims, False))
     with simulate(dialect), pytest.raises(SimulationError, match="returned while lane"):
         mx.eval(mx.grad(lambda *a: recurops.scan("ssd", *a, impl="kernel")[0].sum())(*arrays))
+
+
+# ---- drawn shapes ---------------------------------------------------------------------------
+
+_ROW = st.sampled_from([1, 3, 4, 6, 8, 12, 16, 20, 24, 32])  # 1, 2, 4 and 8 lanes a state row
+_WIDTH = st.integers(1, 40)  # rows a head: partial warps, several warps
+
+
+def _draw_dims(kind, draw):
+    if kind == "ssd":
+        groups = draw(st.sampled_from([1, 2]))
+        return {"H": groups * draw(st.integers(1, 2)), "P": draw(_WIDTH), "N": draw(_ROW),
+                "G": groups}
+    if kind == "gla":
+        return {"H": draw(st.integers(1, 2)), "K": draw(_ROW), "V": draw(_WIDTH)}
+    if kind == "s6":
+        return {"D": draw(_WIDTH), "N": draw(_ROW)}
+    if kind == "rglru":
+        return {"D": draw(st.integers(1, 70))}
+    return {"P": draw(_WIDTH)}
+
+
+@pytest.mark.parametrize("kind", ["ssd", "gla", "s6", "rglru", "rotlru"])
+@given(data=st.data())
+def test_drawn_shapes_match_fallback(kind, data):
+    """Hypothesis draws the dialect, batch dims (none to two), the length
+    (from 1, over several segments), head and state sizes that give every
+    lane split and partial warps, the decay shape and the dtype."""
+    dialect = data.draw(st.sampled_from(DIALECTS), label="dialect")
+    batch = tuple(data.draw(st.lists(st.integers(1, 2), max_size=2), label="batch"))
+    length = data.draw(st.integers(1, 70), label="length")
+    dims = _draw_dims(kind, data.draw)
+    per_channel = kind in ("ssd", "gla") and data.draw(st.booleans(), label="per_channel")
+    dtype = data.draw(st.sampled_from([mx.float32, mx.bfloat16]), label="dtype")
+    _compare(dialect, kind, batch, length, dims, per_channel, dtype)
