@@ -9,7 +9,8 @@ from typing import NamedTuple
 import mlx.core as mx
 
 from . import _interop
-from ._kind import Bound, Kind, bind, promote
+from ._kind import Bound, Kind, bind, channel_slicing, promote
+from .fallback import threads
 from .kinds import KINDS
 
 PATHS = ("auto", "kernel", "fallback", "reference")
@@ -177,6 +178,10 @@ def scan(kind: str, *inputs, state=None, impl: str = "auto", **named) -> tuple[m
         y, final = spec.kernel.run(*args, state)
     elif path == "reference" or bound.dims["L"] <= STEP_FORM_STEPS:
         y, final = spec.reference(*args, state)
+    elif spec.independent:  # channels that never interact: over CPU threads
+        take, join = channel_slicing(spec, bound)
+        y, final = threads.split(spec.fallback, bound.dims[spec.independent],
+                                 lambda lo, hi: take((*args, state), lo, hi), join)
     else:
         y, final = spec.fallback(*args, state)
 

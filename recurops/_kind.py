@@ -60,6 +60,10 @@ class Kind:
     declared order with the batch dimensions flattened to one leading axis
     ``B``, plus ``state`` (never None, float32 or float64), and return
     ``(y, final_state)`` with ``y`` in float32/float64; the API casts ``y``.
+
+    ``independent`` names a symbol whose channels never interact (an axis
+    ``cX`` holds ``X`` groups of ``c`` consecutive values): the fallback may
+    run slices of them apart (``channel_slicing``).
     """
 
     name: str
@@ -72,6 +76,7 @@ class Kind:
     divides: tuple[tuple[str, str], ...] = ()
     kernel: object = None
     domain: str = ""
+    independent: str = ""
     extra: dict = field(default_factory=dict)
 
     @property
@@ -94,6 +99,36 @@ class Bound:
     def shape_of(self, symbolic: str) -> tuple[int, ...]:
         batched, dims = _parse(symbolic)
         return (self.batch if batched else ()) + tuple(c * self.dims[s] for c, s in dims)
+
+
+def channel_slicing(kind: Kind, bound: Bound) -> tuple[Callable, Callable]:
+    """``(take, join)`` for ``kind.independent``, on batch-flattened arrays:
+    ``take(arrays, lo, hi)`` slices the inputs and the state (in declared
+    order) to channels ``[lo, hi)``, leaving inputs without that symbol
+    whole; ``join(i, parts)`` concatenates the parts of output ``i`` (``y``,
+    then the final state)."""
+
+    def axis(symbolic: str) -> tuple[int, int] | None:  # (axis, values per channel)
+        batched, dims = _parse(symbolic)
+        for position, (coef, sym) in enumerate(dims):
+            if sym == kind.independent:
+                return int(batched) + position, coef
+        return None
+
+    shapes = [i.shapes[bound.variant[i.name]] for i in kind.inputs] + [kind.state]
+    axes = [axis(s) for s in shapes]
+    out_axes = [axis(kind.output), axis(kind.state)]
+
+    def take(arrays, lo, hi):
+        return tuple(
+            x if a is None else x[(slice(None),) * a[0] + (slice(a[1] * lo, a[1] * hi),)]
+            for x, a in zip(arrays, axes)
+        )
+
+    def join(i, parts):
+        return mx.concatenate(parts, axis=out_axes[i][0])
+
+    return take, join
 
 
 def _fmt(shape) -> str:

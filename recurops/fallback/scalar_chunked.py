@@ -49,11 +49,11 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 
 import mlx.core as mx
 
 from . import precise
+from .threads import split_rows
 
 # --------------------------------------------------------------------------
 # scan over chunks with a gate that broadcasts against the state
@@ -318,50 +318,18 @@ def _gate_grad(mm, decay, cum, d_decay, dw, dcum, da):
     return shifted + cum_shift * mm(dcum[..., None, :], decay)[..., 0, :]
 
 
-# --------------------------------------------------------------------------
-# splitting the independent axis over CPU threads
-
-_STREAMS: list = []
-
-
-def _threads() -> int:
-    env = os.environ.get("RECUROPS_CPU_THREADS")
-    if env:
-        return max(1, int(env))
-    return max(1, min(os.cpu_count() or 1, 8))
-
-
-def _cpu_streams(parts: int) -> list:
-    while len(_STREAMS) < parts:
-        _STREAMS.append(mx.new_stream(mx.cpu))
-    return _STREAMS[:parts]
-
-
-def _parallel(fn, arrays: tuple, size: int):
-    """Run ``fn(*arrays)`` with every array split along axis 0 over CPU streams."""
-    parts = min(_threads(), size) if mx.default_device() == mx.cpu else 1
-    if parts <= 1:
-        return fn(*arrays)
-    bounds = [size * i // parts for i in range(parts + 1)]
-    results = []
-    for stream, lo, hi in zip(_cpu_streams(parts), bounds[:-1], bounds[1:]):
-        with mx.stream(stream):
-            results.append(fn(*(x[lo:hi] for x in arrays)))
-    return tuple(mx.concatenate(list(outs), axis=0) for outs in zip(*results))
-
-
 def _checkpointed(forward, backward):
     """``forward`` (outputs y, final state and what ``backward`` needs) as a
     custom function whose vjp is ``backward``; both split over CPU streams."""
 
     @mx.custom_function
     def block(q, k, v, g, h0):
-        return _parallel(forward, (q, k, v, g, h0), q.shape[0])
+        return split_rows(forward, (q, k, v, g, h0), q.shape[0])
 
     @block.vjp
     def block_vjp(primals, cotangents, outputs):
         saved, (dy, dfinal) = outputs[2:], cotangents[:2]
-        return _parallel(backward, (*primals, *saved, dy, dfinal), primals[0].shape[0])
+        return split_rows(backward, (*primals, *saved, dy, dfinal), primals[0].shape[0])
 
     return block
 

@@ -35,5 +35,6 @@ KIND = Kind(
     domain="any real a",
     reference=reference,
     fallback=fallback,
+    independent="D",
     kernel=KERNEL,
 )

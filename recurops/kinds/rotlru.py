@@ -58,5 +58,6 @@ KIND = Kind(
     domain="any real values",
     reference=reference,
     fallback=fallback,
+    independent="P",
     kernel=KERNEL,
 )

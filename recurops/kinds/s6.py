@@ -50,5 +50,6 @@ KIND = Kind(
     domain="delta >= 0, A <= 0",
     reference=reference,
     fallback=fallback,
+    independent="D",
     kernel=KERNEL,
 )
