@@ -236,10 +236,12 @@ def peers_torch(kind, inputs):
 # ---------------------------------------------------------------- main
 
 
-def run_case(case, repeats):
+def run_case(case, repeats, peers=True):
     name, kind, inputs, fwd_bytes, train_bytes = case
     print(f"\n== {name}", flush=True)
     rows = []
+    result = {"case": name, "kind": kind, "floor_fwd_ms": fwd_bytes / BANDWIDTH * 1e3,
+              "floor_fwd_bwd_ms": train_bytes / BANDWIDTH * 1e3, "rows": rows}
 
     def record(label, fwd, train, peak=None):
         t_f = timed(fwd, repeats) if fwd else math.nan
@@ -256,6 +258,8 @@ def run_case(case, repeats):
         fwd = lambda *a, impl=impl: recurops.scan(kind, *a, impl=impl)[0]  # noqa: E731
         f, t = mlx_pair(fwd, inputs)
         record(f"recurops {impl}", f, t, peak_training_bytes(t))
+    if not peers:
+        return result
     for label, (fn, args) in peers_mlx(kind, inputs).items():
         f, t = mlx_pair(fn, args)
         record(label, f, t, peak_training_bytes(t))
@@ -269,8 +273,7 @@ def run_case(case, repeats):
             rows.append({"impl": label, "fwd_ms": t_f * 1e3, "fwd_bwd_ms": t_t * 1e3})
             print(f"  {label:42s} fwd {t_f * 1e3:9.3f} ms                    "
                   f"fwd+bwd {t_t * 1e3:9.3f} ms", flush=True)
-    return {"case": name, "kind": kind, "floor_fwd_ms": fwd_bytes / BANDWIDTH * 1e3,
-            "floor_fwd_bwd_ms": train_bytes / BANDWIDTH * 1e3, "rows": rows}
+    return result
 
 
 def cases(quick):
@@ -345,6 +348,8 @@ def main(argv=None):
                         help="comma-separated substrings: run cases whose name contains one")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--out", default="", help="write results as JSON here")
+    parser.add_argument("--no-peers", action="store_true",
+                        help="recurops' paths only (no token loops, mlx-lm, fla or mamba_ssm)")
     parser.add_argument("--memory-sweep", action="store_true",
                         help="also record training peak memory against L")
     args = parser.parse_args(argv)
@@ -363,7 +368,7 @@ def main(argv=None):
     wanted = args.only.split(",")
     for case in cases(args.quick):
         if any(w in case[0] for w in wanted):
-            results["cases"].append(run_case(case, args.repeats))
+            results["cases"].append(run_case(case, args.repeats, peers=not args.no_peers))
             save()
     if args.memory_sweep:
         print("\n== training peak memory against L", flush=True)
