@@ -11,7 +11,8 @@
 * ``checkpointed`` wires a forward kernel (outputs and a state checkpoint
   every ``SEG`` steps) and a backward kernel (recompute each segment from its
   checkpoint, then the adjoint sweep) into one ``mx.custom_function``.
-* ``span_backward`` is the backward sweep of the two-level kernels (a
+* ``tiled_forward`` and ``span_backward`` are the forward and the backward
+  sweep of the two-level kernels (a
   checkpoint every ``SPAN`` steps, recomputed in ``SEG``-step pieces), with
   a kind's load, recompute step and adjoint step filled in.
 
@@ -171,6 +172,52 @@ def launch(source: Source, inputs, outputs: dict, threads: int, template: dict,
 
 SPAN = 256  # steps between stored checkpoints of the two-level kernels (ssd, gla)
 
+_TILED_FORWARD = """
+    if (bh >= B * H) return;  // whole warps only
+    float @S@[@W@];
+    for (int @I@ = 0; @I@ < @W@; ++@I@) {
+@INIT@
+    }
+    for (int t0 = 0; t0 < L; t0 += TILE) {
+        // the tile's inputs first: independent loads, one memory latency a tile
+@TILE@
+        for (int s = 0; s < TILE; ++s) {
+            const int t = (t0 + s < L) ? t0 + s : L - 1;
+@LOAD@
+        }
+        for (int s = 0; s < TILE; ++s) {
+            const int t = t0 + s;
+            if (t >= L) break;  // the same t for every lane of the warp
+@STEP@
+            if (active && ((t + 1) % SPAN == 0 || t == L - 1)) {
+@CHECKPOINT@
+            }
+        }
+    }
+"""
+
+
+def tiled_forward(state: str, index: str, width: str, init: str, tile: str, load: str,
+                  step: str, checkpoint: str) -> str:
+    """Body text of the forward of a two-level checkpointed kernel (after
+    the prologue, which defines ``bh``, ``active`` and ``NS``).
+
+    ``init`` sets ``state[index]`` (for ``index`` below ``width``) from the
+    initial state and stores it as checkpoint 0; then tile by tile, ``tile``
+    declares arrays of ``TILE`` steps' inputs, ``load`` fills entry ``s``
+    with step ``t``'s (the last step stands in past ``L``), ``step`` advances
+    the state by step ``t = t0 + s`` and writes ``y``, and ``checkpoint``
+    stores the state after every ``SPAN``-th step and the last.
+    """
+    return _fill(_TILED_FORWARD, {"@INIT@": init, "@TILE@": tile, "@LOAD@": load, "@STEP@": step,
+                                  "@CHECKPOINT@": checkpoint, "@S@": state, "@I@": index,
+                                  "@W@": width})
+
+
+def _fill(template: str, parts: dict) -> str:
+    return re.sub("|".join(parts), lambda m: parts[m[0]], template)
+
+
 _SPAN_BACKWARD = """
     float starts[SUBS * @W@];  // the state entering each SEG-step piece of the span
     float before[SEG * @W@];  // the state before each step t of the piece
@@ -214,9 +261,9 @@ def span_backward(state: str, index: str, width: str, load: str,
     ``t``, looping over it with ``index`` and running ``save`` before each update.
     """
     save = f"before[(t - t0) * {width} + {index}] = {state}[{index}];"
-    parts = {"@LOAD@": load, "@SPAN_STEP@": step(""), "@PIECE_STEP@": step(save),
-             "@ADJOINT@": adjoint, "@S@": state, "@I@": index, "@W@": width}
-    return re.sub("|".join(parts), lambda m: parts[m[0]], _SPAN_BACKWARD)
+    return _fill(_SPAN_BACKWARD, {"@LOAD@": load, "@SPAN_STEP@": step(""),
+                                  "@PIECE_STEP@": step(save), "@ADJOINT@": adjoint,
+                                  "@S@": state, "@I@": index, "@W@": width})
 
 
 def selective_adjoint(step: str, signal: str, rows: str) -> str:

@@ -29,6 +29,7 @@ from .chassis import (
     segments,
     span_backward,
     tile_steps,
+    tiled_forward,
 )
 
 _PROLOGUE = """
@@ -67,22 +68,18 @@ FORWARD = Source(
     "gla_fwd",
     inputs=("q", "k", "v", "g", "h0"),
     outputs=("y", "ckpt"),
-    body=_PROLOGUE + """
-    if (bh >= B * H) return;  // whole warps only
-    float S[KL];
-    for (int c = 0; c < KL; ++c) {
+    body=_PROLOGUE + tiled_forward(
+        "S", "c", "KL",
+        init="""
         const int i = c * KSPLIT + u;
         S[c] = active ? h0[(bh * K + i) * V + j] : 0.0f;
-        if (active) ckpt[(((b * (NS + 1)) * H + hh) * K + i) * V + j] = S[c];
-    }
-    for (int t0 = 0; t0 < L; t0 += TILE) {
-        // the tile's inputs first: independent loads, one memory latency a tile
+        if (active) ckpt[(((b * (NS + 1)) * H + hh) * K + i) * V + j] = S[c];""",
+        tile="""
         float vs[TILE];
         float gs[TILE * KL];
         float ks[TILE * KL];
-        float qs[TILE * KL];
-        for (int s = 0; s < TILE; ++s) {
-            const int t = (t0 + s < L) ? t0 + s : L - 1;
+        float qs[TILE * KL];""",
+        load="""
             const int row = (b * L + t) * H + hh;
             vs[s] = active ? static_cast<float>(v[row * V + j]) : 0.0f;
             for (int c = 0; c < KL; ++c) {
@@ -90,25 +87,19 @@ FORWARD = Source(
                 gs[s * KL + c] = static_cast<float>(g[row * GK + ((GK == 1) ? 0 : i)]);
                 ks[s * KL + c] = static_cast<float>(k[row * K + i]);
                 qs[s * KL + c] = static_cast<float>(q[row * K + i]);
-            }
-        }
-        for (int s = 0; s < TILE; ++s) {
-            const int t = t0 + s;
-            if (t >= L) break;  // the same t for every lane of the warp
+            }""",
+        step="""
             float out = 0.0f;
             for (int c = 0; c < KL; ++c) {
                 S[c] = gs[s * KL + c] * S[c] + ks[s * KL + c] * vs[s];
                 out += qs[s * KL + c] * S[c];
             }
             out = LANE_SUM(out, 1, KSPLIT / 2);
-            if (active && u == 0) y[((b * L + t) * H + hh) * V + j] = static_cast<T>(out);
-            if (active && ((t + 1) % SPAN == 0 || t == L - 1)) {
+            if (active && u == 0) y[((b * L + t) * H + hh) * V + j] = static_cast<T>(out);""",
+        checkpoint="""
                 const int base = ((b * (NS + 1) + (t + SPAN) / SPAN) * H + hh) * K;
-                for (int c = 0; c < KL; ++c) ckpt[(base + c * KSPLIT + u) * V + j] = S[c];
-            }
-        }
-    }
-""",
+                for (int c = 0; c < KL; ++c) ckpt[(base + c * KSPLIT + u) * V + j] = S[c];""",
+    ),
 )
 
 BACKWARD = Source(

@@ -34,6 +34,7 @@ from .chassis import (
     selective_adjoint,
     span_backward,
     tile_steps,
+    tiled_forward,
 )
 
 _PROLOGUE = """
@@ -59,22 +60,18 @@ FORWARD = Source(
     "ssd_fwd",
     inputs=("x", "dt", "A", "Bm", "Cm", "h0"),
     outputs=("y", "ckpt"),
-    body=_PROLOGUE + """
-    if (bh >= B * H) return;  // whole warps only
-    float h[NL];
-    for (int i = 0; i < NL; ++i) {
+    body=_PROLOGUE + tiled_forward(
+        "h", "i", "NL",
+        init="""
         const int n = i * NSPLIT + j;
         h[i] = active ? h0[(bh * P + p) * N + n] : 0.0f;
-        if (active) ckpt[(((b * (NS + 1)) * H + hh) * P + p) * N + n] = h[i];
-    }
-    for (int t0 = 0; t0 < L; t0 += TILE) {
-        // the tile's inputs first: independent loads, one memory latency a tile
+        if (active) ckpt[(((b * (NS + 1)) * H + hh) * P + p) * N + n] = h[i];""",
+        tile="""
         float dts[TILE];
         float xs[TILE];
         float bs[TILE * NL];
-        float cs[TILE * NL];
-        for (int s = 0; s < TILE; ++s) {
-            const int t = (t0 + s < L) ? t0 + s : L - 1;
+        float cs[TILE * NL];""",
+        load="""
             const int row = (b * L + t) * H + hh;
             const int r = ((b * L + t) * G + grp) * N + j;
             dts[s] = static_cast<float>(dt[row]);
@@ -82,11 +79,8 @@ FORWARD = Source(
             for (int i = 0; i < NL; ++i) {
                 bs[s * NL + i] = static_cast<float>(Bm[r + i * NSPLIT]);
                 cs[s * NL + i] = static_cast<float>(Cm[r + i * NSPLIT]);
-            }
-        }
-        for (int s = 0; s < TILE; ++s) {
-            const int t = t0 + s;
-            if (t >= L) break;  // the same t for every lane of the warp
+            }""",
+        step="""
             const float dtv = dts[s];
             const float decay_head = EXP(dtv * A[hh * NA]);
             float out = 0.0f;
@@ -96,14 +90,11 @@ FORWARD = Source(
                 out += cs[s * NL + i] * h[i];
             }
             out = LANE_SUM(out, 1, NSPLIT / 2);
-            if (active && j == 0) y[((b * L + t) * H + hh) * P + p] = static_cast<T>(out);
-            if (active && ((t + 1) % SPAN == 0 || t == L - 1)) {
+            if (active && j == 0) y[((b * L + t) * H + hh) * P + p] = static_cast<T>(out);""",
+        checkpoint="""
                 const int k = (((b * (NS + 1) + (t + SPAN) / SPAN) * H + hh) * P + p) * N + j;
-                for (int i = 0; i < NL; ++i) ckpt[k + i * NSPLIT] = h[i];
-            }
-        }
-    }
-""",
+                for (int i = 0; i < NL; ++i) ckpt[k + i * NSPLIT] = h[i];""",
+    ),
 )
 
 
