@@ -180,8 +180,8 @@ def scan(kind: str, *inputs, state=None, impl: str = "auto", **named) -> tuple[m
         y, final = spec.reference(*args, state)
     elif spec.independent:  # channels that never interact: over CPU threads
         take, join = channel_slicing(spec, bound)
-        y, final = threads.split(spec.fallback, bound.dims[spec.independent],
-                                 lambda lo, hi: take((*args, state), lo, hi), join)
+        y, final = threads.split(spec.fallback, (*args, state), bound.dims[spec.independent],
+                                 take, join)
     else:
         y, final = spec.fallback(*args, state)
 

@@ -42,7 +42,7 @@ def test_split_runs_each_part_on_its_own_stream():
 
     with mx.stream(mx.cpu):
         x = mx.arange(10)
-        (y,) = threads.split(part, 10, lambda lo, hi: (x[lo:hi],),
+        (y,) = threads.split(part, (x,), 10, lambda xs, lo, hi: (xs[0][lo:hi],),
                              lambda _, outs: mx.concatenate(outs))
     assert y.tolist() == [2 * i for i in range(10)]
     assert len(seen) == min(threads.cpu_threads(), 10) and len(set(map(str, seen))) == len(seen)

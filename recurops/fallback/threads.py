@@ -31,22 +31,22 @@ def _cpu_streams(parts: int) -> list:
     return _STREAMS[:parts]
 
 
-def split(fn: Callable, size: int, take: Callable, join: Callable) -> tuple:
-    """``fn(*take(lo, hi))`` for the parts ``[lo, hi)`` of ``size`` rows, each
-    on its own CPU stream, and ``join`` of each output's parts (a list).
-    One part, ``fn(*take(0, size))``, off the CPU or for fewer than 2 rows."""
+def split(fn: Callable, arrays: tuple, size: int, take: Callable, join: Callable) -> tuple:
+    """``fn(*take(arrays, lo, hi))`` for the parts ``[lo, hi)`` of ``size``
+    rows, each on its own CPU stream, and ``join(i, parts)`` of each output
+    ``i``'s parts. Just ``fn(*arrays)`` off the CPU or for fewer than 2 rows."""
     parts = min(cpu_threads(), size) if mx.default_device() == mx.cpu else 1
     if parts <= 1:
-        return fn(*take(0, size))
+        return fn(*arrays)
     bounds = [size * i // parts for i in range(parts + 1)]
     results = []
     for stream, lo, hi in zip(_cpu_streams(parts), bounds[:-1], bounds[1:]):
         with mx.stream(stream):
-            results.append(fn(*take(lo, hi)))
+            results.append(fn(*take(arrays, lo, hi)))
     return tuple(join(i, list(outs)) for i, outs in enumerate(zip(*results)))
 
 
 def split_rows(fn: Callable, arrays: tuple, size: int) -> tuple:
     """``fn(*arrays)`` with every array split along axis 0 (``size`` rows)."""
-    return split(fn, size, lambda lo, hi: tuple(x[lo:hi] for x in arrays),
+    return split(fn, arrays, size, lambda xs, lo, hi: tuple(x[lo:hi] for x in xs),
                  lambda _, outs: mx.concatenate(outs, axis=0))
