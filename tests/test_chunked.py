@@ -1,10 +1,12 @@
 """The chunked fallback's GPU and CPU forms.
 
-On a GPU, ``scalar_chunked`` passes chunk states by one matmul with the
-chunk-level decays and keeps tiny decay factors; elsewhere it passes them by
-a blocked associative scan and flushes factors below 2^-63 to zero. CI has no
-GPU, so each form is forced here and checked against SPEC section 3 (values
-and every gradient) for the kinds that use the chunked form.
+On a GPU, ``scalar_chunked`` builds the decays and passes chunk states with
+the fused kernels of ``recurops.kernels.chunked`` and keeps tiny decay
+factors; elsewhere it passes states by a blocked associative scan and flushes
+factors below 2^-63 to zero. CI has no GPU, so each form is forced here (the
+GPU's kernels run in the kernel simulator, in both dialects) and checked
+against SPEC section 3 (values and every gradient) for the kinds that use the
+chunked form.
 """
 
 import mlx.core as mx
@@ -16,15 +18,26 @@ from hypothesis import strategies as st
 from test_paths import assert_gradients_match, assert_matches_spec
 
 from recurops.fallback import scalar_chunked
+from recurops.kernels import chunked
+from recurops.testing import executor, simulate
 
 seeds = st.integers(0, 2**32 - 1)
 
 
-@pytest.fixture(params=[True, False], ids=["gpu-form", "cpu-form"])
+@pytest.fixture(params=["cuda", "metal", "cpu"], ids=["gpu-form-cuda", "gpu-form-metal", "cpu-form"])
 def state_passing(request, monkeypatch):
-    """The GPU's chunked form (matmul state passing, no flush) or the CPU's."""
-    monkeypatch.setattr(scalar_chunked, "_by_matmul", lambda steps: request.param)
-    monkeypatch.setattr(scalar_chunked, "_flushes", lambda: not request.param)
+    """The GPU's chunked form (fused kernels, simulated, no flush) or the CPU's."""
+    if request.param == "cpu":
+        monkeypatch.setattr(scalar_chunked, "_fused", lambda *arrays: False)
+        monkeypatch.setattr(scalar_chunked, "_flushes", lambda: True)
+        yield
+        return
+    if executor.available() is not None:
+        pytest.skip(executor.available())
+    monkeypatch.setattr(scalar_chunked, "_fused", chunked.takes)
+    monkeypatch.setattr(scalar_chunked, "_flushes", lambda: False)
+    with simulate(request.param):
+        yield
 
 
 @pytest.mark.usefixtures("state_passing")
@@ -37,3 +50,40 @@ def test_chunk_state_passing_matches_spec(kind, data):
     cotangent = cotangents(call, np.random.default_rng(seed))
     _, grads = run_vjp(call, "fallback", cotangent)
     assert_gradients_match(call, grads, cotangent, TOLERANCE[mx.float32], seed + 1)
+
+
+def _gates(rng, shape):
+    """Decays across [0, 1], exact 0 and 1 included."""
+    g = rng.uniform(0, 1, shape)
+    g[rng.uniform(size=shape) < 0.15] = 0.0
+    g[rng.uniform(size=shape) < 0.15] = 1.0
+    return mx.array(g.astype(np.float32))
+
+
+@pytest.mark.parametrize("dialect", ["cuda", "metal"])
+@given(z=st.integers(1, 3), c=st.integers(1, 9), rows=st.sampled_from([1, 2, 3]),
+       cols=st.sampled_from([1, 5, 32, 64]), shared=st.booleans(), seed=seeds)
+def test_fused_pieces_match_mlx(dialect, z, c, rows, cols, shared, seed):
+    """The kernels against the CPU form's MLX code: state passing both ways
+    (partial warps, one or many elements per decay, one atomic a warp or a
+    lane) and the decay matrices, on gates of exactly 0 and 1 too."""
+    if executor.available() is not None:
+        pytest.skip(executor.available())
+    rng = np.random.default_rng(seed)
+    normal = lambda *shape: mx.array(rng.standard_normal(shape).astype(np.float32))  # noqa: E731
+    a = _gates(rng, (z, c, 1, 1) if shared else (z, c, rows, 1))
+    b, g, before = normal(z, c, rows, cols), normal(z, c, rows, cols), normal(z, c, rows, cols)
+    h0, dfinal = normal(z, rows, cols), normal(z, rows, cols)
+    gates = _gates(rng, (z, c, cols))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(scalar_chunked, "_fused", lambda *arrays: False)
+        patch.setattr(scalar_chunked, "_flushes", lambda: False)
+        want = (*scalar_chunked._states(a, b, h0),
+                *scalar_chunked._reverse_states(a, g, dfinal, before),
+                scalar_chunked._decays(gates)[0])
+    with simulate(dialect):
+        got = (*chunked.pass_states(a, b, h0), *chunked.pass_cotangents(a, g, dfinal, before),
+               chunked.decays(gates))
+    for name, x, y in zip(["before", "final", "after", "dh0", "da", "decays"], got, want):
+        assert x.shape == y.shape, name
+        np.testing.assert_allclose(np.array(x), np.array(y), rtol=1e-5, atol=1e-5, err_msg=name)

@@ -16,12 +16,14 @@ The sequence is cut into chunks of ``T`` steps. Inside a chunk
 
     o = (q k^T * D_h) v_h + cum_h * (q S_before)
 
-with ``D[t, s] = prod_{s < r <= t} g[r]`` (built by a cumulative product of
-a masked copy of the gates) and ``cum[t] = prod_{r <= t} g[r]``. Chunk end
-states follow ``S_end = a S_before + k^T (w * v)``, ``a = cum[T-1]``,
-``w[s] = D[T-1, s]``, run over chunks: on a GPU as one matmul with the
-chunk-level decays (``_states``; the backward's reverse pass multiplies by
-the transposed matrix), elsewhere as a blocked associative scan.
+with ``D[t, s] = prod_{s < r <= t} g[r]`` (a cumulative product of a masked
+copy of the gates) and ``cum[t] = prod_{r <= t} g[r]``. Chunk end states
+follow ``S_end = a S_before + k^T (w * v)``, ``a = cum[T-1]``,
+``w[s] = D[T-1, s]``, run over chunks (``_states``) by a blocked associative
+scan. On a GPU the matmuls are MLX's and the rest of the passes over whole
+arrays that would take MLX several kernels each (the decays ``D``, the
+chunk-state passing and its reverse with the gradient of ``a``) run as small
+fused kernels (``recurops.kernels.chunked``), float32 like the rest.
 
 The backward pass is written by hand (``mx.custom_function``): it is the
 same chunked form run backwards, with a reverse scan for the state
@@ -52,6 +54,7 @@ import math
 
 import mlx.core as mx
 
+from ..kernels import chunked
 from . import precise
 from .threads import split_rows
 
@@ -64,98 +67,46 @@ def _sl(x: mx.array, start=None, stop=None, step=None) -> mx.array:
 
 
 _BLOCK = 4  # scan block: a fixed number of steps run one after another
-MATMUL_CHUNKS = 256  # most chunks whose states the GPU passes by one matmul
 
 
-def _states(mm, a: mx.array, b: mx.array, h0: mx.array) -> tuple[mx.array, mx.array]:
+def _states(a: mx.array, b: mx.array, h0: mx.array) -> tuple[mx.array, mx.array]:
     """``h[c] = a[c] * h[c-1] + b[c]`` along axis 1 from ``h[-1] = h0``.
 
     Returns the state *before* each step, ``[h0, h[0], ..., h[C-2]]``, and
     the last one ``h[C-1]``. ``a`` broadcasts against ``b`` (it may be much
-    smaller). On a GPU, up to ``MATMUL_CHUNKS`` steps, one matmul with the
-    step-level decays (``_states_by_matmul``); otherwise a blocked scan.
+    smaller). On a GPU one fused kernel (``kernels.chunked``), otherwise a
+    blocked scan.
     """
-    if _by_matmul(b.shape[1]):
-        return _states_by_matmul(mm, a, b, h0)
+    if _fused(b):
+        return chunked.pass_states(a, b, h0)
     return _states_by_scan(a, b, h0)
 
 
-def _reverse_states(mm, a: mx.array, g: mx.array, dfinal: mx.array):
+def _reverse_states(a: mx.array, g: mx.array, dfinal: mx.array, before: mx.array):
     """Cotangents of the chunk states: ``Y[c] = a[c] Y[c+1] + g[c]``, ``Y[C] = dfinal``.
 
-    Returns ``(Y[1..C], Y[0])``: the cotangent of the state at the end of each
-    chunk and that of the initial state.
+    Returns ``(Y[1..C], Y[0], da)``: the cotangent of the state at the end of
+    each chunk, that of the initial state, and the gradient of ``a`` given the
+    states ``before`` each chunk (``sum Y[c+1] * before[c]`` over the axes
+    ``a`` broadcasts along).
     """
-    if _by_matmul(g.shape[1]):
-        return _reverse_states_by_matmul(mm, a, g, dfinal)
+    if _fused(g):
+        return chunked.pass_cotangents(a, g, dfinal, before)
     rev = slice(None, None, -1)
     after, dh0 = _states_by_scan(a[:, rev], g[:, rev], dfinal)
-    return after[:, rev], dh0
+    after = after[:, rev]
+    shared = tuple(i for i in range(2, a.ndim) if a.shape[i] == 1)
+    return after, dh0, (after * before).sum(axis=shared, keepdims=True)
 
 
 def _on_gpu() -> bool:
     return mx.default_device().type == mx.DeviceType.gpu
 
 
-def _by_matmul(steps: int) -> bool:
-    """Whether ``_states`` passes ``steps`` chunk states by one matmul (GPU only:
-    the CPU's matmuls are too slow for its O(C^2) work)."""
-    return _on_gpu() and steps <= MATMUL_CHUNKS
-
-
-def _as_rows(a: mx.array, b: mx.array):
-    """``(a_rows, to_rows, from_rows)`` for ``a [Z, C, *sa]`` broadcasting
-    against ``b [Z, C, *sb]``: ``a_rows [Z, rows, C]`` and the maps between
-    ``[Z, n, *sb]`` and ``[Z, rows, n, cols]``, ``rows`` the axes where ``a``
-    varies and ``cols`` those it broadcasts over (no copy when ``a`` varies
-    along none of them)."""
-    z, c, *sb = b.shape
-    varying = [i for i, n in enumerate(a.shape[2:]) if n != 1]
-    shared = [i for i in range(len(sb)) if i not in varying]
-    rows = math.prod(sb[i] for i in varying)
-    cols = math.prod(sb[i] for i in shared)
-    order = [2 + i for i in varying] + [1] + [2 + i for i in shared]
-    layout = [*varying, None, *shared]  # the axis of b each axis after Z holds (None: C)
-
-    def to_rows(x):
-        return x.transpose(0, *order).reshape(z, rows, x.shape[1], cols)
-
-    def from_rows(h):
-        h = h.reshape(z, *(sb[i] for i in varying), h.shape[2], *(sb[i] for i in shared))
-        return h.transpose(0, *(1 + layout.index(i) for i in (None, *range(len(sb)))))
-
-    return a.transpose(0, *order).reshape(z, rows, c), to_rows, from_rows
-
-
-def _chunk_decays(a_rows: mx.array) -> tuple[mx.array, mx.array, mx.array]:
-    """``a_rows [Z, rows, C]`` -> ``M [Z, rows, C, C]`` with
-    ``M[j, i] = prod_{i<m<j} a[m]`` for ``i < j`` (else 0), ``start[j] =
-    prod_{m<j} a[m]`` and ``to_end[i] = prod_{m>i} a[m]``, each ``[Z, rows, C]``."""
-    decay, cum = _decays(a_rows)  # [Z,rows,C,C], [Z,rows,C]
-    z, rows, c = a_rows.shape
-    into = mx.concatenate([mx.zeros((z, rows, 1, c), decay.dtype), decay[..., :-1, :]], axis=-2)
-    start = mx.concatenate([mx.ones((z, rows, 1), cum.dtype), cum[..., :-1]], axis=-1)
-    return into, start, decay[..., -1, :]
-
-
-def _states_by_matmul(mm, a, b, h0):
-    """``_states`` as ``h = M b + start h0`` (``_chunk_decays``; ``start[j]``
-    the product of ``a`` before step ``j``): a few passes over ``b`` and one
-    matmul whose contracted axis is the C steps, instead of the scan's
-    O(log C) passes."""
-    a_rows, to_rows, from_rows = _as_rows(a, b)
-    into, start, _ = _chunk_decays(a_rows)
-    before = from_rows(mm(into, to_rows(b)) + start[..., None] * to_rows(h0[:, None]))
-    return before, a[:, -1] * before[:, -1] + b[:, -1]
-
-
-def _reverse_states_by_matmul(mm, a, g, dfinal):
-    """``_reverse_states`` as ``Y[1..C] = M^T g + D[C-1, :] dfinal``: the
-    forward's matrix transposed (no reversed copies)."""
-    a_rows, to_rows, from_rows = _as_rows(a, g)
-    into, _, to_end = _chunk_decays(a_rows)
-    after = from_rows(mm(_tr(into), to_rows(g)) + to_end[..., None] * to_rows(dfinal[:, None]))
-    return after, a[:, 0] * after[:, 0] + g[:, 0]
+def _fused(*arrays) -> bool:
+    """Whether the chunk-state passing and the decays run as fused kernels:
+    on a GPU, for the float32 arrays they take."""
+    return _on_gpu() and chunked.takes(*arrays)
 
 
 def _states_by_scan(a: mx.array, b: mx.array, h0: mx.array) -> tuple[mx.array, mx.array]:
@@ -198,6 +149,8 @@ def _states_by_scan(a: mx.array, b: mx.array, h0: mx.array) -> tuple[mx.array, m
 
 def _decays(g: mx.array) -> tuple[mx.array, mx.array]:
     """``g [..., T]`` -> (D [..., T(t), T(s)], cum [..., T]), products only."""
+    if _fused(g):
+        return chunked.decays(g), _cumulative(g)
     steps = g.shape[-1]
     idx = mx.arange(steps)
     after = idx[:, None] > idx[None, :]  # [r, s]: r > s
@@ -245,13 +198,14 @@ def _heads_sum(x: mx.array) -> mx.array:
     return x[:, 0] if x.shape[1] == 1 else x.sum(1)
 
 
-def _per_head(passing, mm, a, b, h0):
-    """``_states`` or ``_reverse_states`` (``passing``) over the chunks of
-    each head: a [Z,R,C], b [Z,R,C,K,V], h0 [Z,R,K,V] (heads folded into Z)."""
-    z, r, c, dk, dv = b.shape
-    every, one = passing(mm, a.reshape(z * r, c, 1, 1), b.reshape(z * r, c, dk, dv),
-                         h0.reshape(z * r, dk, dv))
-    return every.reshape(b.shape), one.reshape(h0.shape)
+def _heads_folded(fn, a, *arrays):
+    """``_states`` or ``_reverse_states`` (``fn``) over the chunks of each
+    head: ``a [Z,R,C]`` and ``arrays [Z,R,...]`` with the heads folded into Z
+    (``a`` as ``[Z*R,C,1,1]``); results unfolded (a gradient of ``a`` as ``a``)."""
+    z, r, c = a.shape
+    results = fn(a.reshape(z * r, c, 1, 1), *(x.reshape(z * r, *x.shape[2:]) for x in arrays))
+    shapes = [arrays[0].shape, arrays[1].shape, a.shape]  # per chunk, initial, decays
+    return tuple(x.reshape(shape) for x, shape in zip(results, shapes))
 
 
 def _forward(mm, q, k, v, g, h0):
@@ -262,7 +216,7 @@ def _forward(mm, q, k, v, g, h0):
     intra = mm(qk[:, None] * decay, v)  # [Z,R,C,T,V]
     w = decay[..., -1, :, None]  # [Z,R,C,T,1]: decay from each step to the chunk's end
     local = mm(k_t[:, None], v * w)  # [Z,R,C,K,V]
-    before, final = _per_head(_states, mm, cum[..., -1], local, h0)
+    before, final = _heads_folded(_states, cum[..., -1], local, h0)
     raw = mm(q[:, None], before)  # [Z,R,C,T,V]
     y = raw * cum[..., None] + intra
     return y, final, before, raw, qk, decay
@@ -280,8 +234,7 @@ def _backward(mm, q, k, v, g, h0, before, raw, qk, decay, dy, dfinal):
     local_grad = mm(_tr(q)[:, None], draw)  # [Z,R,C,K,V]: cotangent of S_before from the outputs
 
     # state cotangents: dS_before[c] = G[c] + a[c] dS_end[c], dS_end[c] = dS_before[c+1]
-    dend, dh0 = _per_head(_reverse_states, mm, a, local_grad, dfinal)
-    da = (dend * before).sum(axis=(-2, -1))  # [Z,R,C]
+    dend, dh0, da = _heads_folded(_reverse_states, a, local_grad, dfinal, before)
 
     # local states  S_end = a S_before + k^T (w * v)
     dk_ = _heads_sum(mm(v * w, _tr(dend)))  # [Z,C,T,K]
@@ -396,7 +349,7 @@ def _channel_forward(mm, q, k, v, g, h0):
     qk = mx.swapaxes(q, -1, -2)[..., :, None] * mx.swapaxes(k, -1, -2)[..., None, :]
     scores = (qk * decay).sum(axis=2)  # [Z,C,T,T]
     local = mm(_tr(k * w), v)  # [Z,C,K,V]
-    before, final = _states(mm, a, local, h0)
+    before, final = _states(a, local, h0)
     y = mm(scores, v) + mm(q * cum_t, before)
     return y, final, before, scores
 
@@ -412,8 +365,7 @@ def _channel_backward(mm, q, k, v, g, h0, before, scores, dy, dfinal):
     dq = dqc * cum_t
     dcum = dqc * q  # [Z,C,T,K]
     local_grad = mm(_tr(q * cum_t), dy)  # [Z,C,K,V]
-    dend, dh0 = _reverse_states(mm, a, local_grad, dfinal)  # [Z,C,K,V]
-    da = (dend * before).sum(-1)  # [Z,C,K]
+    dend, dh0, da = _reverse_states(a, local_grad, dfinal, before)  # [Z,C,K,V], [Z,C,K,1]
 
     # local states  S_end = a * S_before + (k * w)^T v
     dkw = mm(v, _tr(dend))  # [Z,C,T,K]
@@ -435,7 +387,7 @@ def _channel_backward(mm, q, k, v, g, h0, before, scores, dy, dfinal):
         [d_decay[..., :-1, :], d_decay[..., -1:, :] + dw[..., None, :]], axis=-2
     )
     dcum = mx.swapaxes(dcum, -1, -2)
-    dcum = mx.concatenate([dcum[..., :-1], dcum[..., -1:] + da[..., None]], axis=-1)
+    dcum = mx.concatenate([dcum[..., :-1], dcum[..., -1:] + da], axis=-1)
     lead = decay.shape[:-2]
     shifted_t = mx.concatenate(
         [mx.zeros((*lead, t, 1), decay.dtype), _tr(decay[..., :-1, :])], axis=-1

@@ -1,0 +1,170 @@
+"""Fused pieces of the chunked matmul form (``fallback/scalar_chunked.py``) on a GPU.
+
+The chunked form's matmuls run as MLX matmuls (tensor cores); what stays
+are passes over whole arrays that MLX would run as several kernels each:
+
+* ``pass_states``: the chunk states ``h[c] = a[c] h[c-1] + b[c]`` over the
+  ``C`` chunks, one thread per state element, each reading ``b`` and writing
+  the state before each chunk once;
+* ``pass_cotangents``: its reverse, ``Y[c] = a[c] Y[c+1] + g[c]``, with the
+  gradient of the decays ``a`` (sums of ``Y[c+1] * h[c]`` over the elements
+  that share an ``a``) reduced in-kernel;
+* ``decays``: the within-chunk decay matrices ``D[t, s] = prod_{s<r<=t} g[r]``
+  (products only, exact for gates of 0 and 1), one thread per column ``s``.
+
+Everything is float32. ``a`` varies along the leading state axes and is
+shared along the trailing ones: ``a [Z, C, R]`` for states ``[Z, C, E]`` with
+``R`` dividing ``E``, element ``e`` reading ``a[..., e // (E / R)]``.
+"""
+
+import math
+
+import mlx.core as mx
+
+from .chassis import WARP, Source, launch, lanes
+
+_STATES_PROLOGUE = """
+    const int Z = b_shape[0];
+    const int C = b_shape[1];
+    const int E = b_shape[2];
+    const int R = a_shape[2];
+    const int tid = THREAD_ID;
+"""
+
+PASS_STATES = Source(
+    "chunk_states",
+    inputs=("a", "b", "h0"),
+    outputs=("before", "final"),
+    body=_STATES_PROLOGUE + """
+    if (tid >= Z * E) return;
+    const int z = tid / E;
+    const int row = (tid % E) / (E / R);
+    float h = h0[tid];
+    for (int c = 0; c < C; ++c) {
+        const int i = (z * C + c) * E + tid % E;
+        before[i] = h;
+        h = a[(z * C + c) * R + row] * h + b[i];
+    }
+    final[tid] = h;
+""",
+)
+
+PASS_COTANGENTS = Source(
+    "chunk_cotangents",
+    inputs=("a", "b", "dfinal", "before"),
+    outputs=("after", "dh0", "da"),
+    body=_STATES_PROLOGUE + """
+    // b holds the cotangents g[c] of the states before each chunk
+    if (tid - LANE_ID >= Z * E) return;  // whole warps only
+    const bool active = tid < Z * E;
+    const int z = active ? tid / E : 0;
+    const int e = active ? tid % E : 0;
+    const int row = e / (E / R);
+    float y = active ? dfinal[tid] : 0.0f;
+    for (int c = C - 1; c >= 0; --c) {
+        const int i = (z * C + c) * E + e;
+        const int ai = (z * C + c) * R + row;
+        float part = 0.0f;
+        if (active) {
+            after[i] = y;
+            part = y * before[i];
+        }
+        if (WARP_ROWS) {  // the warp's lanes share one a: one atomic add a warp
+            part = WARP_SUM(part);
+            if (LANE_ID == 0) ATOMIC_ADD(&da[ai], part);
+        } else if (active) {
+            ATOMIC_ADD(&da[ai], part);
+        }
+        if (active) y = a[ai] * y + b[i];
+    }
+    if (active) dh0[tid] = y;
+""",
+)
+
+DECAYS = Source(
+    "chunk_decays",
+    inputs=("g",),
+    outputs=("decay",),
+    body="""
+    const int M = g_shape[0];
+    const int T = g_shape[1];
+    const int tid = THREAD_ID;
+    if (tid >= M * T) return;
+    const int m = tid / T;
+    const int s = tid % T;
+    float p = 1.0f;
+    for (int t = 0; t < T; ++t) {
+        if (t > s) p *= g[m * T + t];
+        decay[(m * T + t) * T + s] = (t >= s) ? p : 0.0f;
+    }
+""",
+)
+
+
+def takes(*arrays) -> bool:
+    """Whether these kernels take the arrays: float32, 32-bit indexable."""
+    return all(x.dtype == mx.float32 and x.size < 2**31 for x in arrays)
+
+
+def _rows(a: mx.array, b: mx.array) -> int:
+    """``R``: how many of ``b``'s state elements have their own ``a``
+    (``a [Z, C, *sa]`` broadcasting against ``b [Z, C, *sb]`` along its
+    trailing axes)."""
+    shared = len(a.shape) - 2
+    while shared > 0 and a.shape[1 + shared] == 1:
+        shared -= 1
+    assert a.shape[2:2 + shared] == b.shape[2:2 + shared], (a.shape, b.shape)
+    return math.prod(a.shape[2:2 + shared])
+
+
+def pass_states(a: mx.array, b: mx.array, h0: mx.array) -> tuple[mx.array, mx.array]:
+    """``h[c] = a[c] * h[c-1] + b[c]`` along axis 1 from ``h[-1] = h0``.
+
+    ``a [Z, C, *sa]`` broadcasts against ``b [Z, C, *sb]`` (it varies along
+    leading state axes only), ``h0 [Z, *sb]``. Returns the state before each
+    chunk ``[h0, h[0], ..., h[C-2]]`` and the last ``h[C-1]``.
+    """
+    z, c = b.shape[:2]
+    size = math.prod(b.shape[2:])
+    before, final = launch(
+        PASS_STATES,
+        (a.reshape(z, c, _rows(a, b)), b.reshape(z, c, size), h0.reshape(z, size)),
+        {"before": ((z, c, size), mx.float32), "final": ((z, size), mx.float32)},
+        threads=lanes(z * size), template={},
+    )
+    return before.reshape(b.shape), final.reshape(h0.shape)
+
+
+def pass_cotangents(a: mx.array, g: mx.array, dfinal: mx.array, before: mx.array):
+    """The reverse of ``pass_states``: ``Y[c] = a[c] Y[c+1] + g[c]``, ``Y[C] = dfinal``.
+
+    ``g`` holds the cotangents of the states before each chunk (from the
+    outputs), ``before`` those states. Returns ``Y[1..C]`` (the cotangent of
+    the state after each chunk), ``Y[0]`` (that of ``h0``) and the gradient
+    of ``a``, ``da[c] = sum Y[c+1] * before[c]`` over the elements sharing
+    ``a[c]`` (``a``'s shape; atomic adds, so its last bits vary run to run).
+    """
+    z, c = g.shape[:2]
+    size = math.prod(g.shape[2:])
+    rows = _rows(a, g)
+    after, dh0, da = launch(
+        PASS_COTANGENTS,
+        (a.reshape(z, c, rows), g.reshape(z, c, size), dfinal.reshape(z, size),
+         before.reshape(z, c, size)),
+        {"after": ((z, c, size), mx.float32), "dh0": ((z, size), mx.float32),
+         "da": ((z, c, rows), mx.float32)},
+        threads=lanes(z * size), template={"WARP_ROWS": (size // rows) % WARP == 0},
+        init_value=0,
+    )
+    return after.reshape(g.shape), dh0.reshape(dfinal.shape), da.reshape(a.shape)
+
+
+def decays(g: mx.array) -> mx.array:
+    """``g [..., T]`` -> ``D [..., T(t), T(s)]``, ``D[t, s] = prod_{s<r<=t} g[r]``
+    for ``t >= s`` (1 on the diagonal), 0 above it."""
+    steps = g.shape[-1]
+    rows = math.prod(g.shape[:-1])
+    (decay,) = launch(DECAYS, (g.reshape(rows, steps),),
+                      {"decay": ((rows, steps, steps), mx.float32)},
+                      threads=lanes(rows * steps), template={})
+    return decay.reshape(*g.shape, steps)
