@@ -24,7 +24,8 @@ from recurops.testing import executor, simulate
 seeds = st.integers(0, 2**32 - 1)
 
 
-@pytest.fixture(params=["cuda", "metal", "cpu"], ids=["gpu-form-cuda", "gpu-form-metal", "cpu-form"])
+@pytest.fixture(params=["cuda", "metal", "cpu"],
+                ids=["gpu-form-cuda", "gpu-form-metal", "cpu-form"])
 def state_passing(request, monkeypatch):
     """The GPU's chunked form (fused kernels, simulated, no flush) or the CPU's."""
     if request.param == "cpu":

@@ -50,7 +50,6 @@ its own thread, and the BLAS of its Linux wheel is single-threaded.
 from __future__ import annotations
 
 import functools
-import math
 
 import mlx.core as mx
 

@@ -21,7 +21,7 @@ import math
 
 import mlx.core as mx
 
-from .chassis import WARP, Source, launch, lanes
+from .chassis import WARP, Source, lanes, launch
 
 _STATES_PROLOGUE = """
     const int Z = b_shape[0];
