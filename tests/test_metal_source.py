@@ -16,7 +16,8 @@ import pytest
 
 import recurops
 import recurops.testing.wrap
-from recurops.kernels import chassis
+from recurops.fallback import scalar_chunked
+from recurops.kernels import chassis, chunked
 from recurops.testing import Kernel, MetalSourceError, check_metal, simulate
 from recurops.testing.executor import syntax_check
 
@@ -49,20 +50,25 @@ def _call(kind, sizes, dtype):
     return arrays
 
 
-def _grads(kind, arrays):
+def _grads(kind, arrays, impl="kernel"):
     def loss(*a):
-        return recurops.scan(kind, *a, impl="kernel")[0].astype(mx.float32).sum()
+        return recurops.scan(kind, *a, impl=impl)[0].astype(mx.float32).sum()
 
     return mx.grad(loss, tuple(range(len(arrays))))(*arrays)
 
 
 def _launches(dialect):
-    """Every kernel launch (forward and backward) of the calls above, unexecuted."""
-    with simulate(dialect, execute=False) as sim:
+    """Every kernel launch (forward and backward) of the calls above, unexecuted,
+    and those of the chunked fallback's fused pieces (float32, as on a GPU)."""
+    with simulate(dialect, execute=False) as sim, pytest.MonkeyPatch.context() as patch:
         for kind, variants in _SIZES.items():
             for sizes in variants:
                 for dtype in DTYPES:
                     mx.eval(_grads(kind, _call(kind, sizes, dtype)))
+        patch.setattr(scalar_chunked, "_fused", chunked.takes)
+        for kind in ("ssd", "gla"):
+            for sizes in _SIZES[kind]:
+                mx.eval(_grads(kind, _call(kind, sizes, mx.float32), impl="fallback"))
     unique = {launch.wrapped.kernel_name: launch for launch in sim.launches}
     return list(unique.values())
 
@@ -72,16 +78,19 @@ CUDA = _launches("cuda")
 
 
 def test_every_kernel_and_dtype_is_covered():
-    seen = {(launch.name, str(dict(launch.wrapped.template)["T"])) for launch in METAL}
+    seen = {(launch.name, str(dict(launch.wrapped.template).get("T"))) for launch in METAL}
     assert seen == {(f"{kind}_{direction}", str(dtype)) for kind in _SIZES
-                    for direction in ("fwd", "bwd") for dtype in DTYPES}
+                    for direction in ("fwd", "bwd") for dtype in DTYPES} | {
+        (source.name, "None") for source in (chunked.PASS_STATES, chunked.PASS_COTANGENTS,
+                                             chunked.DECAYS)}
 
 
 @pytest.mark.parametrize("launch", METAL, ids=lambda launch: launch.wrapped.kernel_name[14:70])
 def test_metal_source_type_checks(launch):
     text = launch.wrapped.text
     assert "[[kernel]] void " + launch.wrapped.kernel_name in text
-    assert "template [[host_name(" in text  # the instantiation MLX appends
+    if launch.wrapped.template:
+        assert "template [[host_name(" in text  # the instantiation MLX appends
     check_metal(text)
 
 
@@ -91,7 +100,7 @@ def test_cuda_source_type_checks(launch):
     syntax_check(launch.wrapped.text, std="c++17")
 
 
-def _mlx_metal_sources(kind, arrays, capfd, tmp_path):
+def _mlx_metal_sources(kind, arrays, capfd, tmp_path, impl="kernel"):
     """{kernel name: source} that MLX itself generates for these calls' Metal kernels.
 
     MLX writes a custom kernel's source even without Metal while it traces a
@@ -108,10 +117,7 @@ def _mlx_metal_sources(kind, arrays, capfd, tmp_path):
         return lambda **kw: kernel(**kw, verbose=True)
 
     def grads(*a):
-        def loss(*b):
-            return recurops.scan(kind, *b, impl="kernel")[0].astype(mx.float32).sum()
-
-        return mx.grad(loss, tuple(range(len(a))))(*a)
+        return _grads(kind, a, impl)
 
     saved = (chassis.build, chassis.backend, _api.gpu_backend)
     chassis.build, chassis.backend, _api.gpu_backend = build, lambda: "metal", lambda: "metal"
@@ -149,6 +155,22 @@ def test_wrapping_is_byte_identical_to_mlx(kind, dtype, capfd, tmp_path):
         assert len(theirs) == 2 and set(theirs) == set(ours)
         for name, text in theirs.items():
             assert ours[name] == text, name
+
+
+@pytest.mark.parametrize("kind", ["ssd", "gla"])
+def test_chunked_pieces_wrapping_is_byte_identical_to_mlx(kind, capfd, tmp_path, monkeypatch):
+    """The same for the chunked fallback's fused pieces (no template arguments)."""
+    prelude = recurops.testing.wrap.METAL_PRELUDE
+    monkeypatch.setattr(scalar_chunked, "_fused", chunked.takes)
+    arrays = _call(kind, _SIZES[kind][0], mx.float32)
+    theirs = _mlx_metal_sources(kind, arrays, capfd, tmp_path, impl="fallback")
+    with simulate("metal", execute=False) as sim:
+        mx.eval(_grads(kind, arrays, impl="fallback"))
+    ours = {launch.wrapped.kernel_name: launch.wrapped.text[len(prelude):]
+            for launch in sim.launches}
+    assert len(theirs) == 3 and set(theirs) == set(ours)
+    for name, text in theirs.items():
+        assert ours[name] == text, name
 
 
 # ---- what the check catches ---------------------------------------------------------------
