@@ -62,12 +62,13 @@ def _gates(rng, shape):
 
 
 @pytest.mark.parametrize("dialect", ["cuda", "metal"])
-@given(z=st.integers(1, 3), c=st.integers(1, 9), rows=st.sampled_from([1, 2, 3]),
+@given(z=st.integers(1, 3), c=st.integers(1, 11), rows=st.sampled_from([1, 2, 3]),
        cols=st.sampled_from([1, 5, 32, 64]), shared=st.booleans(), seed=seeds)
 def test_fused_pieces_match_mlx(dialect, z, c, rows, cols, shared, seed):
     """The kernels against the CPU form's MLX code: state passing both ways
-    (partial warps, one or many elements per decay, one atomic a warp or a
-    lane) and the decay matrices, on gates of exactly 0 and 1 too."""
+    (partial warps, one or many elements per decay, the decay gradient summed
+    a warp or a lane at a time), the decay matrices (gates of exactly 0 and 1
+    too) and the row dot products (rows shorter and longer than a warp)."""
     if executor.available() is not None:
         pytest.skip(executor.available())
     rng = np.random.default_rng(seed)
@@ -81,10 +82,11 @@ def test_fused_pieces_match_mlx(dialect, z, c, rows, cols, shared, seed):
         patch.setattr(scalar_chunked, "_flushes", lambda: False)
         want = (*scalar_chunked._states(a, b, h0),
                 *scalar_chunked._reverse_states(a, g, dfinal, before),
-                scalar_chunked._decays(gates)[0])
+                scalar_chunked._decays(gates)[0], scalar_chunked._row_dots(b, g))
     with simulate(dialect):
         got = (*chunked.pass_states(a, b, h0), *chunked.pass_cotangents(a, g, dfinal, before),
-               chunked.decays(gates))
-    for name, x, y in zip(["before", "final", "after", "dh0", "da", "decays"], got, want):
+               chunked.decays(gates), chunked.row_dots(b, g))
+    names = ["before", "final", "after", "dh0", "da", "decays", "row_dots"]
+    for name, x, y in zip(names, got, want, strict=True):
         assert x.shape == y.shape, name
         np.testing.assert_allclose(np.array(x), np.array(y), rtol=1e-5, atol=1e-5, err_msg=name)

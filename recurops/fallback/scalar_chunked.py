@@ -20,10 +20,11 @@ with ``D[t, s] = prod_{s < r <= t} g[r]`` (a cumulative product of a masked
 copy of the gates) and ``cum[t] = prod_{r <= t} g[r]``. Chunk end states
 follow ``S_end = a S_before + k^T (w * v)``, ``a = cum[T-1]``,
 ``w[s] = D[T-1, s]``, run over chunks (``_states``) by a blocked associative
-scan. On a GPU the matmuls are MLX's and the rest of the passes over whole
-arrays that would take MLX several kernels each (the decays ``D``, the
-chunk-state passing and its reverse with the gradient of ``a``) run as small
-fused kernels (``recurops.kernels.chunked``), float32 like the rest.
+scan. On a GPU the matmuls are MLX's, and the passes over whole arrays that
+would take MLX several kernels each (the decays ``D``, the chunk-state
+passing and its reverse with the gradient of ``a``, the row sums of
+products in the backward) run as small fused kernels
+(``recurops.kernels.chunked``), float32 like the rest.
 
 The backward pass is written by hand (``mx.custom_function``): it is the
 same chunked form run backwards, with a reverse scan for the state
@@ -96,6 +97,11 @@ def _reverse_states(a: mx.array, g: mx.array, dfinal: mx.array, before: mx.array
     after = after[:, rev]
     shared = tuple(i for i in range(2, a.ndim) if a.shape[i] == 1)
     return after, dh0, (after * before).sum(axis=shared, keepdims=True)
+
+
+def _row_dots(x: mx.array, y: mx.array) -> mx.array:
+    """``(x * y).sum(-1)``, in one fused pass on a GPU."""
+    return chunked.row_dots(x, y) if _fused(x, y) else (x * y).sum(-1)
 
 
 def _on_gpu() -> bool:
@@ -228,7 +234,7 @@ def _backward(mm, q, k, v, g, h0, before, raw, qk, decay, dy, dfinal):
 
     # inter-chunk output  y += cum * (q @ S_before)
     draw = dy * cum[..., None]  # [Z,R,C,T,V]
-    dcum = (dy * raw).sum(-1)  # [Z,R,C,T]
+    dcum = _row_dots(dy, raw)  # [Z,R,C,T]
     dq = _heads_sum(mm(draw, _tr(before)))  # [Z,C,T,K]
     local_grad = mm(_tr(q)[:, None], draw)  # [Z,R,C,K,V]: cotangent of S_before from the outputs
 
@@ -239,7 +245,7 @@ def _backward(mm, q, k, v, g, h0, before, raw, qk, decay, dy, dfinal):
     dk_ = _heads_sum(mm(v * w, _tr(dend)))  # [Z,C,T,K]
     p = mm(k[:, None], dend)  # [Z,R,C,T,V]
     dv_ = p * w
-    dw = (p * v).sum(-1)  # [Z,R,C,T]
+    dw = _row_dots(p, v)  # [Z,R,C,T]
 
     # intra-chunk attention  y += (qk * D) @ v
     d_att = mm(dy, _tr(v))  # [Z,R,C,T,T]

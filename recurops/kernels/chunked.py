@@ -10,7 +10,8 @@ are passes over whole arrays that MLX would run as several kernels each:
   gradient of the decays ``a`` (sums of ``Y[c+1] * h[c]`` over the elements
   that share an ``a``) reduced in-kernel;
 * ``decays``: the within-chunk decay matrices ``D[t, s] = prod_{s<r<=t} g[r]``
-  (products only, exact for gates of 0 and 1), one thread per column ``s``.
+  (products only, exact for gates of 0 and 1), one thread per column ``s``;
+* ``row_dots``: ``(x * y).sum(-1)``, one warp per row.
 
 Everything is float32. ``a`` varies along the leading state axes and is
 shared along the trailing ones: ``a [Z, C, R]`` for states ``[Z, C, E]`` with
@@ -52,7 +53,7 @@ PASS_STATES = Source(
 PASS_COTANGENTS = Source(
     "chunk_cotangents",
     inputs=("a", "b", "dfinal", "before"),
-    outputs=("after", "dh0", "da"),
+    outputs=("after", "dh0", "parts"),
     body=_STATES_PROLOGUE + """
     // b holds the cotangents g[c] of the states before each chunk
     if (tid - LANE_ID >= Z * E) return;  // whole warps only
@@ -63,19 +64,18 @@ PASS_COTANGENTS = Source(
     float y = active ? dfinal[tid] : 0.0f;
     for (int c = C - 1; c >= 0; --c) {
         const int i = (z * C + c) * E + e;
-        const int ai = (z * C + c) * R + row;
         float part = 0.0f;
         if (active) {
             after[i] = y;
             part = y * before[i];
         }
-        if (WARP_ROWS) {  // the warp's lanes share one a: one atomic add a warp
+        if (PART == 32) {  // the warp's lanes share one a: its sum, by lane 0
             part = WARP_SUM(part);
-            if (LANE_ID == 0) ATOMIC_ADD(&da[ai], part);
+            if (LANE_ID == 0) parts[i / 32] = part;
         } else if (active) {
-            ATOMIC_ADD(&da[ai], part);
+            parts[i] = part;
         }
-        if (active) y = a[ai] * y + b[i];
+        if (active) y = a[(z * C + c) * R + row] * y + b[i];
     }
     if (active) dh0[tid] = y;
 """,
@@ -93,10 +93,31 @@ DECAYS = Source(
     const int m = tid / T;
     const int s = tid % T;
     float p = 1.0f;
-    for (int t = 0; t < T; ++t) {
-        if (t > s) p *= g[m * T + t];
-        decay[(m * T + t) * T + s] = (t >= s) ? p : 0.0f;
+    for (int t0 = 0; t0 < T; t0 += 8) {
+        float gates[8];  // the next 8 gates first: independent loads
+        for (int j = 0; j < 8; ++j) gates[j] = g[m * T + ((t0 + j < T) ? t0 + j : T - 1)];
+        for (int j = 0; j < 8 && t0 + j < T; ++j) {
+            const int t = t0 + j;
+            if (t > s) p *= gates[j];
+            decay[(m * T + t) * T + s] = (t >= s) ? p : 0.0f;
+        }
     }
+""",
+)
+
+ROW_DOTS = Source(
+    "chunk_row_dots",
+    inputs=("x", "y"),
+    outputs=("dots",),
+    body="""
+    const int rows = x_shape[0];
+    const int N = x_shape[1];
+    const int row = THREAD_ID / 32;
+    if (row >= rows) return;  // a warp a row: whole warps
+    float sum = 0.0f;
+    for (int n = LANE_ID; n < N; n += 32) sum += x[row * N + n] * y[row * N + n];
+    sum = WARP_SUM(sum);
+    if (LANE_ID == 0) dots[row] = sum;
 """,
 )
 
@@ -142,21 +163,33 @@ def pass_cotangents(a: mx.array, g: mx.array, dfinal: mx.array, before: mx.array
     outputs), ``before`` those states. Returns ``Y[1..C]`` (the cotangent of
     the state after each chunk), ``Y[0]`` (that of ``h0``) and the gradient
     of ``a``, ``da[c] = sum Y[c+1] * before[c]`` over the elements sharing
-    ``a[c]`` (``a``'s shape; atomic adds, so its last bits vary run to run).
+    ``a[c]`` (``a``'s shape), from the kernel's sums over warps (or elements).
     """
     z, c = g.shape[:2]
     size = math.prod(g.shape[2:])
     rows = _rows(a, g)
-    after, dh0, da = launch(
+    part = WARP if (size // rows) % WARP == 0 else 1
+    after, dh0, parts = launch(
         PASS_COTANGENTS,
         (a.reshape(z, c, rows), g.reshape(z, c, size), dfinal.reshape(z, size),
          before.reshape(z, c, size)),
         {"after": ((z, c, size), mx.float32), "dh0": ((z, size), mx.float32),
-         "da": ((z, c, rows), mx.float32)},
-        threads=lanes(z * size), template={"WARP_ROWS": (size // rows) % WARP == 0},
-        init_value=0,
+         "parts": ((z, c, size // part), mx.float32)},
+        threads=lanes(z * size), template={"PART": part},
     )
+    da = parts.reshape(z, c, rows, -1).sum(-1)
     return after.reshape(g.shape), dh0.reshape(dfinal.shape), da.reshape(a.shape)
+
+
+def row_dots(x: mx.array, y: mx.array) -> mx.array:
+    """``(x * y).sum(-1)`` in one pass, one warp a row (``x``, ``y`` of one shape)."""
+    n = x.shape[-1]
+    rows = x.size // max(n, 1)
+    if rows * WARP >= 2**31 or n == 0:  # a thread index past int32, or nothing to sum
+        return (x * y).sum(-1)
+    (dots,) = launch(ROW_DOTS, (x.reshape(rows, n), y.reshape(rows, n)),
+                     {"dots": ((rows,), mx.float32)}, threads=rows * WARP, template={})
+    return dots.reshape(x.shape[:-1])
 
 
 def decays(g: mx.array) -> mx.array:
