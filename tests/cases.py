@@ -20,6 +20,7 @@ Kernel tests reuse both, plus ``relative_error`` / ``assert_close`` and
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass, replace
 
@@ -282,14 +283,15 @@ def make_call(
     """
     batch = tuple(batch)
     values, state_tail = _MAKERS[kind](rng, batch + (length,), sizes, specials)
-    inputs = tuple(
-        mx.array(v.astype(np.float32) if dtype != mx.float64 else v).astype(dtype)
-        for v in values
-    )
-    state = None
-    if with_state:
-        state_dtype = mx.float64 if dtype == mx.float64 else mx.float32
-        state = mx.array(_normal(rng, batch + state_tail)).astype(state_dtype)
+    state_dtype = mx.float64 if dtype == mx.float64 else mx.float32
+    with where_supported(dtype):
+        inputs = tuple(
+            mx.array(v.astype(np.float32) if dtype != mx.float64 else v).astype(dtype)
+            for v in values
+        )
+        state = None
+        if with_state:
+            state = mx.array(_normal(rng, batch + state_tail)).astype(state_dtype)
     return Call(kind, inputs, state, batch)
 
 
@@ -526,9 +528,21 @@ def spec_numpy(kind: str, inputs, state=None) -> tuple[np.ndarray, np.ndarray]:
 # Running a Call through recurops
 
 
+def where_supported(*dtypes):
+    """The stream for work in ``dtypes``: the CPU's when one is float64 (SPEC
+    section 4: float64 where the device supports it; MLX's GPUs do not),
+    else the default."""
+    return mx.stream(mx.cpu) if mx.float64 in dtypes else contextlib.nullcontext()
+
+
+def _dtypes(*arrays):
+    return tuple(x.dtype for x in arrays if x is not None)
+
+
 def run(call: Call, impl: str = "auto") -> tuple[mx.array, mx.array]:
     """``recurops.scan`` on ``call``: ``(y, final_state)``."""
-    return recurops.scan(call.kind, *call.inputs, state=call.state, impl=impl)
+    with where_supported(*_dtypes(*call.inputs, call.state)):
+        return recurops.scan(call.kind, *call.inputs, state=call.state, impl=impl)
 
 
 def primal_names(call: Call) -> tuple[str, ...]:
@@ -567,7 +581,8 @@ def run_vjp(call: Call, impl: str, cotangent: tuple) -> tuple[tuple, tuple]:
         return recurops.scan(call.kind, *primals[:count], state=state, impl=impl)
 
     primals = list(call.inputs) + ([] if call.state is None else [call.state])
-    outputs, grads = mx.vjp(scan, primals, list(cotangent))
+    with where_supported(*_dtypes(*primals)):
+        outputs, grads = mx.vjp(scan, primals, list(cotangent))
     return tuple(outputs), tuple(grads)
 
 
@@ -576,7 +591,8 @@ def float64_reference_vjp(call: Call, cotangent: tuple) -> tuple[tuple, tuple]:
     ``cotangent``: what every path's gradients are held to."""
     with mx.stream(mx.cpu):  # float64 runs on the CPU only
         wide = tuple(c.astype(mx.float64) for c in cotangent)
-        return run_vjp(call.astype(mx.float64), "reference", wide)
+        wide_call = call.astype(mx.float64)
+    return run_vjp(wide_call, "reference", wide)
 
 
 def gradient_sizes(call: Call, rng: np.random.Generator) -> tuple[float, ...]:
