@@ -553,9 +553,10 @@ def primal_names(call: Call) -> tuple[str, ...]:
 def expected_dtypes(inputs) -> tuple[mx.Dtype, mx.Dtype]:
     """SPEC section 4: ``y`` in the dtype the inputs promote to (MLX's rules), the
     state in float32, or float64 for float64 inputs."""
-    promoted = functools.reduce(
-        lambda a, b: (mx.zeros((), a) + mx.zeros((), b)).dtype, (x.dtype for x in inputs)
-    )
+    with mx.stream(mx.cpu):  # float64 arrays exist on the CPU only
+        promoted = functools.reduce(
+            lambda a, b: (mx.zeros((), a) + mx.zeros((), b)).dtype, (x.dtype for x in inputs)
+        )
     return promoted, (mx.float64 if promoted == mx.float64 else mx.float32)
 
 
