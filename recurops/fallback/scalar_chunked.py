@@ -154,7 +154,7 @@ def _states_by_scan(a: mx.array, b: mx.array, h0: mx.array) -> tuple[mx.array, m
 
 def _decays(g: mx.array) -> tuple[mx.array, mx.array]:
     """``g [..., T]`` -> (D [..., T(t), T(s)], cum [..., T]), products only."""
-    if _fused(g):
+    if _fused(g) and g.size * g.shape[-1] < 2**31:  # D indexed in 32 bits
         return chunked.decays(g), _cumulative(g)
     steps = g.shape[-1]
     idx = mx.arange(steps)
