@@ -109,8 +109,8 @@ def _on_gpu() -> bool:
 
 
 def _fused(*arrays) -> bool:
-    """Whether the chunk-state passing and the decays run as fused kernels:
-    on a GPU, for the float32 arrays they take."""
+    """Whether these arrays go to the chunked form's fused kernels
+    (``kernels.chunked``): on a GPU, float32 and 32-bit indexable."""
     return _on_gpu() and chunked.takes(*arrays)
 
 

@@ -8,7 +8,7 @@ are passes over whole arrays that MLX would run as several kernels each:
   the state before each chunk once;
 * ``pass_cotangents``: its reverse, ``Y[c] = a[c] Y[c+1] + g[c]``, with the
   gradient of the decays ``a`` (sums of ``Y[c+1] * h[c]`` over the elements
-  that share an ``a``) reduced in-kernel;
+  that share an ``a``) summed a warp at a time in the kernel;
 * ``decays``: the within-chunk decay matrices ``D[t, s] = prod_{s<r<=t} g[r]``
   (products only, exact for gates of 0 and 1), one thread per column ``s``;
 * ``row_dots``: ``(x * y).sum(-1)``, one warp per row.
