@@ -123,8 +123,8 @@ ROW_DOTS = Source(
 
 
 def takes(*arrays) -> bool:
-    """Whether these kernels take the arrays: float32, 32-bit indexable."""
-    return all(x.dtype == mx.float32 and x.size < 2**31 for x in arrays)
+    """Whether these kernels take the arrays: float32, not empty, 32-bit indexable."""
+    return all(x.dtype == mx.float32 and 0 < x.size < 2**31 for x in arrays)
 
 
 def _rows(a: mx.array, b: mx.array) -> int:
