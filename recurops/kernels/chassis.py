@@ -384,11 +384,12 @@ def large_state_crossover(dims: dict, rows: str, cols: str, seg: int, heads: int
     """Why ``auto`` prefers the fallback for a matrix-state kind, or None.
 
     ``heads`` counts the independent states (batch x heads). Measured on an
-    H200 (docs/kernels.md): with one decay per head, more than
+    H200 and an H100 (docs/kernels.md): with one decay per head, more than
     ``LARGE_STATE`` state elements per head and ``LARGE_TOTAL`` over all
-    heads (2.1M at the large ssd and gla shapes), the chunked (matmul)
-    fallback trains 3x faster on anything longer than four segments; with
-    fewer heads (0.15M at gla B=3 H=12 K=V=64) the kernel is faster. With a
+    heads (2.1M at the large ssd and gla shapes), the chunked fallback trains
+    3-3.4x faster on anything longer than four segments; with fewer heads
+    (0.15M at gla B=3 H=12 K=V=64) the kernel is faster (H200) or ties in
+    training and is 1.8x faster forward (H100). With a
     decay per state channel the fallback's chunks are short and its decays
     ``[K, T, T]`` per chunk: the kernel is faster there, and far leaner.
     """
