@@ -29,7 +29,7 @@ seeds = st.integers(0, 2**32 - 1)
 def state_passing(request, monkeypatch):
     """The GPU's chunked form (fused kernels, simulated, no flush) or the CPU's."""
     if request.param == "cpu":
-        monkeypatch.setattr(scalar_chunked, "_fused", lambda *arrays: False)
+        monkeypatch.setattr(scalar_chunked, "_fused", lambda *arrays, extent=0: False)
         monkeypatch.setattr(scalar_chunked, "_flushes", lambda: True)
         yield
         return
@@ -78,7 +78,7 @@ def test_fused_pieces_match_mlx(dialect, z, c, rows, cols, shared, seed):
     h0, dfinal = normal(z, rows, cols), normal(z, rows, cols)
     gates = _gates(rng, (z, c, cols))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(scalar_chunked, "_fused", lambda *arrays: False)
+        patch.setattr(scalar_chunked, "_fused", lambda *arrays, extent=0: False)
         patch.setattr(scalar_chunked, "_flushes", lambda: False)
         want = (*scalar_chunked._states(a, b, h0),
                 *scalar_chunked._reverse_states(a, g, dfinal, before),

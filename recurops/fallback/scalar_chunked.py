@@ -101,17 +101,18 @@ def _reverse_states(a: mx.array, g: mx.array, dfinal: mx.array, before: mx.array
 
 def _row_dots(x: mx.array, y: mx.array) -> mx.array:
     """``(x * y).sum(-1)``, in one fused pass on a GPU."""
-    return chunked.row_dots(x, y) if _fused(x, y) else (x * y).sum(-1)
+    threads = x.size // max(x.shape[-1], 1) * chunked.WARP  # a warp a row
+    return chunked.row_dots(x, y) if _fused(x, y, extent=threads) else (x * y).sum(-1)
 
 
 def _on_gpu() -> bool:
     return mx.default_device().type == mx.DeviceType.gpu
 
 
-def _fused(*arrays) -> bool:
+def _fused(*arrays, extent: int = 0) -> bool:
     """Whether these arrays go to the chunked form's fused kernels
-    (``kernels.chunked``): on a GPU, float32 and 32-bit indexable."""
-    return _on_gpu() and chunked.takes(*arrays)
+    (``kernels.chunked``): on a GPU, when the kernels take them."""
+    return _on_gpu() and chunked.takes(*arrays, extent=extent)
 
 
 def _states_by_scan(a: mx.array, b: mx.array, h0: mx.array) -> tuple[mx.array, mx.array]:
@@ -154,7 +155,7 @@ def _states_by_scan(a: mx.array, b: mx.array, h0: mx.array) -> tuple[mx.array, m
 
 def _decays(g: mx.array) -> tuple[mx.array, mx.array]:
     """``g [..., T]`` -> (D [..., T(t), T(s)], cum [..., T]), products only."""
-    if _fused(g) and g.size * g.shape[-1] < 2**31:  # D indexed in 32 bits
+    if _fused(g, extent=g.size * g.shape[-1]):  # D [..., T, T]
         return chunked.decays(g), _cumulative(g)
     steps = g.shape[-1]
     idx = mx.arange(steps)

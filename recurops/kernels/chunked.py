@@ -122,9 +122,11 @@ ROW_DOTS = Source(
 )
 
 
-def takes(*arrays) -> bool:
-    """Whether these kernels take the arrays: float32, not empty, 32-bit indexable."""
-    return all(x.dtype == mx.float32 and 0 < x.size < 2**31 for x in arrays)
+def takes(*arrays, extent: int = 0) -> bool:
+    """Whether these kernels take the arrays: float32, not empty, and every
+    index a kernel forms (into the arrays, or up to ``extent``: its largest
+    output or thread count) within 32 bits."""
+    return extent < 2**31 and all(x.dtype == mx.float32 and 0 < x.size < 2**31 for x in arrays)
 
 
 def _rows(a: mx.array, b: mx.array) -> int:
@@ -184,9 +186,7 @@ def pass_cotangents(a: mx.array, g: mx.array, dfinal: mx.array, before: mx.array
 def row_dots(x: mx.array, y: mx.array) -> mx.array:
     """``(x * y).sum(-1)`` in one pass, one warp a row (``x``, ``y`` of one shape)."""
     n = x.shape[-1]
-    rows = x.size // max(n, 1)
-    if rows * WARP >= 2**31 or n == 0:  # a thread index past int32, or nothing to sum
-        return (x * y).sum(-1)
+    rows = x.size // n
     (dots,) = launch(ROW_DOTS, (x.reshape(rows, n), y.reshape(rows, n)),
                      {"dots": ((rows,), mx.float32)}, threads=rows * WARP, template={})
     return dots.reshape(x.shape[:-1])
