@@ -1,13 +1,15 @@
 """``precise.matmul``'s split: exact, and float32-accurate under TF32.
 
 CI has no TF32 hardware, so the tensor cores are emulated: each operand
-rounded to TF32's 10-bit mantissa, products and sums in float64.
+rounded to TF32's 10-bit mantissa, products and sums in float64. The test of
+``add`` runs on MLX's default device (TF32 itself on an NVIDIA GPU).
 """
 
 import mlx.core as mx
 import numpy as np
+import pytest
 
-from recurops.fallback.precise import split
+from recurops.fallback.precise import matmul, plain_matmul, split
 
 
 def _tf32(x: np.ndarray) -> np.ndarray:
@@ -40,3 +42,18 @@ def test_three_split_products_are_float32_accurate_in_tf32():
     scale = np.abs(exact).max()
     assert np.abs(result - exact).max() / scale < 1e-6
     assert np.abs(plain_tf32 - exact).max() / scale > 1e-4  # what the split avoids
+
+
+@pytest.mark.parametrize("add_shape", [(3, 96, 64), (1, 96, 64), (96, 1)])
+def test_matmul_adds_in_the_matmul(add_shape):
+    """``matmul(a, b, add=c) == c + a @ b`` to float32 accuracy (``c``
+    broadcast over batch or columns); ``plain_matmul`` to TF32 accuracy."""
+    rng = np.random.default_rng(2)
+    a, b, c = (rng.standard_normal(s).astype(np.float32)
+               for s in ((3, 96, 80), (3, 80, 64), add_shape))
+    exact = c.astype(np.float64) + a.astype(np.float64) @ b.astype(np.float64)
+    result = np.array(matmul(*(mx.array(x) for x in (a, b)), add=mx.array(c)), dtype=np.float64)
+    assert result.shape == exact.shape
+    assert np.abs(result - exact).max() / np.abs(exact).max() < 1e-5
+    plain = np.array(plain_matmul(*(mx.array(x) for x in (a, b)), add=mx.array(c)), np.float64)
+    assert np.abs(plain - exact).max() / np.abs(exact).max() < 2e-3  # TF32 on a GPU

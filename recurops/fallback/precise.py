@@ -8,7 +8,8 @@ in TF32) and the float32 remainder (below 2^-10 of it), and sums three
 products (``hi@hi + hi@lo + lo@hi``): TF32 rounds the remainders to 2^-21 of
 the operands and the dropped ``lo@lo`` term is below 2^-20, so the sum is as
 accurate as a float32 matmul, at three times the matmul work. Everywhere else
-``matmul`` is plain ``a @ b``.
+``matmul`` is plain ``a @ b``. Both take an ``add`` that the matmul adds to
+its product (``mx.addmm``: no separate pass over the result).
 """
 
 from __future__ import annotations
@@ -36,13 +37,20 @@ def split(x: mx.array) -> tuple[mx.array, mx.array]:
     return high, x - high
 
 
-def matmul(a: mx.array, b: mx.array) -> mx.array:
-    """``a @ b``, float32-accurate even where MLX would use TF32."""
+def matmul(a: mx.array, b: mx.array, add: mx.array | None = None) -> mx.array:
+    """``a @ b`` (``+ add``, fused into the matmul), float32-accurate even
+    where MLX would use TF32."""
     if a.dtype != mx.float32 or b.dtype != mx.float32 or not _tf32_active():
-        return a @ b
+        return plain_matmul(a, b, add)
     a_hi, a_lo = split(a)
     b_hi, b_lo = split(b)
-    return a_hi @ b_hi + (a_hi @ b_lo + a_lo @ b_hi)
+    small = plain_matmul(a_lo, b_hi, plain_matmul(a_hi, b_lo, add))
+    return mx.addmm(small, a_hi, b_hi)
+
+
+def plain_matmul(a: mx.array, b: mx.array, add: mx.array | None = None) -> mx.array:
+    """``a @ b + add`` in one matmul (``add`` broadcasts to the product)."""
+    return a @ b if add is None else mx.addmm(add, a, b)
 
 
 def needs_exact_fp32(*inputs: mx.array) -> bool:

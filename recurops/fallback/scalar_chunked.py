@@ -250,10 +250,10 @@ def _backward(mm, q, k, v, g, h0, before, raw, qk, decay, dy, dfinal):
 
     # intra-chunk attention  y += (qk * D) @ v
     d_att = mm(dy, _tr(v))  # [Z,R,C,T,T]
-    dv_ = dv_ + mm(_tr(qk[:, None] * decay), dy)
+    dv_ = mm(_tr(qk[:, None] * decay), dy, add=dv_)
     dqk = _heads_sum(d_att * decay)  # [Z,C,T,T]
-    dq = dq + mm(dqk, k)
-    dk_ = dk_ + mm(_tr(dqk), q)
+    dq = mm(dqk, k, add=dq)
+    dk_ = mm(_tr(dqk), q, add=dk_)
     return dq, dk_, dv_, _gate_grad(mm, decay, cum, d_att * qk[:, None], dw, dcum, da), dh0
 
 
@@ -297,7 +297,7 @@ def _checkpointed(forward, backward):
 def _block(channel: bool, exact_fp32: bool):
     """The custom function for scalar or per-channel gates. ``exact_fp32``
     routes matmuls through ``precise.matmul`` (float32 inputs: no TF32)."""
-    mm = precise.matmul if exact_fp32 else mx.matmul
+    mm = precise.matmul if exact_fp32 else precise.plain_matmul
     forward, backward = (_channel_forward, _channel_backward) if channel else (_forward, _backward)
     return _checkpointed(functools.partial(forward, mm), functools.partial(backward, mm))
 
@@ -356,7 +356,7 @@ def _channel_forward(mm, q, k, v, g, h0):
     scores = (qk * decay).sum(axis=2)  # [Z,C,T,T]
     local = mm(_tr(k * w), v)  # [Z,C,K,V]
     before, final = _states(a, local, h0)
-    y = mm(scores, v) + mm(q * cum_t, before)
+    y = mm(q * cum_t, before, add=mm(scores, v))
     return y, final, before, scores
 
 
@@ -377,7 +377,7 @@ def _channel_backward(mm, q, k, v, g, h0, before, scores, dy, dfinal):
     dkw = mm(v, _tr(dend))  # [Z,C,T,K]
     dk_ = dkw * w
     dw = dkw * k
-    dv = mm(k * w, dend) + mm(_tr(scores), dy)
+    dv = mm(_tr(scores), dy, add=mm(k * w, dend))
 
     # intra scores
     d_scores = mm(dy, _tr(v))  # [Z,C,T,T]
@@ -399,7 +399,7 @@ def _channel_backward(mm, q, k, v, g, h0, before, scores, dy, dfinal):
         [mx.zeros((*lead, t, 1), decay.dtype), _tr(decay[..., :-1, :])], axis=-1
     )
     cum_shift = mx.concatenate([mx.ones((*lead, 1), cum.dtype), cum[..., :-1]], axis=-1)
-    m = mm(d_decay, shifted_t) + dcum[..., :, None] * cum_shift[..., None, :]
+    m = mm(d_decay, shifted_t, add=dcum[..., :, None] * cum_shift[..., None, :])
     dg = _tr((decay * m).sum(-2))  # [Z,C,T,K]
     return dq, dk_, dv, dg, dh0
 
