@@ -90,3 +90,31 @@ def test_fused_pieces_match_mlx(dialect, z, c, rows, cols, shared, seed):
     for name, x, y in zip(names, got, want, strict=True):
         assert x.shape == y.shape, name
         np.testing.assert_allclose(np.array(x), np.array(y), rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("dialect", ["cuda", "metal"])
+@given(lead=st.sampled_from([(1,), (2, 3), (3, 1, 2)]), steps=st.sampled_from([1, 2, 5, 32, 64]),
+       seed=seeds)
+def test_fused_gate_gradient_matches_mlx(dialect, lead, steps, seed):
+    """``_gate_grad`` by its kernel against its MLX code: gates of exactly 0
+    and 1, one step to a whole chunk, one or several leading axes."""
+    if executor.available() is not None:
+        pytest.skip(executor.available())
+    rng = np.random.default_rng(seed)
+    normal = lambda *shape: mx.array(rng.standard_normal(shape).astype(np.float32))  # noqa: E731
+    gates = _gates(rng, (*lead, steps))
+    d_decay, dw, dcum, da = (normal(*lead, steps, steps), normal(*lead, steps),
+                             normal(*lead, steps), normal(*lead))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(scalar_chunked, "_fused", lambda *arrays, extent=0: False)
+        patch.setattr(scalar_chunked, "_flushes", lambda: False)
+        decay, cum = scalar_chunked._decays(gates)
+        want = scalar_chunked._gate_grad(mx.matmul, gates, decay, cum, d_decay, dw, dcum, da)
+    with pytest.MonkeyPatch.context() as patch, simulate(dialect) as sim:
+        patch.setattr(scalar_chunked, "_fused", chunked.takes)
+        got = scalar_chunked._gate_grad(mx.matmul, gates, decay, cum, d_decay, dw, dcum, da)
+        mx.eval(got)
+    assert {launch.name for launch in sim.launches} == {chunked.GATE_GRAD.name}
+    assert got.shape == want.shape == gates.shape
+    want = np.array(want)
+    np.testing.assert_allclose(np.array(got), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())

@@ -23,7 +23,7 @@ follow ``S_end = a S_before + k^T (w * v)``, ``a = cum[T-1]``,
 scan. On a GPU the matmuls are MLX's, and the passes over whole arrays that
 would take MLX several kernels each (the decays ``D``, the chunk-state
 passing and its reverse with the gradient of ``a``, the row sums of
-products in the backward) run as small fused kernels
+products and the gates' gradient in the backward) run as small fused kernels
 (``recurops.kernels.chunked``), float32 like the rest.
 
 The backward pass is written by hand (``mx.custom_function``): it is the
@@ -254,13 +254,13 @@ def _backward(mm, q, k, v, g, h0, before, raw, qk, decay, dy, dfinal):
     dqk = _heads_sum(d_att * decay)  # [Z,C,T,T]
     dq = mm(dqk, k, add=dq)
     dk_ = mm(_tr(dqk), q, add=dk_)
-    return dq, dk_, dv_, _gate_grad(mm, decay, cum, d_att * qk[:, None], dw, dcum, da), dh0
+    return dq, dk_, dv_, _gate_grad(mm, g, decay, cum, d_att * qk[:, None], dw, dcum, da), dh0
 
 
-def _gate_grad(mm, decay, cum, d_decay, dw, dcum, da):
-    """Gradient of the gates ``g [..., T]`` from those of ``D`` (``d_decay``),
-    of ``w = D[T-1, :]`` (``dw``), of ``cum`` (``dcum``) and of
-    ``a = cum[T-1]`` (``da``), by products only:
+def _gate_grad(mm, g, decay, cum, d_decay, dw, dcum, da):
+    """Gradient of the gates ``g [..., T]`` (``D`` their decays) from those of
+    ``D`` (``d_decay``), of ``w = D[T-1, :]`` (``dw``), of ``cum`` (``dcum``)
+    and of ``a = cum[T-1]`` (``da``), by products only:
 
         dg[r] = sum_t D[t, r] (sum_s dD'[t, s] D[r-1, s] + dcum'[t] cum[r-1])
 
@@ -268,6 +268,8 @@ def _gate_grad(mm, decay, cum, d_decay, dw, dcum, da):
     ``D[-1, :] = 0`` and ``cum[-1] = 1``.
     """
     full = mm(d_decay, _tr(decay))  # [..., t, r-1] = sum_s dD[t, s] D[r-1, s]
+    if _fused(g, full, extent=full.size):
+        return chunked.gate_grad(g, full, dw, dcum, da, cum)
     via_decay = (decay[..., :, 1:] * full[..., :, :-1]).sum(-2)  # [..., T-1]: r >= 1
     via_w = decay[..., -1, 1:] * mm(dw[..., None, :], _tr(decay))[..., 0, :-1]
     lead = decay.shape[:-2]

@@ -11,7 +11,11 @@ are passes over whole arrays that MLX would run as several kernels each:
   that share an ``a``) summed a warp at a time in the kernel;
 * ``decays``: the within-chunk decay matrices ``D[t, s] = prod_{s<r<=t} g[r]``
   (products only, exact for gates of 0 and 1), one thread per column ``s``;
-* ``row_dots``: ``(x * y).sum(-1)``, one warp per row.
+* ``row_dots``: ``(x * y).sum(-1)``, one warp per row;
+* ``gate_grad``: the gates' gradient from that of the decay matrices, one
+  thread per gate, which rebuilds its column and row of the decays from the
+  gates instead of reading them (the MLX code takes a product, a strided
+  reduction and two matrix-vector products over the decay matrices).
 
 Everything is float32. ``a`` varies along the leading state axes and is
 shared along the trailing ones: ``a [Z, C, R]`` for states ``[Z, C, E]`` with
@@ -121,6 +125,44 @@ ROW_DOTS = Source(
 """,
 )
 
+GATE_GRAD = Source(
+    "chunk_gate_grad",
+    inputs=("g", "full", "dw", "dcum", "da", "cum"),
+    outputs=("dg",),
+    body="""
+    // dg[r] = sum_t D[t,r] full[t,r-1] + D[T-1,r] sum_s dw[s] D[r-1,s]  (r >= 1)
+    //       + cum[r-1] sum_t dcum'[t] D[t,r],  dcum' = dcum + e_{T-1} da, cum[-1] = 1
+    // with the decays D[t, s] = prod_{s<q<=t} g[q] (0 for t < s) rebuilt
+    // from the gates: column r as t grows, row r-1 as s falls
+    const int M = g_shape[0];
+    const int T = g_shape[1];
+    const int tid = THREAD_ID;
+    if (tid >= M * T) return;
+    const int m = tid / T;
+    const int r = tid % T;
+    const int full0 = m * T * T + r - 1;
+    float column = 1.0f;  // D[t, r]
+    float via_cum = 0.0f;
+    float via_decay = 0.0f;
+    for (int t = r; t < T; ++t) {
+        if (t > r) column *= g[m * T + t];
+        via_cum += (t == T - 1 ? dcum[m * T + t] + da[m] : dcum[m * T + t]) * column;
+        if (r > 0) via_decay += column * full[full0 + t * T];
+    }
+    float out = via_cum;
+    if (r > 0) {
+        float row = 1.0f;  // D[r-1, s]
+        float via_w = 0.0f;
+        for (int s = r - 1; s >= 0; --s) {
+            via_w += dw[m * T + s] * row;
+            row *= g[m * T + s];
+        }
+        out = cum[m * T + r - 1] * via_cum + via_decay + column * via_w;
+    }
+    dg[tid] = out;
+""",
+)
+
 
 def takes(*arrays, extent: int = 0) -> bool:
     """Whether these kernels take the arrays: float32, not empty, and every
@@ -201,3 +243,17 @@ def decays(g: mx.array) -> mx.array:
                       {"decay": ((rows, steps, steps), mx.float32)},
                       threads=lanes(rows * steps), template={})
     return decay.reshape(*g.shape, steps)
+
+
+def gate_grad(g, full, dw, dcum, da, cum) -> mx.array:
+    """The gates' gradient ``dg [..., T]`` from the gates ``g``, ``full = dD @
+    D^T`` (``[..., T, T]``, ``D`` the decays of ``g``), the gradients of
+    ``w = D[T-1, :]`` (``dw``), of ``cum`` (``dcum``, ``[..., T]``) and of
+    ``a = cum[T-1]`` (``da [...]``); the formula is
+    ``scalar_chunked._gate_grad``'s, with ``D`` rebuilt from ``g``."""
+    steps = g.shape[-1]
+    rows = math.prod(g.shape[:-1])
+    g, dw, dcum, cum = (x.reshape(rows, steps) for x in (g, dw, dcum, cum))
+    (dg,) = launch(GATE_GRAD, (g, full.reshape(rows, steps, steps), dw, dcum, da.reshape(rows), cum),
+                   {"dg": ((rows, steps), mx.float32)}, threads=lanes(rows * steps), template={})
+    return dg.reshape(da.shape + (steps,))
