@@ -254,6 +254,7 @@ def gate_grad(g, full, dw, dcum, da, cum) -> mx.array:
     steps = g.shape[-1]
     rows = math.prod(g.shape[:-1])
     g, dw, dcum, cum = (x.reshape(rows, steps) for x in (g, dw, dcum, cum))
-    (dg,) = launch(GATE_GRAD, (g, full.reshape(rows, steps, steps), dw, dcum, da.reshape(rows), cum),
-                   {"dg": ((rows, steps), mx.float32)}, threads=lanes(rows * steps), template={})
+    inputs = (g, full.reshape(rows, steps, steps), dw, dcum, da.reshape(rows), cum)
+    (dg,) = launch(GATE_GRAD, inputs, {"dg": ((rows, steps), mx.float32)},
+                   threads=lanes(rows * steps), template={})
     return dg.reshape(da.shape + (steps,))
