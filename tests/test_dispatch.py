@@ -11,7 +11,7 @@ from recurops.testing import simulate
 def test_crossover_only_for_large_states_over_long_sequences():
     ssd_big = {"P": 64, "N": 128, "L": 2048}
     assert large_state_crossover(ssd_big, "P", "N", 16, heads=8 * 32) is not None
-    assert large_state_crossover(ssd_big, "P", "N", 16, heads=3 * 12) is None  # few heads
+    assert large_state_crossover(ssd_big, "P", "N", 16, heads=3 * 4) is None  # few heads
     assert large_state_crossover({"P": 64, "N": 16, "L": 2048}, "P", "N", 32, 8 * 32) is None
     assert large_state_crossover({"P": 64, "N": 128, "L": 64}, "P", "N", 16, 8 * 32) is None
     gla = {"K": 64, "V": 64, "L": 512}
@@ -23,8 +23,8 @@ def test_crossover_only_for_large_states_over_long_sequences():
 
 @pytest.mark.parametrize("dims,batch,per_channel,path", [
     ((64, 16), 64, False, "kernel"),
-    ((64, 128), 64, False, "fallback"),  # 64 x 2 heads x 8192 = 2^20 state elements
-    ((64, 128), 1, False, "kernel"),  # few heads: the kernel
+    ((64, 128), 8, False, "fallback"),  # 8 x 2 heads x 8192 = 2^17 state elements
+    ((64, 128), 7, False, "kernel"),  # fewer heads: the kernel
     ((64, 128), 64, True, "kernel"),  # per-channel decays: the kernel at any state size
 ])
 def test_auto_follows_the_crossover_and_kernel_can_still_be_forced(dims, batch, per_channel, path):

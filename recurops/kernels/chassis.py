@@ -376,7 +376,7 @@ def in_one_dtype(*arrays) -> tuple[mx.Dtype, tuple]:
 
 
 LARGE_STATE = 2048  # state elements per head above which the chunked fallback can train faster
-LARGE_TOTAL = 2**20  # ... when the states of all heads together hold at least this many
+LARGE_TOTAL = 2**17  # ... when the states of all heads together hold at least this many
 
 
 def large_state_crossover(dims: dict, rows: str, cols: str, seg: int, heads: int,
@@ -384,12 +384,12 @@ def large_state_crossover(dims: dict, rows: str, cols: str, seg: int, heads: int
     """Why ``auto`` prefers the fallback for a matrix-state kind, or None.
 
     ``heads`` counts the independent states (batch x heads). Measured on an
-    H200 and an H100 (docs/kernels.md): with one decay per head, more than
+    H100 (docs/kernels.md): with one decay per head, more than
     ``LARGE_STATE`` state elements per head and ``LARGE_TOTAL`` over all
-    heads (2.1M at the large ssd and gla shapes), the chunked fallback trains
-    3-3.4x faster on anything longer than four segments; with fewer heads
-    (0.15M at gla B=3 H=12 K=V=64) the kernel is faster (H200) or ties in
-    training and is 1.8x faster forward (H100). With a
+    heads, the chunked fallback trains faster on anything longer than four
+    segments: 1.2-1.5x at 0.15M state elements (gla B=3 H=12 K=V=64, where
+    the kernel's forward is 1.5x faster), 1.3x at 0.52M, 2.3-3x at 0.59M
+    (K=V=128) and 3.5x at 2.1M (the large ssd and gla shapes). With a
     decay per state channel the fallback's chunks are short and its decays
     ``[K, T, T]`` per chunk: the kernel is faster there, and far leaner.
     """
