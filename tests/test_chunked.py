@@ -68,25 +68,27 @@ def test_fused_pieces_match_mlx(dialect, z, c, rows, cols, shared, seed):
     """The kernels against the CPU form's MLX code: state passing both ways
     (partial warps, one or many elements per decay, the decay gradient summed
     a warp or a lane at a time), the decay matrices (gates of exactly 0 and 1
-    too) and the row dot products (rows shorter and longer than a warp)."""
+    too), the row dot products (rows shorter and longer than a warp) and the
+    scaled sums."""
     if executor.available() is not None:
         pytest.skip(executor.available())
     rng = np.random.default_rng(seed)
     normal = lambda *shape: mx.array(rng.standard_normal(shape).astype(np.float32))  # noqa: E731
     a = _gates(rng, (z, c, 1, 1) if shared else (z, c, rows, 1))
     b, g, before = normal(z, c, rows, cols), normal(z, c, rows, cols), normal(z, c, rows, cols)
-    h0, dfinal = normal(z, rows, cols), normal(z, rows, cols)
+    h0, dfinal, scale = normal(z, rows, cols), normal(z, rows, cols), normal(z, c, rows)
     gates = _gates(rng, (z, c, cols))
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(scalar_chunked, "_fused", lambda *arrays, extent=0: False)
         patch.setattr(scalar_chunked, "_flushes", lambda: False)
         want = (*scalar_chunked._states(a, b, h0),
                 *scalar_chunked._reverse_states(a, g, dfinal, before),
-                scalar_chunked._decays(gates)[0], scalar_chunked._row_dots(b, g))
+                scalar_chunked._decays(gates)[0], scalar_chunked._row_dots(b, g),
+                scalar_chunked._scaled_sum(b, scale, before))
     with simulate(dialect):
         got = (*chunked.pass_states(a, b, h0), *chunked.pass_cotangents(a, g, dfinal, before),
-               chunked.decays(gates), chunked.row_dots(b, g))
-    names = ["before", "final", "after", "dh0", "da", "decays", "row_dots"]
+               chunked.decays(gates), chunked.row_dots(b, g), chunked.scaled_sum(b, scale, before))
+    names = ["before", "final", "after", "dh0", "da", "decays", "row_dots", "scaled_sum"]
     for name, x, y in zip(names, got, want, strict=True):
         assert x.shape == y.shape, name
         np.testing.assert_allclose(np.array(x), np.array(y), rtol=1e-5, atol=1e-5, err_msg=name)

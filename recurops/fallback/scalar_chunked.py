@@ -105,6 +105,24 @@ def _row_dots(x: mx.array, y: mx.array) -> mx.array:
     return chunked.row_dots(x, y) if _fused(x, y, extent=threads) else (x * y).sum(-1)
 
 
+def _scaled_sum(x: mx.array, s: mx.array, y: mx.array) -> mx.array:
+    """``x * s[..., None] + y``, in one fused pass on a GPU."""
+    return chunked.scaled_sum(x, s, y) if _fused(x, s, y, extent=x.size) else x * s[..., None] + y
+
+
+@mx.custom_function
+def scaled_rows(s: mx.array, x: mx.array) -> mx.array:
+    """``s[..., None] * x`` (``s [...]``, ``x [..., N]`` of one dtype), whose
+    backward takes the gradient of ``s`` as fused row dot products on a GPU."""
+    return s[..., None] * x
+
+
+@scaled_rows.vjp
+def _scaled_rows_vjp(primals, cotangent, _):
+    s, x = primals
+    return _row_dots(cotangent, x), cotangent * s[..., None]
+
+
 def _on_gpu() -> bool:
     return mx.default_device().type == mx.DeviceType.gpu
 
@@ -224,7 +242,7 @@ def _forward(mm, q, k, v, g, h0):
     local = mm(k_t[:, None], v * w)  # [Z,R,C,K,V]
     before, final = _heads_folded(_states, cum[..., -1], local, h0)
     raw = mm(q[:, None], before)  # [Z,R,C,T,V]
-    y = raw * cum[..., None] + intra
+    y = _scaled_sum(raw, cum, intra)
     return y, final, before, raw, qk, decay
 
 

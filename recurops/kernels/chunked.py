@@ -12,6 +12,8 @@ are passes over whole arrays that MLX would run as several kernels each:
 * ``decays``: the within-chunk decay matrices ``D[t, s] = prod_{s<r<=t} g[r]``
   (products only, exact for gates of 0 and 1), one thread per column ``s``;
 * ``row_dots``: ``(x * y).sum(-1)``, one warp per row;
+* ``scaled_sum``: ``x * s[..., None] + y`` (the outputs from their two
+  parts), one pass instead of a product and an add;
 * ``gate_grad``: the gates' gradient from that of the decay matrices, one
   thread per gate, which rebuilds its column and row of the decays from the
   gates instead of reading them (the MLX code takes a product, a strided
@@ -125,6 +127,19 @@ ROW_DOTS = Source(
 """,
 )
 
+SCALED_SUM = Source(
+    "chunk_scaled_sum",
+    inputs=("x", "s", "y"),
+    outputs=("out",),
+    body="""
+    const int rows = x_shape[0];
+    const int N = x_shape[1];
+    const int i = THREAD_ID;
+    if (i >= rows * N) return;
+    out[i] = x[i] * s[i / N] + y[i];
+""",
+)
+
 GATE_GRAD = Source(
     "chunk_gate_grad",
     inputs=("g", "full", "dw", "dcum", "da", "cum"),
@@ -232,6 +247,15 @@ def row_dots(x: mx.array, y: mx.array) -> mx.array:
     (dots,) = launch(ROW_DOTS, (x.reshape(rows, n), y.reshape(rows, n)),
                      {"dots": ((rows,), mx.float32)}, threads=rows * WARP, template={})
     return dots.reshape(x.shape[:-1])
+
+
+def scaled_sum(x: mx.array, s: mx.array, y: mx.array) -> mx.array:
+    """``x * s[..., None] + y`` in one pass (``x``, ``y`` of one shape)."""
+    n = x.shape[-1]
+    rows = x.size // n
+    (out,) = launch(SCALED_SUM, (x.reshape(rows, n), s.reshape(rows), y.reshape(rows, n)),
+                    {"out": ((rows, n), mx.float32)}, threads=lanes(x.size), template={})
+    return out.reshape(x.shape)
 
 
 def decays(g: mx.array) -> mx.array:

@@ -12,7 +12,11 @@ import mlx.core as mx
 
 from .._kind import Input, Kind
 from ..fallback.precise import needs_exact_fp32
-from ..fallback.scalar_chunked import channel_gate_chunked_scan, scalar_gate_chunked_scan
+from ..fallback.scalar_chunked import (
+    channel_gate_chunked_scan,
+    scalar_gate_chunked_scan,
+    scaled_rows,
+)
 from ..kernels.ssd import KERNEL
 
 
@@ -72,7 +76,7 @@ def _fallback_per_head(x, dt, A, B, C, state, exact):
         return t.reshape(b * groups, length, n)
 
     dt_heads = mx.swapaxes(dt, 1, 2)  # [B, H, L]
-    v = dt_heads[..., None] * mx.swapaxes(x, 1, 2)  # [B, H, L, P]; x promotes to state.dtype
+    v = scaled_rows(dt_heads, mx.swapaxes(x, 1, 2).astype(state.dtype))  # [B, H, L, P]
     gate = mx.exp(dt_heads * A[:, None])
     y, final = scalar_gate_chunked_scan(
         groups_first(C), groups_first(B), v.reshape(b * groups, r, length, p),
