@@ -22,8 +22,9 @@ follow ``S_end = a S_before + k^T (w * v)``, ``a = cum[T-1]``,
 ``w[s] = D[T-1, s]``, run over chunks (``_states``) by a blocked associative
 scan. On a GPU the matmuls are MLX's, and the passes over whole arrays that
 would take MLX several kernels each (the decays ``D``, the chunk-state
-passing and its reverse with the gradient of ``a``, the row sums of
-products and the gates' gradient in the backward) run as small fused kernels
+passing and its reverse with the gradient of ``a``, the outputs from their
+two parts, the row sums of products and the gates' gradient in the
+backward) run as small fused kernels
 (``recurops.kernels.chunked``), float32 like the rest.
 
 The backward pass is written by hand (``mx.custom_function``): it is the
