@@ -9,6 +9,9 @@ against SPEC section 3 (values and every gradient) for the kinds that use the
 chunked form.
 """
 
+import contextlib
+import functools
+
 import mlx.core as mx
 import numpy as np
 import pytest
@@ -53,6 +56,19 @@ def test_chunk_state_passing_matches_spec(kind, data):
     assert_gradients_match(call, grads, cotangent, TOLERANCE[mx.float32], seed + 1)
 
 
+def _normal(rng, *shape):
+    return mx.array(rng.standard_normal(shape).astype(np.float32))
+
+
+@contextlib.contextmanager
+def _mlx_code():
+    """The chunked form's MLX code, unflushed: what the fused kernels must match."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(scalar_chunked, "_fused", lambda *arrays, extent=0: False)
+        patch.setattr(scalar_chunked, "_flushes", lambda: False)
+        yield
+
+
 def _gates(rng, shape):
     """Decays across [0, 1], exact 0 and 1 included."""
     g = rng.uniform(0, 1, shape)
@@ -73,14 +89,12 @@ def test_fused_pieces_match_mlx(dialect, z, c, rows, cols, shared, seed):
     if executor.available() is not None:
         pytest.skip(executor.available())
     rng = np.random.default_rng(seed)
-    normal = lambda *shape: mx.array(rng.standard_normal(shape).astype(np.float32))  # noqa: E731
+    normal = functools.partial(_normal, rng)
     a = _gates(rng, (z, c, 1, 1) if shared else (z, c, rows, 1))
     b, g, before = normal(z, c, rows, cols), normal(z, c, rows, cols), normal(z, c, rows, cols)
     h0, dfinal, scale = normal(z, rows, cols), normal(z, rows, cols), normal(z, c, rows)
     gates = _gates(rng, (z, c, cols))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(scalar_chunked, "_fused", lambda *arrays, extent=0: False)
-        patch.setattr(scalar_chunked, "_flushes", lambda: False)
+    with _mlx_code():
         want = (*scalar_chunked._states(a, b, h0),
                 *scalar_chunked._reverse_states(a, g, dfinal, before),
                 scalar_chunked._decays(gates)[0], scalar_chunked._row_dots(b, g),
@@ -103,13 +117,11 @@ def test_fused_gate_gradient_matches_mlx(dialect, lead, steps, seed):
     if executor.available() is not None:
         pytest.skip(executor.available())
     rng = np.random.default_rng(seed)
-    normal = lambda *shape: mx.array(rng.standard_normal(shape).astype(np.float32))  # noqa: E731
+    normal = functools.partial(_normal, rng)
     gates = _gates(rng, (*lead, steps))
     d_decay, dw, dcum, da = (normal(*lead, steps, steps), normal(*lead, steps),
                              normal(*lead, steps), normal(*lead))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(scalar_chunked, "_fused", lambda *arrays, extent=0: False)
-        patch.setattr(scalar_chunked, "_flushes", lambda: False)
+    with _mlx_code():
         decay, cum = scalar_chunked._decays(gates)
         want = scalar_chunked._gate_grad(mx.matmul, gates, decay, cum, d_decay, dw, dcum, da)
     with pytest.MonkeyPatch.context() as patch, simulate(dialect) as sim:
