@@ -171,7 +171,7 @@ def scan(kind: str, *inputs, state=None, impl: str = "auto", **named) -> tuple[m
         for i, x in zip(spec.inputs, arrays)
     )
 
-    if bound.dims["L"] == 0:
+    if bound.dims["L"] == 0 or flat == 0:  # nothing to compute
         y = mx.zeros((flat, *bound.shape_of(spec.output)[len(bound.batch):]), state_dtype)
         final = state
     elif path == "kernel":

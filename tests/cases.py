@@ -563,10 +563,12 @@ def expected_dtypes(inputs) -> tuple[mx.Dtype, mx.Dtype]:
 def cotangents(call: Call, rng: np.random.Generator) -> tuple[mx.array, mx.array]:
     """Random cotangents for ``(y, final_state)`` of ``call``, in their dtypes."""
     shapes = _shapes(call.kind, call.inputs)
-    return tuple(
-        mx.array(_normal(rng, shape).astype(np.float32)).astype(dtype)
-        for shape, dtype in zip(shapes, expected_dtypes(call.inputs), strict=True)
-    )
+    dtypes = expected_dtypes(call.inputs)
+    with where_supported(*dtypes):
+        return tuple(
+            mx.array(_normal(rng, shape).astype(np.float32)).astype(dtype)
+            for shape, dtype in zip(shapes, dtypes, strict=True)
+        )
 
 
 def run_vjp(call: Call, impl: str, cotangent: tuple) -> tuple[tuple, tuple]:
