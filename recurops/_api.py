@@ -171,10 +171,10 @@ def scan(kind: str, *inputs, state=None, impl: str = "auto", **named) -> tuple[m
         for i, x in zip(spec.inputs, arrays)
     )
 
-    if bound.dims["L"] == 0 or flat == 0:  # nothing to compute
-        y = mx.zeros((flat, *bound.shape_of(spec.output)[len(bound.batch):]), state_dtype)
-        final = state
-    elif path == "kernel":
+    if bound.dims["L"] == 0 or flat == 0:  # nothing to compute: no kernel of size 0 either
+        final = state if state.size else mx.zeros(state.shape, state_dtype)
+        return mx.zeros(bound.shape_of(spec.output), out_dtype), final.reshape(state_shape)
+    if path == "kernel":
         y, final = spec.kernel.run(*args, state)
     elif path == "reference" or bound.dims["L"] <= STEP_FORM_STEPS:
         y, final = spec.reference(*args, state)

@@ -40,12 +40,14 @@ def associative_scan(combine: Callable, elems: tuple, axis: int) -> tuple:
     odds = tuple(_slice(e, axis, 1, 2 * half, 2) for e in elems)
     odd_prefix = associative_scan(combine, combine(evens, odds), axis)
     # prefix at an even position 2i (i >= 1) = prefix at 2i-1, then element 2i
-    rest = tuple(_slice(e, axis, 2, None, 2) for e in elems)
-    count = rest[0].shape[axis]
-    even_tail = combine(tuple(_slice(p, axis, 0, count) for p in odd_prefix), rest)
-    even_prefix = tuple(
-        mx.concatenate([_slice(e, axis, 0, 1), t], axis=axis) for e, t in zip(elems, even_tail)
-    )
+    even_prefix = tuple(_slice(e, axis, 0, 1) for e in elems)
+    count = (n - 1) // 2  # even positions after 0: none for n = 2, and no ops on empty arrays
+    if count:
+        rest = tuple(_slice(e, axis, 2, None, 2) for e in elems)
+        even_tail = combine(tuple(_slice(p, axis, 0, count) for p in odd_prefix), rest)
+        even_prefix = tuple(
+            mx.concatenate([p, t], axis=axis) for p, t in zip(even_prefix, even_tail)
+        )
     return tuple(_interleave(e, o, axis) for e, o in zip(even_prefix, odd_prefix))
 
 
