@@ -106,15 +106,18 @@ def _make_linear_scan(axis: int, parts: int) -> Callable:
     def scan_vjp(primals, cotangents, outputs):
         a, h = primals[:parts], outputs
         # lam[t] = dh[t] + conj(a[t+1]) * lam[t+1], a reverse scan
+        single = a[0].shape[axis] == 1  # then no shifted copies (no arrays of size 0)
         ones = tuple(mx.ones_like(_slice(x, axis, 0, 1)) for x in a)
-        a_next = tuple(mx.concatenate([_slice(x, axis, 1), o], axis=axis) for x, o in zip(a, ones))
+        a_next = ones if single else tuple(
+            mx.concatenate([_slice(x, axis, 1), o], axis=axis) for x, o in zip(a, ones)
+        )
         rev = lambda x: _slice(x, axis, None, None, -1)  # noqa: E731
         lam = _forward(
             tuple(rev(x) for x in _conj(a_next)), tuple(rev(g) for g in cotangents), axis
         )
         lam = tuple(rev(x) for x in lam)
         zeros = tuple(mx.zeros_like(_slice(x, axis, 0, 1)) for x in h)
-        h_prev = tuple(
+        h_prev = zeros if single else tuple(
             mx.concatenate([z, _slice(x, axis, 0, -1)], axis=axis) for z, x in zip(zeros, h)
         )
         da = _mul(lam, _conj(h_prev))
@@ -143,7 +146,9 @@ def linear_scan(a, b, h0=None, axis: int = 1):
         first = _add(_mul(tuple(_slice(x, axis, 0, 1) for x in a),
                           tuple(mx.expand_dims(x, axis) for x in h0)),
                      tuple(_slice(x, axis, 0, 1) for x in b))
-        b = tuple(mx.concatenate([f, _slice(x, axis, 1)], axis=axis) for f, x in zip(first, b))
+        b = first if b[0].shape[axis] == 1 else tuple(
+            mx.concatenate([f, _slice(x, axis, 1)], axis=axis) for f, x in zip(first, b)
+        )
     key = (axis, len(a))
     if key not in _SCANS:
         _SCANS[key] = _make_linear_scan(*key)
