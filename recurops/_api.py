@@ -171,7 +171,10 @@ def scan(kind: str, *inputs, state=None, impl: str = "auto", **named) -> tuple[m
         for i, x in zip(spec.inputs, arrays)
     )
 
-    if bound.dims["L"] == 0 or flat == 0:  # nothing to compute: no kernel of size 0 either
+    if bound.dims["L"] == 0 or state.size == 0:
+        # Nothing to compute (no work on arrays of size 0 either): with no
+        # steps the state passes through; with an empty state every output is
+        # an empty sum, zero.
         final = state if state.size else mx.zeros(state.shape, state_dtype)
         return mx.zeros(bound.shape_of(spec.output), out_dtype), final.reshape(state_shape)
     if path == "kernel":

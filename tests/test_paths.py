@@ -11,6 +11,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 from cases import (
+    EXAMPLE_SIZES,
     KIND_NAMES,
     LOW_PRECISION,
     TOLERANCE,
@@ -257,6 +258,26 @@ def test_empty_batch(kind, impl):
     (y, final), grads = run_vjp(call, impl, cotangents(call, np.random.default_rng(0)))
     want_y, want_final = spec_numpy(kind, call.inputs, call.state)
     assert (y.shape, final.shape) == (want_y.shape, want_final.shape)
+    for name, primal, grad in zip(primal_names(call), (*call.inputs, call.state), grads,
+                                  strict=True):
+        assert grad.shape == primal.shape, f"d{name}"
+        assert not np.any(to_numpy64(grad)), f"d{name} is not zero"
+
+
+@paths
+@pytest.mark.parametrize(("kind", "size"), [
+    ("ssd", "N"), ("ssd", "P"), ("gla", "K"), ("gla", "V"), ("rglru", "D"), ("rotlru", "P"),
+    ("s6", "N"), ("s6", "D"),
+])
+def test_empty_state(kind, size, impl):
+    """A state dimension of 0: ``y`` is an empty sum (zero) or empty itself,
+    and every gradient is zero."""
+    call = make_call(kind, np.random.default_rng(0), sizes={**EXAMPLE_SIZES[kind], size: 0},
+                     length=7, batch=(2,), with_state=True)
+    (y, final), grads = run_vjp(call, impl, cotangents(call, np.random.default_rng(1)))
+    want_y, want_final = spec_numpy(kind, call.inputs, call.state)
+    assert (y.shape, final.shape) == (want_y.shape, want_final.shape)
+    assert np.array_equal(to_numpy64(y), want_y)
     for name, primal, grad in zip(primal_names(call), (*call.inputs, call.state), grads,
                                   strict=True):
         assert grad.shape == primal.shape, f"d{name}"
