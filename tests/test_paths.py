@@ -251,6 +251,14 @@ def test_empty_sequence_returns_the_initial_state(kind, impl, data):
         assert np.array_equal(to_numpy64(grads[-1]), to_numpy64(cotangent[1]))
 
 
+def _assert_zero_gradients(call: Call, grads) -> None:
+    """Every gradient of ``call`` (state included) zero, in its primal's shape."""
+    for name, primal, grad in zip(primal_names(call), (*call.inputs, call.state), grads,
+                                  strict=True):
+        assert grad.shape == primal.shape, f"d{name}"
+        assert not np.any(to_numpy64(grad)), f"d{name} is not zero"
+
+
 @kinds
 @paths
 def test_empty_batch(kind, impl):
@@ -258,10 +266,7 @@ def test_empty_batch(kind, impl):
     (y, final), grads = run_vjp(call, impl, cotangents(call, np.random.default_rng(0)))
     want_y, want_final = spec_numpy(kind, call.inputs, call.state)
     assert (y.shape, final.shape) == (want_y.shape, want_final.shape)
-    for name, primal, grad in zip(primal_names(call), (*call.inputs, call.state), grads,
-                                  strict=True):
-        assert grad.shape == primal.shape, f"d{name}"
-        assert not np.any(to_numpy64(grad)), f"d{name} is not zero"
+    _assert_zero_gradients(call, grads)
 
 
 @paths
@@ -278,10 +283,7 @@ def test_empty_state(kind, size, impl):
     want_y, want_final = spec_numpy(kind, call.inputs, call.state)
     assert (y.shape, final.shape) == (want_y.shape, want_final.shape)
     assert np.array_equal(to_numpy64(y), want_y)
-    for name, primal, grad in zip(primal_names(call), (*call.inputs, call.state), grads,
-                                  strict=True):
-        assert grad.shape == primal.shape, f"d{name}"
-        assert not np.any(to_numpy64(grad)), f"d{name} is not zero"
+    _assert_zero_gradients(call, grads)
 
 
 # --------------------------------------------------------------------------
