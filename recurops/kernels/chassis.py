@@ -296,10 +296,11 @@ def lanes(n: int) -> int:
     return -(-n // WARP) * WARP
 
 
-def lane_split(n: int) -> int:
-    """Lanes one state row (``n`` values) is split over: the largest of 8, 4,
-    2, 1 that divides ``n``. The row's sums are ``LANE_SUM``s over them."""
-    return next(s for s in (8, 4, 2, 1) if n % s == 0)
+def lane_split(n: int, widest: int = 8) -> int:
+    """Lanes one state row (``n`` values) is split over: the largest power of
+    two up to ``widest`` (at most 32) that divides ``n``. The row's sums are
+    ``LANE_SUM``s over them."""
+    return next(s for s in (32, 16, 8, 4, 2, 1) if s <= widest and n % s == 0)
 
 
 def tile_steps(n: int) -> int:

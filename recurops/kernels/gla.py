@@ -163,10 +163,18 @@ BACKWARD = Source(
 )
 
 
-def _seg(k: int) -> int:
+# Lanes a state column is split over in the backward: up to 16, twice the
+# forward's, so its sequential sweep runs twice the warps with half the values
+# a lane. H100, bf16, forward+backward at T=512: 2.09 -> 1.93 ms (B=3 H=12
+# K=V=64), 3.08 -> 2.85 ms (B=8 H=16 K=V=64), 4.71 -> 3.69 ms (B=3 H=12
+# K=V=128); 32 lanes were slower at B=8, and the forward is fastest at 8.
+BACKWARD_SPLIT = 16
+
+
+def _seg(k: int, split: int) -> int:
     """Steps per recomputed piece: the piece's states (``SEG`` x the lane's
     ``K / KSPLIT`` values) stay in fast scratch."""
-    return 32 if k // lane_split(k) <= 64 else 16
+    return 32 if k // split <= 64 else 16
 
 
 def _prepare(q, k, v, g):
@@ -175,28 +183,29 @@ def _prepare(q, k, v, g):
     return dtype, (q, k, v, gates)
 
 
-def _template(dtype, q, v, gates):
-    seg = _seg(q.shape[-1])
+def _template(dtype, q, v, gates, split):
+    seg = _seg(q.shape[-1], split)
     return {"T": dtype, "K": q.shape[-1], "V": v.shape[-1], "GK": gates.shape[-1],
-            "KSPLIT": lane_split(q.shape[-1]), "SEG": seg, "SUBS": SPAN // seg,
+            "KSPLIT": split, "SEG": seg, "SUBS": SPAN // seg,
             "TILE": tile_steps(q.shape[-1])}
 
 
-def _threads(q, v):
-    batch, _, heads, dk = q.shape
-    return batch * heads * lanes(v.shape[-1] * lane_split(dk))
+def _threads(q, v, split):
+    batch, _, heads, _ = q.shape
+    return batch * heads * lanes(v.shape[-1] * split)
 
 
 def _forward(q, k, v, g, state):
     batch, length, heads, dk = q.shape
     dtype, (q, k, v, gates) = _prepare(q, k, v, g)
     ckpt_shape = (batch, segments(length, SPAN) + 1, heads, dk, v.shape[-1])
+    split = lane_split(dk)
     return launch(
         FORWARD,
         (q, k, v, gates, state),
         {"y": (v.shape, dtype), "ckpt": (ckpt_shape, mx.float32)},
-        threads=_threads(q, v),
-        template=_template(dtype, q, v, gates),
+        threads=_threads(q, v, split),
+        template=_template(dtype, q, v, gates, split),
     )
 
 
@@ -204,13 +213,14 @@ def _backward(dy, dfinal, ckpt, q, k, v, g, state):
     batch, length, heads, dk = q.shape
     dtype, (q_, k_, v_, gates) = _prepare(q, k, v, g)
     f32 = mx.float32
+    split = lane_split(dk, widest=BACKWARD_SPLIT)
     dq, dk_, dv, dg, dh0 = launch(
         BACKWARD,
         (q_, k_, v_, gates, ckpt, dy, dfinal),
         {"dq": (q.shape, f32), "dk": (k.shape, f32), "dv": (v.shape, dtype),
          "dg": (gates.shape, f32), "dh0": (state.shape, f32)},
-        threads=_threads(q, v),
-        template=_template(dtype, q_, v_, gates),
+        threads=_threads(q, v, split),
+        template=_template(dtype, q_, v_, gates, split),
         init_value=0.0,
     )
     return dq, dk_, dv, dg.reshape(g.shape), dh0
@@ -225,7 +235,8 @@ def _unsupported(bound, arrays, backend):
 
 
 def _slower(bound):
-    return large_state_crossover(bound.dims, "K", "V", _seg(bound.dims["K"]),
+    dk = bound.dims["K"]
+    return large_state_crossover(bound.dims, "K", "V", _seg(dk, lane_split(dk)),
                                  math.prod(bound.batch) * bound.dims["H"],
                                  per_channel=bound.variant["g"] == 1)
 
