@@ -37,3 +37,16 @@ def test_auto_follows_the_crossover_and_kernel_can_still_be_forced(dims, batch, 
         y, _ = recurops.scan("ssd", x[:1, :3], dt[:1, :3], A, B[:1, :3], C[:1, :3],
                              impl="kernel")
         assert y.shape == (1, 3, 2, p)
+
+
+def test_gla_backward_splits_columns_wider_only_for_small_launches():
+    from recurops.kernels import gla
+
+    def split(batch, heads, k, v):
+        return gla._backward_split(mx.zeros((batch, 1, heads, k)), mx.zeros((batch, 1, heads, v)))
+
+    assert split(4, 16, 128, 128) == 16  # 2048 warps at 8 lanes a column
+    assert split(8, 16, 128, 128) == 8  # 4096 warps: the forward's split
+    assert split(3, 12, 64, 64) == 16
+    assert split(3, 12, 24, 64) == 8  # 16 does not divide K
+    assert split(3, 12, 6, 64) == 2
