@@ -4,7 +4,12 @@ import mlx.core as mx
 import pytest
 
 import recurops
-from recurops.kernels.chassis import LARGE_STATE, LARGE_TOTAL, large_state_crossover
+from recurops.kernels.chassis import (
+    LARGE_STATE,
+    LARGE_TOTAL,
+    backward_split,
+    large_state_crossover,
+)
 from recurops.testing import simulate
 
 
@@ -39,14 +44,13 @@ def test_auto_follows_the_crossover_and_kernel_can_still_be_forced(dims, batch, 
         assert y.shape == (1, 3, 2, p)
 
 
-def test_gla_backward_splits_columns_wider_only_for_small_launches():
-    from recurops.kernels import gla
+def test_backward_split_widens_only_small_launches_of_full_lanes():
+    def threads(rows):
+        return lambda split: rows * split
 
-    def split(batch, heads, k, v):
-        return gla._backward_split(mx.zeros((batch, 1, heads, k)), mx.zeros((batch, 1, heads, v)))
-
-    assert split(4, 16, 128, 128) == 16  # 2048 warps at 8 lanes a column
-    assert split(8, 16, 128, 128) == 8  # 4096 warps: the forward's split
-    assert split(3, 12, 64, 64) == 16
-    assert split(3, 12, 24, 64) == 8  # 16 does not divide K
-    assert split(3, 12, 6, 64) == 2
+    assert backward_split(64, threads(2**13)) == 16  # 8 values a lane at 8 lanes, 2^16 threads
+    assert backward_split(128, threads(2**13)) == 16
+    assert backward_split(128, threads(2**14)) == 8  # 2^17 threads: the forward's split
+    assert backward_split(16, threads(64)) == 8  # 2 values a lane
+    assert backward_split(72, threads(64)) == 8  # 16 does not divide N
+    assert backward_split(6, threads(64)) == 2

@@ -47,10 +47,12 @@ CASES = [
     ("ssd", (2,), 37, {"H": 2, "P": 33, "N": 36, "G": 1}, True),  # A per channel, 4 lanes a row
     ("ssd", (1,), 300, {"H": 2, "P": 8, "N": 16, "G": 1}, False),  # two spans, 8 lanes a row
     ("ssd", (2,), 3, {"H": 2, "P": 8, "N": 4, "G": 1}, False),  # shorter than one input tile
-    ("gla", (2,), 70, {"H": 2, "K": 16, "V": 40}, False),  # 8 lanes a column (16 backward)
+    ("ssd", (2,), 37, {"H": 2, "P": 8, "N": 64, "G": 1}, False),  # backward: 16 lanes a row
+    ("gla", (2,), 70, {"H": 2, "K": 16, "V": 40}, False),  # one gate per head, 8 lanes a column
     ("gla", (2,), 37, {"H": 2, "K": 6, "V": 33}, True),  # one gate per key channel, 2 lanes
     ("gla", (1,), 300, {"H": 2, "K": 5, "V": 8}, True),  # two 256-step spans, 1 lane
-    ("gla", (2,), 5, {"H": 2, "K": 16, "V": 8}, True),  # shorter than a tile; 16 lanes backward
+    ("gla", (2,), 5, {"H": 2, "K": 16, "V": 8}, True),  # shorter than one input tile
+    ("gla", (2,), 37, {"H": 1, "K": 64, "V": 8}, False),  # backward: 16 lanes a column
 ]
 BF16_CASES = [
     ("rglru", (2,), 40, {"D": 45}, False),

@@ -303,6 +303,27 @@ def lane_split(n: int, widest: int = 8) -> int:
     return next(s for s in (32, 16, 8, 4, 2, 1) if s <= widest and n % s == 0)
 
 
+# A backward kernel splits a state row over twice the forward's lanes (up to
+# 16) when each lane would otherwise hold 8 values or more and the forward's
+# split launches fewer than 2^17 threads (4096 warps): its sequential sweep
+# then runs twice the warps with half the values a lane. H100, bf16,
+# forward+backward: gla B=3 H=12 K=V=64 T=512 2.09 -> 1.93 ms, B=4 H=16
+# K=V=128 T=2048 19.6 -> 15.8 ms; ssd with A [H, N], B=3 H=12 P=64 N=64
+# L=512, backward 1.69-2.00 -> 1.37-1.43 ms. At 4096 warps it was 14-16%
+# slower (gla B=8 H=16 K=V=128 T=2048, 25.4 -> 29.0 ms), and at 2 values a
+# lane (ssd N=16) no faster.
+WIDE_BACKWARD_BELOW = 2**17
+
+
+def backward_split(n: int, threads: Callable[[int], int]) -> int:
+    """Lanes a state row of ``n`` values is split over in a backward kernel,
+    given the threads a split launches (``threads(split)``); see above."""
+    split = lane_split(n)
+    if n // split >= 8 and threads(split) < WIDE_BACKWARD_BELOW:
+        return lane_split(n, widest=16)
+    return split
+
+
 def tile_steps(n: int) -> int:
     """Steps whose inputs a forward kernel loads at once, for a state row of
     ``n`` values split over ``lane_split(n)`` lanes: 8, fewer for wide lanes

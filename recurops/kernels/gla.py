@@ -11,6 +11,7 @@ Checkpoints every ``SPAN`` steps, recomputed in ``SEG``-step pieces, as in
 the ``"ssd"`` kernel (``kernels/ssd.py``).
 """
 
+import functools
 import math
 
 import mlx.core as mx
@@ -19,6 +20,7 @@ from .chassis import (
     SPAN,
     KernelPath,
     Source,
+    backward_split,
     checkpointed,
     common_unsupported,
     in_one_dtype,
@@ -187,22 +189,6 @@ def _threads(q, v, split):
     return batch * heads * lanes(v.shape[-1] * split)
 
 
-# The backward splits a state column over up to 16 lanes, twice the forward's,
-# when the forward's split launches fewer than 2^17 threads (4096 warps): its
-# sequential sweep then runs twice the warps with half the values a lane.
-# H100, bf16, forward+backward: 2048 warps or fewer, 8-22% faster (B=3 H=12
-# K=V=64 T=512 2.09 -> 1.93 ms; B=4 H=16 K=V=128 T=2048 19.6 -> 15.8 ms); at
-# 4096 warps, 14-16% slower (B=8 H=16 K=V=128 T=2048 25.4 -> 29.0 ms).
-WIDE_BACKWARD_BELOW = 2**17
-
-
-def _backward_split(q, v) -> int:
-    split = lane_split(q.shape[-1])
-    if _threads(q, v, split) < WIDE_BACKWARD_BELOW:
-        return lane_split(q.shape[-1], widest=16)
-    return split
-
-
 def _forward(q, k, v, g, state):
     batch, length, heads, dk = q.shape
     dtype, (q, k, v, gates) = _prepare(q, k, v, g)
@@ -221,7 +207,7 @@ def _backward(dy, dfinal, ckpt, q, k, v, g, state):
     batch, length, heads, dk = q.shape
     dtype, (q_, k_, v_, gates) = _prepare(q, k, v, g)
     f32 = mx.float32
-    split = _backward_split(q, v)
+    split = backward_split(dk, functools.partial(_threads, q, v))
     dq, dk_, dv, dg, dh0 = launch(
         BACKWARD,
         (q_, k_, v_, gates, ckpt, dy, dfinal),

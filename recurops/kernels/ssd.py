@@ -15,6 +15,7 @@ Training memory is the checkpoints (``L / 128`` states) plus gradients of
 the inputs' sizes: no partial sums per warp.
 """
 
+import functools
 import math
 
 import mlx.core as mx
@@ -23,6 +24,7 @@ from .chassis import (
     SPAN,
     KernelPath,
     Source,
+    backward_split,
     checkpointed,
     common_unsupported,
     in_one_dtype,
@@ -166,21 +168,21 @@ BACKWARD = Source(
 )
 
 
-def _seg(n: int) -> int:
+def _seg(n: int, split: int) -> int:
     """Steps per recomputed piece: the piece's states (``SEG`` x the lane's
     ``N / NSPLIT`` values) stay in fast scratch."""
-    return 32 if n // lane_split(n) <= 32 else 16
+    return 32 if n // split <= 32 else 16
 
 
-def _template(x, A, B, dtype):
+def _template(x, A, B, dtype, split):
     n = B.shape[-1]
-    seg = _seg(n)
-    return {"T": dtype, "P": x.shape[-1], "N": n, "NA": A.shape[-1], "NSPLIT": lane_split(n),
+    seg = _seg(n, split)
+    return {"T": dtype, "P": x.shape[-1], "N": n, "NA": A.shape[-1], "NSPLIT": split,
             "SEG": seg, "SUBS": SPAN // seg, "TILE": tile_steps(n)}
 
 
-def _threads(batch, heads, width, n):
-    return batch * heads * lanes(width * lane_split(n))
+def _threads(batch, heads, width, split):
+    return batch * heads * lanes(width * split)
 
 
 def _per_head_rates(A):
@@ -192,12 +194,13 @@ def _forward(x, dt, A, B, C, state):
     dtype, (x, dt, B, C) = in_one_dtype(x, dt, B, C)
     rates = _per_head_rates(A)
     ckpt_shape = (batch, segments(length, SPAN) + 1, heads, width, B.shape[-1])
+    split = lane_split(B.shape[-1])
     return launch(
         FORWARD,
         (x, dt, rates, B, C, state),
         {"y": (x.shape, dtype), "ckpt": (ckpt_shape, mx.float32)},
-        threads=_threads(batch, heads, width, B.shape[-1]),
-        template=_template(x, rates, B, dtype),
+        threads=_threads(batch, heads, width, split),
+        template=_template(x, rates, B, dtype, split),
     )
 
 
@@ -205,7 +208,8 @@ def _backward(dy, dfinal, ckpt, x, dt, A, B, C, state):
     batch, length, heads, width = x.shape
     dtype, (x_, dt_, B_, C_) = in_one_dtype(x, dt, B, C)
     rates = _per_head_rates(A)
-    per_lane = rates.shape[1] if rates.shape[1] > 1 else lane_split(B.shape[-1])  # dA partials
+    split = backward_split(B.shape[-1], functools.partial(_threads, batch, heads, width))
+    per_lane = rates.shape[1] if rates.shape[1] > 1 else split  # dA partials
     f32 = mx.float32
     dx, ddt, dA, dB, dC, dh0 = launch(
         BACKWARD,
@@ -213,8 +217,8 @@ def _backward(dy, dfinal, ckpt, x, dt, A, B, C, state):
         {"dx": (x.shape, dtype), "ddt": (dt.shape, f32),
          "dA": ((batch, heads, width, per_lane), f32),
          "dB": (B.shape, f32), "dC": (C.shape, f32), "dh0": (state.shape, f32)},
-        threads=_threads(batch, heads, width, B.shape[-1]),
-        template=_template(x, rates, B, dtype),
+        threads=_threads(batch, heads, width, split),
+        template=_template(x, rates, B, dtype, split),
         init_value=0.0,
     )
     dA = dA.sum((0, 2))  # [H, N], or [H, NSPLIT] partials of a per-head rate
@@ -230,7 +234,8 @@ def _unsupported(bound, arrays, backend):
 
 
 def _slower(bound):
-    return large_state_crossover(bound.dims, "P", "N", _seg(bound.dims["N"]),
+    n = bound.dims["N"]
+    return large_state_crossover(bound.dims, "P", "N", _seg(n, lane_split(n)),
                                  math.prod(bound.batch) * bound.dims["H"],
                                  per_channel=bound.variant["A"] == 1)
 
