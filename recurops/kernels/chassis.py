@@ -307,11 +307,10 @@ def lane_split(n: int, widest: int = 8) -> int:
 # 16) when each lane would otherwise hold 8 values or more and the forward's
 # split launches fewer than 2^17 threads (4096 warps): its sequential sweep
 # then runs twice the warps with half the values a lane. H100, bf16,
-# forward+backward: gla B=3 H=12 K=V=64 T=512 2.09 -> 1.93 ms, B=4 H=16
-# K=V=128 T=2048 19.6 -> 15.8 ms; ssd with A [H, N], B=3 H=12 P=64 N=64
-# L=512, backward 1.69-2.00 -> 1.37-1.43 ms. At 4096 warps it was 14-16%
-# slower (gla B=8 H=16 K=V=128 T=2048, 25.4 -> 29.0 ms), and at 2 values a
-# lane (ssd N=16) no faster.
+# forward+backward (docs/kernels.md, "Design"): 10-19% faster for ssd with
+# A [H, N] (B=3 H=12 P=64 N=64) and gla (B=3 H=12 K=V=64; B=4 H=16
+# K=V=128); 14-16% slower at 4096 warps (gla B=8 H=16 K=V=128), no faster
+# at 2 values a lane (ssd N=16).
 WIDE_BACKWARD_BELOW = 2**17
 
 
