@@ -8,7 +8,8 @@ sums over ``j`` (the gradients of ``q``, ``k`` and the gates) are
 ``LANE_SUM``s over the other lane bits, added atomically into their outputs.
 ``GK`` is ``K`` for per-key-channel gates and 1 for one gate per head.
 Checkpoints every ``SPAN`` steps, recomputed in ``SEG``-step pieces, as in
-the ``"ssd"`` kernel (``kernels/ssd.py``).
+the ``"ssd"`` kernel (``kernels/ssd.py``); the backward may split a column
+over more lanes than the forward (``chassis.backward_split``).
 """
 
 import functools

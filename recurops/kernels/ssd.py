@@ -10,9 +10,11 @@ the other lane bits, added atomically into their outputs, as is ``dt``'s.
 The forward stores the state every ``SPAN = SEG * SUBS`` steps (256). The
 backward recomputes a span once from its checkpoint, keeping the state at
 the start of each ``SEG``-step piece in scratch; then, piece by piece from
-the newest, recomputes the piece's states and runs the adjoint sweep.
-Training memory is the checkpoints (``L / 128`` states) plus gradients of
-the inputs' sizes: no partial sums per warp.
+the newest, recomputes the piece's states and runs the adjoint sweep. The
+backward may split a row over more lanes than the forward
+(``chassis.backward_split``). Training memory is the checkpoints
+(``L / 256`` states) plus gradients of the inputs' sizes: no partial sums
+per warp.
 """
 
 import functools
