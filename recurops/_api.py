@@ -172,11 +172,10 @@ def scan(kind: str, *inputs, state=None, impl: str = "auto", **named) -> tuple[m
     )
 
     if bound.dims["L"] == 0 or state.size == 0:
-        # Nothing to compute (no work on arrays of size 0 either): with no
-        # steps the state passes through; with an empty state every output is
-        # an empty sum, zero.
-        final = state if state.size else mx.zeros(state.shape, state_dtype)
-        return mx.zeros(bound.shape_of(spec.output), out_dtype), final.reshape(state_shape)
+        # Nothing to compute (no work on arrays of size 0 either): the state
+        # passes through (with no steps, or empty itself), and every output is
+        # zero (an empty sum when the state is empty).
+        return mx.zeros(bound.shape_of(spec.output), out_dtype), state.reshape(state_shape)
     if path == "kernel":
         y, final = spec.kernel.run(*args, state)
     elif path == "reference" or bound.dims["L"] <= STEP_FORM_STEPS:
