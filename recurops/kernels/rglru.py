@@ -31,12 +31,23 @@ FORWARD = Source(
     body=_PROLOGUE + """
     float h = h0[tid];
     ckpt[(b * (NS + 1)) * D + d] = h;
-    for (int t = 0; t < L; ++t) {
-        const int i = (b * L + t) * D + d;
-        h = static_cast<float>(a[i]) * h + static_cast<float>(x[i]);
-        y[i] = static_cast<T>(h);
-        if ((t + 1) % SEG == 0 || t == L - 1) {
-            ckpt[(b * (NS + 1) + (t + SEG) / SEG) * D + d] = h;
+    for (int t0 = 0; t0 < L; t0 += TILE) {
+        // the tile's inputs first: independent loads, one memory latency a tile
+        float a_t[TILE];
+        float x_t[TILE];
+        for (int s = 0; s < TILE; ++s) {
+            const int i = (b * L + ((t0 + s < L) ? t0 + s : L - 1)) * D + d;
+            a_t[s] = static_cast<float>(a[i]);
+            x_t[s] = static_cast<float>(x[i]);
+        }
+        for (int s = 0; s < TILE; ++s) {
+            const int t = t0 + s;
+            if (t >= L) break;
+            h = a_t[s] * h + x_t[s];
+            y[(b * L + t) * D + d] = static_cast<T>(h);
+            if ((t + 1) % SEG == 0 || t == L - 1) {
+                ckpt[(b * (NS + 1) + (t + SEG) / SEG) * D + d] = h;
+            }
         }
     }
 """,
@@ -48,22 +59,29 @@ BACKWARD = Source(
     outputs=("da", "dx", "dh0"),
     body=_PROLOGUE + """
     float carry = dfinal[tid];  // dLoss/dh[t] from steps after t
-    float before[SEG];          // h[t-1] for each step t of the segment
-    for (int s = NS - 1; s >= 0; --s) {
-        const int t0 = s * SEG;
-        const int t1 = (t0 + SEG < L) ? t0 + SEG : L;
-        float h = ckpt[(b * (NS + 1) + s) * D + d];
-        for (int t = t0; t < t1; ++t) {
-            const int i = (b * L + t) * D + d;
-            before[t - t0] = h;
-            h = static_cast<float>(a[i]) * h + static_cast<float>(x[i]);
+    for (int sg = NS - 1; sg >= 0; --sg) {
+        const int t0 = sg * SEG;
+        // the segment recomputed from its checkpoint, keeping what the adjoint
+        // reads, so that it loads nothing (steps past L repeat the last one)
+        float before[SEG];  // h[t-1] for each step t of the segment
+        float a_s[SEG];
+        float dy_s[SEG];
+        float h = ckpt[(b * (NS + 1) + sg) * D + d];
+        for (int s = 0; s < SEG; ++s) {
+            const int i = (b * L + ((t0 + s < L) ? t0 + s : L - 1)) * D + d;
+            a_s[s] = static_cast<float>(a[i]);
+            dy_s[s] = static_cast<float>(dy[i]);
+            before[s] = h;
+            h = a_s[s] * h + static_cast<float>(x[i]);
         }
-        for (int t = t1 - 1; t >= t0; --t) {
+        for (int s = SEG - 1; s >= 0; --s) {
+            const int t = t0 + s;
+            if (t >= L) continue;
             const int i = (b * L + t) * D + d;
-            const float grad = static_cast<float>(dy[i]) + carry;
+            const float grad = dy_s[s] + carry;
             dx[i] = grad;
-            da[i] = grad * before[t - t0];
-            carry = static_cast<float>(a[i]) * grad;
+            da[i] = grad * before[s];
+            carry = a_s[s] * grad;
         }
     }
     dh0[tid] = carry;
@@ -71,6 +89,7 @@ BACKWARD = Source(
 )
 
 SEG = 32
+TILE = 8  # steps whose inputs the forward loads at once
 
 
 def _forward(a, x, state):
@@ -82,7 +101,7 @@ def _forward(a, x, state):
         {"y": (a.shape, dtype),
          "ckpt": ((batch, segments(length, SEG) + 1, width), mx.float32)},
         threads=lanes(batch * width),
-        template={"T": dtype, "SEG": SEG},
+        template={"T": dtype, "SEG": SEG, "TILE": TILE},
     )
 
 

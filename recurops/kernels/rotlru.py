@@ -38,19 +38,33 @@ FORWARD = Source(
     int k = (b * (NS + 1)) * P + p;
     ckpt[2 * k] = u;
     ckpt[2 * k + 1] = w;
-    for (int t = 0; t < L; ++t) {
-        const int i = (b * L + t) * P + p;
-        const float ac = static_cast<float>(a[i]) * static_cast<float>(c[i]);
-        const float as = static_cast<float>(a[i]) * static_cast<float>(s[i]);
-        const float nu = ac * u - as * w + static_cast<float>(x[2 * i]);
-        w = as * u + ac * w + static_cast<float>(x[2 * i + 1]);
-        u = nu;
-        y[2 * i] = static_cast<T>(u);
-        y[2 * i + 1] = static_cast<T>(w);
-        if ((t + 1) % SEG == 0 || t == L - 1) {
-            k = (b * (NS + 1) + (t + SEG) / SEG) * P + p;
-            ckpt[2 * k] = u;
-            ckpt[2 * k + 1] = w;
+    for (int t0 = 0; t0 < L; t0 += TILE) {
+        // the tile's inputs first: independent loads, one memory latency a tile
+        float ac_t[TILE];  // a cos
+        float as_t[TILE];  // a sin
+        float xu_t[TILE];
+        float xw_t[TILE];
+        for (int r = 0; r < TILE; ++r) {
+            const int i = (b * L + ((t0 + r < L) ? t0 + r : L - 1)) * P + p;
+            ac_t[r] = static_cast<float>(a[i]) * static_cast<float>(c[i]);
+            as_t[r] = static_cast<float>(a[i]) * static_cast<float>(s[i]);
+            xu_t[r] = static_cast<float>(x[2 * i]);
+            xw_t[r] = static_cast<float>(x[2 * i + 1]);
+        }
+        for (int r = 0; r < TILE; ++r) {
+            const int t = t0 + r;
+            if (t >= L) break;
+            const int i = (b * L + t) * P + p;
+            const float nu = ac_t[r] * u - as_t[r] * w + xu_t[r];
+            w = as_t[r] * u + ac_t[r] * w + xw_t[r];
+            u = nu;
+            y[2 * i] = static_cast<T>(u);
+            y[2 * i + 1] = static_cast<T>(w);
+            if ((t + 1) % SEG == 0 || t == L - 1) {
+                k = (b * (NS + 1) + (t + SEG) / SEG) * P + p;
+                ckpt[2 * k] = u;
+                ckpt[2 * k + 1] = w;
+            }
         }
     }
 """,
@@ -63,42 +77,57 @@ BACKWARD = Source(
     body=_PROLOGUE + """
     float cu = dfinal[2 * tid];      // dLoss/d(u, w)[t] from steps after t
     float cw = dfinal[2 * tid + 1];
-    float before_u[SEG];
-    float before_w[SEG];
     for (int sg = NS - 1; sg >= 0; --sg) {
         const int t0 = sg * SEG;
-        const int t1 = (t0 + SEG < L) ? t0 + SEG : L;
+        float before_u[SEG];  // (u, w)[t-1] for each step t of the segment
+        float before_w[SEG];
         const int k = (b * (NS + 1) + sg) * P + p;
         float u = ckpt[2 * k];
         float w = ckpt[2 * k + 1];
-        for (int t = t0; t < t1; ++t) {
-            const int i = (b * L + t) * P + p;
-            before_u[t - t0] = u;
-            before_w[t - t0] = w;
+        for (int r = 0; r < SEG; ++r) {  // steps past L repeat the last one, unused
+            const int i = (b * L + ((t0 + r < L) ? t0 + r : L - 1)) * P + p;
+            before_u[r] = u;
+            before_w[r] = w;
             const float ac = static_cast<float>(a[i]) * static_cast<float>(c[i]);
             const float as = static_cast<float>(a[i]) * static_cast<float>(s[i]);
             const float nu = ac * u - as * w + static_cast<float>(x[2 * i]);
             w = as * u + ac * w + static_cast<float>(x[2 * i + 1]);
             u = nu;
         }
-        for (int t = t1 - 1; t >= t0; --t) {
-            const int i = (b * L + t) * P + p;
-            const float ai = static_cast<float>(a[i]);
-            const float ci = static_cast<float>(c[i]);
-            const float si = static_cast<float>(s[i]);
-            const float gu = static_cast<float>(dy[2 * i]) + cu;
-            const float gw = static_cast<float>(dy[2 * i + 1]) + cw;
-            const float pu = before_u[t - t0];
-            const float pw = before_w[t - t0];
-            const float d_ac = gu * pu + gw * pw;  // dLoss/d(a cos)
-            const float d_as = gw * pu - gu * pw;  // dLoss/d(a sin)
-            dx[2 * i] = gu;
-            dx[2 * i + 1] = gw;
-            da[i] = ci * d_ac + si * d_as;
-            dc[i] = ai * d_ac;
-            ds[i] = ai * d_as;
-            cu = ai * (ci * gu + si * gw);
-            cw = ai * (ci * gw - si * gu);
+        for (int end = SEG; end > 0; end -= TILE) {  // tiles of the segment, newest first
+            // the tile's inputs first, newest step first
+            float a_t[TILE];
+            float c_t[TILE];
+            float s_t[TILE];
+            float gu_t[TILE];
+            float gw_t[TILE];
+            for (int r = 0; r < TILE; ++r) {
+                const int t = t0 + end - 1 - r;
+                const int i = (b * L + (t < L ? t : L - 1)) * P + p;
+                a_t[r] = static_cast<float>(a[i]);
+                c_t[r] = static_cast<float>(c[i]);
+                s_t[r] = static_cast<float>(s[i]);
+                gu_t[r] = static_cast<float>(dy[2 * i]);
+                gw_t[r] = static_cast<float>(dy[2 * i + 1]);
+            }
+            for (int r = 0; r < TILE; ++r) {
+                const int t = t0 + end - 1 - r;
+                if (t >= L) continue;
+                const int i = (b * L + t) * P + p;
+                const float gu = gu_t[r] + cu;
+                const float gw = gw_t[r] + cw;
+                const float pu = before_u[end - 1 - r];
+                const float pw = before_w[end - 1 - r];
+                const float d_ac = gu * pu + gw * pw;  // dLoss/d(a cos)
+                const float d_as = gw * pu - gu * pw;  // dLoss/d(a sin)
+                dx[2 * i] = gu;
+                dx[2 * i + 1] = gw;
+                da[i] = c_t[r] * d_ac + s_t[r] * d_as;
+                dc[i] = a_t[r] * d_ac;
+                ds[i] = a_t[r] * d_as;
+                cu = a_t[r] * (c_t[r] * gu + s_t[r] * gw);
+                cw = a_t[r] * (c_t[r] * gw - s_t[r] * gu);
+            }
         }
     }
     dh0[2 * tid] = cu;
@@ -107,6 +136,7 @@ BACKWARD = Source(
 )
 
 SEG = 32
+TILE = 8  # steps whose inputs a kernel loads at once (SEG is a multiple)
 
 
 def _forward(a, c, s, x, state):
@@ -118,7 +148,7 @@ def _forward(a, c, s, x, state):
         {"y": (x.shape, dtype),
          "ckpt": ((batch, segments(length, SEG) + 1, 2 * pairs), mx.float32)},
         threads=lanes(batch * pairs),
-        template={"T": dtype, "SEG": SEG},
+        template={"T": dtype, "SEG": SEG, "TILE": TILE},
     )
 
 
@@ -131,7 +161,7 @@ def _backward(dy, dfinal, ckpt, a, c, s, x, state):
         {"da": (a.shape, f32), "dc": (a.shape, f32), "ds": (a.shape, f32),
          "dx": (x.shape, f32), "dh0": (state.shape, f32)},
         threads=lanes(a.shape[0] * a.shape[2]),
-        template={"T": dtype, "SEG": SEG},
+        template={"T": dtype, "SEG": SEG, "TILE": TILE},
     )
 
 

@@ -23,6 +23,7 @@ from .chassis import (
     launch,
     segments,
     selective_adjoint,
+    tile_steps,
 )
 
 _PROLOGUE = """
@@ -46,27 +47,44 @@ FORWARD = Source(
     body=_PROLOGUE + """
     if (b >= B) return;  // whole warps only
     float h[NL];
+    float an[NL];  // the lane's values of A's row d
     for (int i = 0; i < NL; ++i) {
         const int n = i * NSPLIT + j;
+        an[i] = active ? A[d * N + n] : 0.0f;
         h[i] = active ? h0[(b * D + d) * N + n] : 0.0f;
         if (active) ckpt[((b * (NS + 1)) * D + d) * N + n] = h[i];
     }
-    for (int t = 0; t < L; ++t) {
-        const int at = (b * L + t) * D + d;
-        const int r = (b * L + t) * N + j;
-        const float dl = active ? static_cast<float>(delta[at]) : 0.0f;
-        const float uu = active ? static_cast<float>(u[at]) : 0.0f;
-        float out = 0.0f;
-        for (int i = 0; i < NL; ++i) {
-            const float an = active ? A[d * N + i * NSPLIT + j] : 0.0f;
-            h[i] = EXP(dl * an) * h[i] + dl * static_cast<float>(Bm[r + i * NSPLIT]) * uu;
-            out += static_cast<float>(Cm[r + i * NSPLIT]) * h[i];
+    for (int t0 = 0; t0 < L; t0 += TILE) {
+        // the tile's inputs first: independent loads, one memory latency a tile
+        float dl_t[TILE];
+        float u_t[TILE];
+        float b_t[TILE * NL];
+        float c_t[TILE * NL];
+        for (int s = 0; s < TILE; ++s) {
+            const int t = (t0 + s < L) ? t0 + s : L - 1;
+            const int at = (b * L + t) * D + d;
+            const int r = (b * L + t) * N + j;
+            dl_t[s] = active ? static_cast<float>(delta[at]) : 0.0f;
+            u_t[s] = active ? static_cast<float>(u[at]) : 0.0f;
+            for (int i = 0; i < NL; ++i) {
+                b_t[s * NL + i] = static_cast<float>(Bm[r + i * NSPLIT]);
+                c_t[s * NL + i] = static_cast<float>(Cm[r + i * NSPLIT]);
+            }
         }
-        out = LANE_SUM(out, 1, NSPLIT / 2);
-        if (active && j == 0) y[at] = static_cast<T>(out);
-        if (active && ((t + 1) % SEG == 0 || t == L - 1)) {
-            const int k = ((b * (NS + 1) + (t + SEG) / SEG) * D + d) * N + j;
-            for (int i = 0; i < NL; ++i) ckpt[k + i * NSPLIT] = h[i];
+        for (int s = 0; s < TILE; ++s) {
+            const int t = t0 + s;
+            if (t >= L) break;  // the same t for every lane of the warp
+            float out = 0.0f;
+            for (int i = 0; i < NL; ++i) {
+                h[i] = EXP(dl_t[s] * an[i]) * h[i] + dl_t[s] * b_t[s * NL + i] * u_t[s];
+                out += c_t[s * NL + i] * h[i];
+            }
+            out = LANE_SUM(out, 1, NSPLIT / 2);
+            if (active && j == 0) y[(b * L + t) * D + d] = static_cast<T>(out);
+            if (active && ((t + 1) % SEG == 0 || t == L - 1)) {
+                const int k = ((b * (NS + 1) + (t + SEG) / SEG) * D + d) * N + j;
+                for (int i = 0; i < NL; ++i) ckpt[k + i * NSPLIT] = h[i];
+            }
         }
     }
 """,
@@ -80,7 +98,9 @@ BACKWARD = Source(
     if (b >= B) return;  // whole warps only
     float carry[NL];   // dLoss/dh[t] from steps after t
     float dA_acc[NL];
+    float an[NL];  // the lane's values of A's row d
     for (int i = 0; i < NL; ++i) {
+        an[i] = active ? A[d * N + i * NSPLIT + j] : 0.0f;
         carry[i] = active ? dfinal[(b * D + d) * N + i * NSPLIT + j] : 0.0f;
         dA_acc[i] = 0.0f;
     }
@@ -97,9 +117,8 @@ BACKWARD = Source(
             const float dl = active ? static_cast<float>(delta[at]) : 0.0f;
             const float uu = active ? static_cast<float>(u[at]) : 0.0f;
             for (int i = 0; i < NL; ++i) {
-                const float an = active ? A[d * N + i * NSPLIT + j] : 0.0f;
                 before[(t - t0) * NL + i] = h[i];
-                h[i] = EXP(dl * an) * h[i] + dl * static_cast<float>(Bm[r + i * NSPLIT]) * uu;
+                h[i] = EXP(dl * an[i]) * h[i] + dl * static_cast<float>(Bm[r + i * NSPLIT]) * uu;
             }
         }
         for (int t = t1 - 1; t >= t0; --t) {
@@ -111,12 +130,11 @@ BACKWARD = Source(
             float du_t = 0.0f;
             float ddl = 0.0f;
             for (int i = 0; i < NL; ++i) {
-                const float an = active ? A[d * N + i * NSPLIT + j] : 0.0f;
-                const float decay = EXP(dl * an);
+                const float decay = EXP(dl * an[i]);
                 const float prev = before[(t - t0) * NL + i];""" + selective_adjoint(
                     "dl", "uu", "channels d") + """
                 du_t += gt * dl * bn;
-                ddl += gt * (an * decay * prev + bn * uu);
+                ddl += gt * (an[i] * decay * prev + bn * uu);
                 dA_acc[i] += gt * dl * decay * prev;
                 carry[i] = decay * gt;
             }
@@ -143,7 +161,8 @@ def _seg(n: int) -> int:
 
 
 def _template(dtype, n):
-    return {"T": dtype, "N": n, "NSPLIT": lane_split(n), "SEG": _seg(n)}
+    return {"T": dtype, "N": n, "NSPLIT": lane_split(n), "SEG": _seg(n),
+            "TILE": tile_steps(n)}
 
 
 def _forward(u, delta, A, B, C, state):
