@@ -14,7 +14,9 @@
 * ``tiled_forward`` and ``span_backward`` are the forward and the backward
   sweep of the two-level kernels (a
   checkpoint every ``SPAN`` steps, recomputed in ``SEG``-step pieces), with
-  a kind's load, recompute step and adjoint step filled in.
+  a kind's load, recompute step and adjoint step filled in;
+  ``tiled_adjoint`` is an adjoint sweep that loads a tile of steps' inputs
+  before running them.
 
 Neutral tokens: ``THREAD_ID`` (global thread index along x), ``LANE_ID``
 (index within the 32-lane simdgroup / warp), ``WARP_SUM(v)`` (sum over the
@@ -239,9 +241,7 @@ _SPAN_BACKWARD = """
             for (int t = t0; t < t1; ++t) {
 @PIECE_STEP@
             }
-            for (int t = t1 - 1; t >= t0; --t) {
 @ADJOINT@
-            }
         }
     }
 """
@@ -256,8 +256,8 @@ def span_backward(state: str, index: str, width: str, load: str,
     recomputed once by ``step("")``, keeping the state entering each
     ``SEG``-step piece; then piece by piece, newest first, ``step(save)``
     recomputes the piece (``save`` keeps the state before step ``t`` in
-    ``before[(t - t0) * width + index]``) and ``adjoint`` runs for
-    ``t = t1 - 1`` down to ``t0``. ``step(save)`` advances the state by step
+    ``before[(t - t0) * width + index]``) and ``adjoint`` (a ``tiled_adjoint``)
+    runs for ``t = t1 - 1`` down to ``t0``. ``step(save)`` advances the state by step
     ``t``, looping over it with ``index`` and running ``save`` before each update.
     """
     save = f"before[(t - t0) * {width} + {index}] = {state}[{index}];"
@@ -266,20 +266,49 @@ def span_backward(state: str, index: str, width: str, load: str,
                                   "@S@": state, "@I@": index, "@W@": width})
 
 
+_TILED_ADJOINT = """
+            for (int end = t1; end > t0; end -= TILE) {  // tiles of steps, newest first
+                // the tile's inputs first: independent loads, one memory latency a tile
+@TILE@
+                for (int e = 0; e < TILE; ++e) {
+                    const int t = (end - 1 - e >= t0) ? end - 1 - e : t0;
+@LOAD@
+                }
+                for (int e = 0; e < TILE; ++e) {
+                    const int t = end - 1 - e;
+                    if (t < t0) break;  // the same t for every lane of the warp
+@STEP@
+                }
+            }
+"""
+
+
+def tiled_adjoint(tile: str, load: str, step: str) -> str:
+    """Body text of an adjoint sweep over steps ``t = t1 - 1`` down to ``t0``
+    in tiles of ``TILE`` steps: ``tile`` declares arrays of a tile's inputs,
+    ``load`` fills entry ``e`` with step ``t``'s (``t0`` stands in below it),
+    then ``step`` runs the adjoint of step ``t``, entry ``e``. Loading a
+    tile before the steps' stores lets the loads overlap (one memory latency
+    a tile instead of one a step).
+    """
+    return _fill(_TILED_ADJOINT, {"@TILE@": tile, "@LOAD@": load, "@STEP@": step})
+
+
 def selective_adjoint(step: str, signal: str, rows: str) -> str:
     """Body text of the adjoint of one state value of Mamba's selective scan
     (``s6``, ``ssd``): ``h = decay h + step B signal``, read out as ``C . h``.
 
     For value ``i`` of the lane (``n = i * NSPLIT + j`` of the row at input
     offset ``r``), given ``decay``, ``prev`` (the state before the step),
-    ``carry[i]`` and the output gradient ``g_out``: defines ``bn``, ``cn``,
-    ``ht`` (the state after the step) and ``gt`` (its cotangent), and adds
-    the ``B`` and ``C`` gradients, summed over the warp's ``rows``, into
-    ``dB`` and ``dC`` atomically.
+    ``carry[i]``, the output gradient ``g_out`` and the tile entry ``e``
+    (``bs`` and ``cs`` hold ``B`` and ``C``, ``NL`` values an entry): defines
+    ``bn``, ``cn``, ``ht`` (the state after the step) and ``gt`` (its
+    cotangent), and adds the ``B`` and ``C`` gradients, summed over the
+    warp's ``rows``, into ``dB`` and ``dC`` atomically.
     """
     return f"""
-                const float bn = static_cast<float>(Bm[r + i * NSPLIT]);
-                const float cn = static_cast<float>(Cm[r + i * NSPLIT]);
+                const float bn = bs[e * NL + i];
+                const float cn = cs[e * NL + i];
                 const float ht = decay * prev + {step} * bn * {signal};
                 const float gt = carry[i] + cn * g_out;
                 // sums over the warp's {rows} (lanes with the same j)

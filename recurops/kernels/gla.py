@@ -32,6 +32,7 @@ from .chassis import (
     segments,
     span_backward,
     tile_steps,
+    tiled_adjoint,
     tiled_forward,
 )
 
@@ -123,42 +124,60 @@ BACKWARD = Source(
             S[c] = active ? ckpt[(base + c * KSPLIT + u) * V + j] : 0.0f;
         }""",
         step=_step,
-        adjoint="""
-                const int row = (b * L + t) * H + hh;
-                const float vj = active ? static_cast<float>(v[row * V + j]) : 0.0f;
-                const float g_out = active ? static_cast<float>(dy[row * V + j]) : 0.0f;
-                float dv_t = 0.0f;
-                float dg_head = 0.0f;
-                for (int c = 0; c < KL; ++c) {
-                    const int i = c * KSPLIT + u;
-                    const float gi = static_cast<float>(g[row * GK + ((GK == 1) ? 0 : i)]);
-                    const float ki = static_cast<float>(k[row * K + i]);
-                    const float qi = static_cast<float>(q[row * K + i]);
-                    const float prev = before[(t - t0) * KL + c];
-                    const float st = gi * prev + ki * vj;
-                    const float gt = carry[c] + qi * g_out;
-                    // sums over the warp's columns j (lanes with the same u)
-                    const float dq_i = LANE_SUM(st * g_out, KSPLIT, 16);
-                    const float dk_i = LANE_SUM(gt * vj, KSPLIT, 16);
+        adjoint=tiled_adjoint(
+            tile="""
+                float vs[TILE];
+                float gos[TILE];  // dy
+                float gts[TILE * KL];  // gates
+                float kts[TILE * KL];
+                float qts[TILE * KL];""",
+            load="""
+                    const int row = (b * L + t) * H + hh;
+                    vs[e] = active ? static_cast<float>(v[row * V + j]) : 0.0f;
+                    gos[e] = active ? static_cast<float>(dy[row * V + j]) : 0.0f;
+                    for (int c = 0; c < KL; ++c) {
+                        const int i = c * KSPLIT + u;
+                        gts[e * KL + c] = static_cast<float>(g[row * GK + ((GK == 1) ? 0 : i)]);
+                        kts[e * KL + c] = static_cast<float>(k[row * K + i]);
+                        qts[e * KL + c] = static_cast<float>(q[row * K + i]);
+                    }""",
+            step="""
+                    const int row = (b * L + t) * H + hh;
+                    const float vj = vs[e];
+                    const float g_out = gos[e];
+                    float dv_t = 0.0f;
+                    float dg_head = 0.0f;
+                    for (int c = 0; c < KL; ++c) {
+                        const int i = c * KSPLIT + u;
+                        const float gi = gts[e * KL + c];
+                        const float ki = kts[e * KL + c];
+                        const float qi = qts[e * KL + c];
+                        const float prev = before[(t - t0) * KL + c];
+                        const float st = gi * prev + ki * vj;
+                        const float gt = carry[c] + qi * g_out;
+                        // sums over the warp's columns j (lanes with the same u)
+                        const float dq_i = LANE_SUM(st * g_out, KSPLIT, 16);
+                        const float dk_i = LANE_SUM(gt * vj, KSPLIT, 16);
+                        if (GK == 1) {
+                            dg_head += gt * prev;
+                        } else {
+                            const float dg_i = LANE_SUM(gt * prev, KSPLIT, 16);
+                            if (LANE_ID < KSPLIT) ATOMIC_ADD(&dg[row * GK + i], dg_i);
+                        }
+                        if (LANE_ID < KSPLIT) {
+                            ATOMIC_ADD(&dq[row * K + i], dq_i);
+                            ATOMIC_ADD(&dk[row * K + i], dk_i);
+                        }
+                        dv_t += gt * ki;
+                        carry[c] = gi * gt;
+                    }
                     if (GK == 1) {
-                        dg_head += gt * prev;
-                    } else {
-                        const float dg_i = LANE_SUM(gt * prev, KSPLIT, 16);
-                        if (LANE_ID < KSPLIT) ATOMIC_ADD(&dg[row * GK + i], dg_i);
+                        const float dg_sum = WARP_SUM(dg_head);
+                        if (LANE_ID == 0) ATOMIC_ADD(&dg[row], dg_sum);
                     }
-                    if (LANE_ID < KSPLIT) {
-                        ATOMIC_ADD(&dq[row * K + i], dq_i);
-                        ATOMIC_ADD(&dk[row * K + i], dk_i);
-                    }
-                    dv_t += gt * ki;
-                    carry[c] = gi * gt;
-                }
-                if (GK == 1) {
-                    const float dg_sum = WARP_SUM(dg_head);
-                    if (LANE_ID == 0) ATOMIC_ADD(&dg[row], dg_sum);
-                }
-                dv_t = LANE_SUM(dv_t, 1, KSPLIT / 2);
-                if (active && u == 0) dv[row * V + j] = static_cast<T>(dv_t);""",
+                    dv_t = LANE_SUM(dv_t, 1, KSPLIT / 2);
+                    if (active && u == 0) dv[row * V + j] = static_cast<T>(dv_t);""",
+        ),
     ) + """    if (active) {
         for (int c = 0; c < KL; ++c) dh0[(bh * K + c * KSPLIT + u) * V + j] = carry[c];
     }

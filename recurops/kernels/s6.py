@@ -24,6 +24,7 @@ from .chassis import (
     segments,
     selective_adjoint,
     tile_steps,
+    tiled_adjoint,
 )
 
 _PROLOGUE = """
@@ -121,31 +122,47 @@ BACKWARD = Source(
                 h[i] = EXP(dl * an[i]) * h[i] + dl * static_cast<float>(Bm[r + i * NSPLIT]) * uu;
             }
         }
-        for (int t = t1 - 1; t >= t0; --t) {
-            const int at = (b * L + t) * D + d;
-            const int r = (b * L + t) * N + j;
-            const float dl = active ? static_cast<float>(delta[at]) : 0.0f;
-            const float uu = active ? static_cast<float>(u[at]) : 0.0f;
-            const float g_out = active ? static_cast<float>(dy[at]) : 0.0f;
-            float du_t = 0.0f;
-            float ddl = 0.0f;
-            for (int i = 0; i < NL; ++i) {
-                const float decay = EXP(dl * an[i]);
-                const float prev = before[(t - t0) * NL + i];""" + selective_adjoint(
-                    "dl", "uu", "channels d") + """
-                du_t += gt * dl * bn;
-                ddl += gt * (an[i] * decay * prev + bn * uu);
-                dA_acc[i] += gt * dl * decay * prev;
-                carry[i] = decay * gt;
-            }
-            du_t = LANE_SUM(du_t, 1, NSPLIT / 2);
-            ddl = LANE_SUM(ddl, 1, NSPLIT / 2);
-            if (active && j == 0) {
-                du[at] = du_t;
-                ddelta[at] = ddl;
-            }
-        }
-    }
+""" + tiled_adjoint(
+        tile="""
+                float dls[TILE];
+                float us[TILE];
+                float gs[TILE];  // dy
+                float bs[TILE * NL];
+                float cs[TILE * NL];""",
+        load="""
+                    const int at = (b * L + t) * D + d;
+                    const int r = (b * L + t) * N + j;
+                    dls[e] = active ? static_cast<float>(delta[at]) : 0.0f;
+                    us[e] = active ? static_cast<float>(u[at]) : 0.0f;
+                    gs[e] = active ? static_cast<float>(dy[at]) : 0.0f;
+                    for (int i = 0; i < NL; ++i) {
+                        bs[e * NL + i] = static_cast<float>(Bm[r + i * NSPLIT]);
+                        cs[e * NL + i] = static_cast<float>(Cm[r + i * NSPLIT]);
+                    }""",
+        step="""
+                    const int at = (b * L + t) * D + d;
+                    const int r = (b * L + t) * N + j;
+                    const float dl = dls[e];
+                    const float uu = us[e];
+                    const float g_out = gs[e];
+                    float du_t = 0.0f;
+                    float ddl = 0.0f;
+                    for (int i = 0; i < NL; ++i) {
+                        const float decay = EXP(dl * an[i]);
+                        const float prev = before[(t - t0) * NL + i];""" + selective_adjoint(
+                            "dl", "uu", "channels d") + """
+                        du_t += gt * dl * bn;
+                        ddl += gt * (an[i] * decay * prev + bn * uu);
+                        dA_acc[i] += gt * dl * decay * prev;
+                        carry[i] = decay * gt;
+                    }
+                    du_t = LANE_SUM(du_t, 1, NSPLIT / 2);
+                    ddl = LANE_SUM(ddl, 1, NSPLIT / 2);
+                    if (active && j == 0) {
+                        du[at] = du_t;
+                        ddelta[at] = ddl;
+                    }""",
+    ) + """    }
     if (active) {
         for (int i = 0; i < NL; ++i) {
             dh0[(b * D + d) * N + i * NSPLIT + j] = carry[i];

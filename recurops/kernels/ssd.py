@@ -38,6 +38,7 @@ from .chassis import (
     selective_adjoint,
     span_backward,
     tile_steps,
+    tiled_adjoint,
     tiled_forward,
 )
 
@@ -137,29 +138,47 @@ BACKWARD = Source(
         const int k = (((b * (NS + 1) + s) * H + hh) * P + p) * N + j;
         for (int i = 0; i < NL; ++i) h[i] = active ? ckpt[k + i * NSPLIT] : 0.0f;""",
         step=_recompute_step,
-        adjoint="""
-                const int row = (b * L + t) * H + hh;
-                const int r = ((b * L + t) * G + grp) * N + j;
-                const float dtv = static_cast<float>(dt[row]);
-                const float xv = active ? static_cast<float>(x[row * P + p]) : 0.0f;
-                const float g_out = active ? static_cast<float>(dy[row * P + p]) : 0.0f;
-                const float decay_head = EXP(dtv * A[hh * NA]);
-                float dx_t = 0.0f;
-                float ddt_t = 0.0f;
-                for (int i = 0; i < NL; ++i) {
-                    const float an = A[hh * NA + ((NA == 1) ? 0 : i * NSPLIT + j)];
-                    const float decay = (NA == 1) ? decay_head : EXP(dtv * an);
-                    const float prev = before[(t - t0) * NL + i];""" + selective_adjoint(
-                        "dtv", "xv", "rows p") + """
-                    dx_t += gt * dtv * bn;
-                    ddt_t += gt * (an * decay * prev + bn * xv);
-                    dA_acc[(NA == 1) ? 0 : i] += gt * dtv * decay * prev;
-                    carry[i] = decay * gt;
-                }
-                dx_t = LANE_SUM(dx_t, 1, NSPLIT / 2);
-                const float ddt_sum = WARP_SUM(ddt_t);
-                if (LANE_ID == 0) ATOMIC_ADD(&ddt[row], ddt_sum);
-                if (active && j == 0) dx[row * P + p] = static_cast<T>(dx_t);""",
+        adjoint=tiled_adjoint(
+            tile="""
+                float dts[TILE];
+                float xs[TILE];
+                float gs[TILE];  // dy
+                float bs[TILE * NL];
+                float cs[TILE * NL];""",
+            load="""
+                    const int row = (b * L + t) * H + hh;
+                    const int r = ((b * L + t) * G + grp) * N + j;
+                    dts[e] = static_cast<float>(dt[row]);
+                    xs[e] = active ? static_cast<float>(x[row * P + p]) : 0.0f;
+                    gs[e] = active ? static_cast<float>(dy[row * P + p]) : 0.0f;
+                    for (int i = 0; i < NL; ++i) {
+                        bs[e * NL + i] = static_cast<float>(Bm[r + i * NSPLIT]);
+                        cs[e * NL + i] = static_cast<float>(Cm[r + i * NSPLIT]);
+                    }""",
+            step="""
+                    const int row = (b * L + t) * H + hh;
+                    const int r = ((b * L + t) * G + grp) * N + j;
+                    const float dtv = dts[e];
+                    const float xv = xs[e];
+                    const float g_out = gs[e];
+                    const float decay_head = EXP(dtv * A[hh * NA]);
+                    float dx_t = 0.0f;
+                    float ddt_t = 0.0f;
+                    for (int i = 0; i < NL; ++i) {
+                        const float an = A[hh * NA + ((NA == 1) ? 0 : i * NSPLIT + j)];
+                        const float decay = (NA == 1) ? decay_head : EXP(dtv * an);
+                        const float prev = before[(t - t0) * NL + i];""" + selective_adjoint(
+                            "dtv", "xv", "rows p") + """
+                        dx_t += gt * dtv * bn;
+                        ddt_t += gt * (an * decay * prev + bn * xv);
+                        dA_acc[(NA == 1) ? 0 : i] += gt * dtv * decay * prev;
+                        carry[i] = decay * gt;
+                    }
+                    dx_t = LANE_SUM(dx_t, 1, NSPLIT / 2);
+                    const float ddt_sum = WARP_SUM(ddt_t);
+                    if (LANE_ID == 0) ATOMIC_ADD(&ddt[row], ddt_sum);
+                    if (active && j == 0) dx[row * P + p] = static_cast<T>(dx_t);""",
+        ),
     ) + """    if (active) {
         for (int i = 0; i < NL; ++i) dh0[(bh * P + p) * N + i * NSPLIT + j] = carry[i];
         for (int i = 0; i < NDA; ++i) {
