@@ -6,7 +6,7 @@ import pytest
 import recurops
 from recurops.kernels.chassis import (
     LARGE_STATE,
-    LARGE_TOTAL,
+    LARGE_WORK,
     backward_split,
     large_state_crossover,
 )
@@ -16,20 +16,22 @@ from recurops.testing import simulate
 def test_crossover_only_for_large_states_over_long_sequences():
     ssd_big = {"P": 64, "N": 128, "L": 2048}
     assert large_state_crossover(ssd_big, "P", "N", 16, heads=8 * 32) is not None
-    assert large_state_crossover(ssd_big, "P", "N", 16, heads=3 * 4) is None  # few heads
+    assert large_state_crossover(ssd_big, "P", "N", 16, heads=2) is None  # few heads
     assert large_state_crossover({"P": 64, "N": 16, "L": 2048}, "P", "N", 32, 8 * 32) is None
     assert large_state_crossover({"P": 64, "N": 128, "L": 64}, "P", "N", 16, 8 * 32) is None
+    heads = -(-LARGE_WORK // (4096 * 512))  # the fewest with enough updates at L=512
     gla = {"K": 64, "V": 64, "L": 512}
-    reason = large_state_crossover(gla, "K", "V", 32, heads=LARGE_TOTAL // 4096)
-    assert f"K*V=4096 > {LARGE_STATE}" in reason and f">= {LARGE_TOTAL}" in reason
-    assert large_state_crossover(gla, "K", "V", 32, heads=LARGE_TOTAL // 4096 - 1) is None
-    assert large_state_crossover(gla, "K", "V", 32, LARGE_TOTAL, per_channel=True) is None
+    reason = large_state_crossover(gla, "K", "V", 32, heads=heads)
+    assert f"K*V=4096 > {LARGE_STATE}" in reason and f">= {LARGE_WORK:.1e}" in reason
+    assert large_state_crossover(gla, "K", "V", 32, heads=heads - 1) is None
+    assert large_state_crossover({**gla, "L": 4 * 512}, "K", "V", 32, heads=heads // 4 + 1)
+    assert large_state_crossover(gla, "K", "V", 32, 100 * heads, per_channel=True) is None
 
 
 @pytest.mark.parametrize("dims,batch,per_channel,path", [
     ((64, 16), 64, False, "kernel"),
-    ((64, 128), 8, False, "fallback"),  # 8 x 2 heads x 8192 = 2^17 state elements
-    ((64, 128), 7, False, "kernel"),  # fewer heads: the kernel
+    ((64, 128), 37, False, "fallback"),  # 37 x 2 heads x 8192 x L=200 >= 1.2e8 updates
+    ((64, 128), 36, False, "kernel"),  # fewer heads: the kernel
     ((64, 128), 64, True, "kernel"),  # per-channel decays: the kernel at any state size
 ])
 def test_auto_follows_the_crossover_and_kernel_can_still_be_forced(dims, batch, per_channel, path):

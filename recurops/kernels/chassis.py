@@ -426,27 +426,32 @@ def in_one_dtype(*arrays) -> tuple[mx.Dtype, tuple]:
 
 
 LARGE_STATE = 2048  # state elements per head above which the chunked fallback can train faster
-LARGE_TOTAL = 2**17  # ... when the states of all heads together hold at least this many
+LARGE_WORK = 12 * 10**7  # ... when the sweep makes at least this many state updates (all heads x L)
 
 
 def large_state_crossover(dims: dict, rows: str, cols: str, seg: int, heads: int,
                           per_channel: bool = False) -> str | None:
     """Why ``auto`` prefers the fallback for a matrix-state kind, or None.
 
-    ``heads`` counts the independent states (batch x heads). Measured on an
-    H100 (docs/kernels.md): with one decay per head, more than
-    ``LARGE_STATE`` state elements per head and ``LARGE_TOTAL`` over all
-    heads, the chunked fallback trains faster on anything longer than four
-    segments: 1.2-1.5x at 0.15M state elements (gla B=3 H=12 K=V=64, where
-    the kernel's forward is 1.5x faster), 1.3x at 0.52M, 2.3-3x at 0.59M
-    (K=V=128) and 3.5x at 2.1M (the large ssd and gla shapes). With a
+    ``heads`` counts the independent states (batch x heads). The kernel's
+    sweep makes ``state x heads x L`` updates, one step after another; the
+    chunked fallback pays a fixed cost of some 80 launches (1.4-2 ms for a
+    training step) and then runs on the tensor cores. Measured on an H100,
+    bf16, forward+backward (docs/kernels.md, "Dispatch"): with one decay per
+    head and more than ``LARGE_STATE`` elements per head, the kernel is as
+    fast or faster up to 1.0e8 updates (gla B=3 and B=4 T=512 H=12 K=V=64,
+    ssd B=3 L=512 H=12 N=64), and the fallback 1.4-3x faster from 1.3e8
+    (gla B=1 T=512 H=16 K=V=128; ssd B=3 L=2048 H=4 N=128 and gla B=1
+    T=4096 H=12 K=V=64, 2e8) up to 3.5x at 17e8 (the large ssd and gla
+    shapes). Sequences of up to four segments stay on the kernel. With a
     decay per state channel the fallback's chunks are short and its decays
     ``[K, T, T]`` per chunk: the kernel is faster there, and far leaner.
     """
     size = dims[rows] * dims[cols]
-    if (not per_channel and size > LARGE_STATE and size * heads >= LARGE_TOTAL
+    work = size * heads * dims["L"]
+    if (not per_channel and size > LARGE_STATE and work >= LARGE_WORK
             and dims["L"] > 4 * seg):
         return (f"the chunked fallback is faster for large states ({rows}*{cols}={size} "
-                f"> {LARGE_STATE} per head, {size * heads} >= {LARGE_TOTAL} in all) "
-                f"over L={dims['L']} steps")
+                f"> {LARGE_STATE} per head) over many steps ({size * heads} state "
+                f"elements x L={dims['L']} >= {LARGE_WORK:.1e} updates)")
     return None
