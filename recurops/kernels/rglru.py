@@ -89,7 +89,9 @@ BACKWARD = Source(
 )
 
 SEG = 32
-TILE = 8  # steps whose inputs the forward loads at once
+# Steps whose inputs the forward loads at once. H100, bf16, B=8 L=2048 D=2048:
+# forward 0.39-0.46 ms at 16 against 0.48-0.65 at 8 and 0.47-0.53 at 32.
+TILE = 16
 
 
 def _forward(a, x, state):
