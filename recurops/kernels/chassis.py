@@ -294,6 +294,22 @@ def tiled_adjoint(tile: str, load: str, step: str) -> str:
     return _fill(_TILED_ADJOINT, {"@TILE@": tile, "@LOAD@": load, "@STEP@": step})
 
 
+def selective_tile(entry: str) -> tuple[str, str]:
+    """Body text declaring, and loading into tile entry ``entry``, the lane's
+    ``NL`` values of ``B`` and ``C`` (``bs``, ``cs``) of the step whose row
+    starts at input offset ``r``: the tile arrays of Mamba's selective scans
+    (``s6``, ``ssd``) that ``selective_adjoint`` reads."""
+    declare = """
+                float bs[TILE * NL];
+                float cs[TILE * NL];"""
+    load = f"""
+                    for (int i = 0; i < NL; ++i) {{
+                        bs[{entry} * NL + i] = static_cast<float>(Bm[r + i * NSPLIT]);
+                        cs[{entry} * NL + i] = static_cast<float>(Cm[r + i * NSPLIT]);
+                    }}"""
+    return declare, load
+
+
 def selective_adjoint(step: str, signal: str, rows: str) -> str:
     """Body text of the adjoint of one state value of Mamba's selective scan
     (``s6``, ``ssd``): ``h = decay h + step B signal``, read out as ``C . h``.

@@ -68,6 +68,26 @@ def _step(save: str) -> str:
                 }""".replace("SAVE", save)
 
 
+def _gates_keys_queries(entry: str) -> tuple[str, str]:
+    """Body text declaring, and loading into tile entry ``entry``, the lane's
+    ``KL`` gates, keys and queries (``gs``, ``ks``, ``qs``) of the step at
+    row ``row``."""
+    declare = """
+                float gs[TILE * KL];
+                float ks[TILE * KL];
+                float qs[TILE * KL];"""
+    load = f"""
+                for (int c = 0; c < KL; ++c) {{
+                    const int i = c * KSPLIT + u;
+                    gs[{entry} * KL + c] = static_cast<float>(g[row * GK + ((GK == 1) ? 0 : i)]);
+                    ks[{entry} * KL + c] = static_cast<float>(k[row * K + i]);
+                    qs[{entry} * KL + c] = static_cast<float>(q[row * K + i]);
+                }}"""
+    return declare, load
+
+
+_GKQ_FWD, _GKQ_BWD = _gates_keys_queries("s"), _gates_keys_queries("e")
+
 FORWARD = Source(
     "gla_fwd",
     inputs=("q", "k", "v", "g", "h0"),
@@ -79,19 +99,10 @@ FORWARD = Source(
         S[c] = active ? h0[(bh * K + i) * V + j] : 0.0f;
         if (active) ckpt[(((b * (NS + 1)) * H + hh) * K + i) * V + j] = S[c];""",
         tile="""
-        float vs[TILE];
-        float gs[TILE * KL];
-        float ks[TILE * KL];
-        float qs[TILE * KL];""",
+        float vs[TILE];""" + _GKQ_FWD[0],
         load="""
             const int row = (b * L + t) * H + hh;
-            vs[s] = active ? static_cast<float>(v[row * V + j]) : 0.0f;
-            for (int c = 0; c < KL; ++c) {
-                const int i = c * KSPLIT + u;
-                gs[s * KL + c] = static_cast<float>(g[row * GK + ((GK == 1) ? 0 : i)]);
-                ks[s * KL + c] = static_cast<float>(k[row * K + i]);
-                qs[s * KL + c] = static_cast<float>(q[row * K + i]);
-            }""",
+            vs[s] = active ? static_cast<float>(v[row * V + j]) : 0.0f;""" + _GKQ_FWD[1],
         step="""
             float out = 0.0f;
             for (int c = 0; c < KL; ++c) {
@@ -127,20 +138,11 @@ BACKWARD = Source(
         adjoint=tiled_adjoint(
             tile="""
                 float vs[TILE];
-                float gos[TILE];  // dy
-                float gts[TILE * KL];  // gates
-                float kts[TILE * KL];
-                float qts[TILE * KL];""",
+                float gos[TILE];  // dy""" + _GKQ_BWD[0],
             load="""
                     const int row = (b * L + t) * H + hh;
                     vs[e] = active ? static_cast<float>(v[row * V + j]) : 0.0f;
-                    gos[e] = active ? static_cast<float>(dy[row * V + j]) : 0.0f;
-                    for (int c = 0; c < KL; ++c) {
-                        const int i = c * KSPLIT + u;
-                        gts[e * KL + c] = static_cast<float>(g[row * GK + ((GK == 1) ? 0 : i)]);
-                        kts[e * KL + c] = static_cast<float>(k[row * K + i]);
-                        qts[e * KL + c] = static_cast<float>(q[row * K + i]);
-                    }""",
+                    gos[e] = active ? static_cast<float>(dy[row * V + j]) : 0.0f;""" + _GKQ_BWD[1],
             step="""
                     const int row = (b * L + t) * H + hh;
                     const float vj = vs[e];
@@ -149,9 +151,9 @@ BACKWARD = Source(
                     float dg_head = 0.0f;
                     for (int c = 0; c < KL; ++c) {
                         const int i = c * KSPLIT + u;
-                        const float gi = gts[e * KL + c];
-                        const float ki = kts[e * KL + c];
-                        const float qi = qts[e * KL + c];
+                        const float gi = gs[e * KL + c];
+                        const float ki = ks[e * KL + c];
+                        const float qi = qs[e * KL + c];
                         const float prev = before[(t - t0) * KL + c];
                         const float st = gi * prev + ki * vj;
                         const float gt = carry[c] + qi * g_out;

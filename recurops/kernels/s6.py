@@ -23,6 +23,7 @@ from .chassis import (
     launch,
     segments,
     selective_adjoint,
+    selective_tile,
     tile_steps,
     tiled_adjoint,
 )
@@ -41,6 +42,8 @@ _PROLOGUE = """
     const bool active = d < D;
 """
 
+_BC_FWD, _BC_BWD = selective_tile("s"), selective_tile("e")
+
 FORWARD = Source(
     "s6_fwd",
     inputs=("u", "delta", "A", "Bm", "Cm", "h0"),
@@ -58,27 +61,21 @@ FORWARD = Source(
     for (int t0 = 0; t0 < L; t0 += TILE) {
         // the tile's inputs first: independent loads, one memory latency a tile
         float dl_t[TILE];
-        float u_t[TILE];
-        float b_t[TILE * NL];
-        float c_t[TILE * NL];
+        float u_t[TILE];""" + _BC_FWD[0] + """
         for (int s = 0; s < TILE; ++s) {
             const int t = (t0 + s < L) ? t0 + s : L - 1;
             const int at = (b * L + t) * D + d;
             const int r = (b * L + t) * N + j;
             dl_t[s] = active ? static_cast<float>(delta[at]) : 0.0f;
-            u_t[s] = active ? static_cast<float>(u[at]) : 0.0f;
-            for (int i = 0; i < NL; ++i) {
-                b_t[s * NL + i] = static_cast<float>(Bm[r + i * NSPLIT]);
-                c_t[s * NL + i] = static_cast<float>(Cm[r + i * NSPLIT]);
-            }
+            u_t[s] = active ? static_cast<float>(u[at]) : 0.0f;""" + _BC_FWD[1] + """
         }
         for (int s = 0; s < TILE; ++s) {
             const int t = t0 + s;
             if (t >= L) break;  // the same t for every lane of the warp
             float out = 0.0f;
             for (int i = 0; i < NL; ++i) {
-                h[i] = EXP(dl_t[s] * an[i]) * h[i] + dl_t[s] * b_t[s * NL + i] * u_t[s];
-                out += c_t[s * NL + i] * h[i];
+                h[i] = EXP(dl_t[s] * an[i]) * h[i] + dl_t[s] * bs[s * NL + i] * u_t[s];
+                out += cs[s * NL + i] * h[i];
             }
             out = LANE_SUM(out, 1, NSPLIT / 2);
             if (active && j == 0) y[(b * L + t) * D + d] = static_cast<T>(out);
@@ -126,19 +123,13 @@ BACKWARD = Source(
         tile="""
                 float dls[TILE];
                 float us[TILE];
-                float gs[TILE];  // dy
-                float bs[TILE * NL];
-                float cs[TILE * NL];""",
+                float gs[TILE];  // dy""" + _BC_BWD[0],
         load="""
                     const int at = (b * L + t) * D + d;
                     const int r = (b * L + t) * N + j;
                     dls[e] = active ? static_cast<float>(delta[at]) : 0.0f;
                     us[e] = active ? static_cast<float>(u[at]) : 0.0f;
-                    gs[e] = active ? static_cast<float>(dy[at]) : 0.0f;
-                    for (int i = 0; i < NL; ++i) {
-                        bs[e * NL + i] = static_cast<float>(Bm[r + i * NSPLIT]);
-                        cs[e * NL + i] = static_cast<float>(Cm[r + i * NSPLIT]);
-                    }""",
+                    gs[e] = active ? static_cast<float>(dy[at]) : 0.0f;""" + _BC_BWD[1],
         step="""
                     const int at = (b * L + t) * D + d;
                     const int r = (b * L + t) * N + j;

@@ -36,6 +36,7 @@ from .chassis import (
     launch,
     segments,
     selective_adjoint,
+    selective_tile,
     span_backward,
     tile_steps,
     tiled_adjoint,
@@ -61,6 +62,8 @@ _PROLOGUE = """
     const bool active = p < P;
 """
 
+_BC_FWD, _BC_BWD = selective_tile("s"), selective_tile("e")
+
 FORWARD = Source(
     "ssd_fwd",
     inputs=("x", "dt", "A", "Bm", "Cm", "h0"),
@@ -73,18 +76,12 @@ FORWARD = Source(
         if (active) ckpt[(((b * (NS + 1)) * H + hh) * P + p) * N + n] = h[i];""",
         tile="""
         float dts[TILE];
-        float xs[TILE];
-        float bs[TILE * NL];
-        float cs[TILE * NL];""",
+        float xs[TILE];""" + _BC_FWD[0],
         load="""
             const int row = (b * L + t) * H + hh;
             const int r = ((b * L + t) * G + grp) * N + j;
             dts[s] = static_cast<float>(dt[row]);
-            xs[s] = active ? static_cast<float>(x[row * P + p]) : 0.0f;
-            for (int i = 0; i < NL; ++i) {
-                bs[s * NL + i] = static_cast<float>(Bm[r + i * NSPLIT]);
-                cs[s * NL + i] = static_cast<float>(Cm[r + i * NSPLIT]);
-            }""",
+            xs[s] = active ? static_cast<float>(x[row * P + p]) : 0.0f;""" + _BC_FWD[1],
         step="""
             const float dtv = dts[s];
             const float decay_head = EXP(dtv * A[hh * NA]);
@@ -142,19 +139,13 @@ BACKWARD = Source(
             tile="""
                 float dts[TILE];
                 float xs[TILE];
-                float gs[TILE];  // dy
-                float bs[TILE * NL];
-                float cs[TILE * NL];""",
+                float gs[TILE];  // dy""" + _BC_BWD[0],
             load="""
                     const int row = (b * L + t) * H + hh;
                     const int r = ((b * L + t) * G + grp) * N + j;
                     dts[e] = static_cast<float>(dt[row]);
                     xs[e] = active ? static_cast<float>(x[row * P + p]) : 0.0f;
-                    gs[e] = active ? static_cast<float>(dy[row * P + p]) : 0.0f;
-                    for (int i = 0; i < NL; ++i) {
-                        bs[e * NL + i] = static_cast<float>(Bm[r + i * NSPLIT]);
-                        cs[e * NL + i] = static_cast<float>(Cm[r + i * NSPLIT]);
-                    }""",
+                    gs[e] = active ? static_cast<float>(dy[row * P + p]) : 0.0f;""" + _BC_BWD[1],
             step="""
                     const int row = (b * L + t) * H + hh;
                     const int r = ((b * L + t) * G + grp) * N + j;
