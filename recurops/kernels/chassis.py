@@ -369,9 +369,10 @@ def backward_split(n: int, threads: Callable[[int], int]) -> int:
 
 
 def tile_steps(n: int) -> int:
-    """Steps whose inputs a forward kernel loads at once, for a state row of
-    ``n`` values split over ``lane_split(n)`` lanes: 8, fewer for wide lanes
-    (2 at 16 values a lane; measured on an H200, docs/kernels.md)."""
+    """Steps whose inputs a forward kernel (and the adjoint of ``ssd`` and
+    ``gla``) loads at once, for a state row of ``n`` values split over
+    ``lane_split(n)`` lanes: 8, fewer for wide lanes (2 at 16 values a lane;
+    measured on an H200 for the forwards, docs/kernels.md)."""
     return max(1, min(8, 32 // (n // lane_split(n))))
 
 
