@@ -11,12 +11,12 @@
 * ``checkpointed`` wires a forward kernel (outputs and a state checkpoint
   every ``SEG`` steps) and a backward kernel (recompute each segment from its
   checkpoint, then the adjoint sweep) into one ``mx.custom_function``.
-* ``tiled_forward`` and ``span_backward`` are the forward and the backward
+* ``tiled_steps`` and ``tiled_adjoint`` sweep the steps forwards and
+  backwards in tiles, loading a tile's inputs before running its steps;
+  ``tiled_forward`` and ``span_backward`` are the forward and the backward
   sweep of the two-level kernels (a
   checkpoint every ``SPAN`` steps, recomputed in ``SEG``-step pieces), with
-  a kind's load, recompute step and adjoint step filled in;
-  ``tiled_adjoint`` is an adjoint sweep that loads a tile of steps' inputs
-  before running them.
+  a kind's load, recompute step and adjoint step filled in.
 
 Neutral tokens: ``THREAD_ID`` (global thread index along x), ``LANE_ID``
 (index within the 32-lane simdgroup / warp), ``WARP_SUM(v)`` (sum over the
@@ -174,12 +174,7 @@ def launch(source: Source, inputs, outputs: dict, threads: int, template: dict,
 
 SPAN = 256  # steps between stored checkpoints of the two-level kernels (ssd, gla)
 
-_TILED_FORWARD = """
-    if (bh >= B * H) return;  // whole warps only
-    float @S@[@W@];
-    for (int @I@ = 0; @I@ < @W@; ++@I@) {
-@INIT@
-    }
+_TILED_STEPS = """
     for (int t0 = 0; t0 < L; t0 += TILE) {
         // the tile's inputs first: independent loads, one memory latency a tile
 @TILE@
@@ -191,12 +186,28 @@ _TILED_FORWARD = """
             const int t = t0 + s;
             if (t >= L) break;  // the same t for every lane of the warp
 @STEP@
-            if (active && ((t + 1) % SPAN == 0 || t == L - 1)) {
-@CHECKPOINT@
-            }
         }
     }
 """
+
+
+def tiled_steps(tile: str, load: str, step: str) -> str:
+    """Body text of a forward sweep over steps ``t = 0 .. L - 1`` in tiles of
+    ``TILE`` steps: ``tile`` declares arrays of a tile's inputs, ``load``
+    fills entry ``s`` with step ``t``'s (the last step stands in past ``L``),
+    then ``step`` runs step ``t = t0 + s``. Loading a tile before the steps'
+    stores lets the loads overlap (one memory latency a tile instead of one
+    a step).
+    """
+    return _fill(_TILED_STEPS, {"@TILE@": tile, "@LOAD@": load, "@STEP@": step})
+
+
+_TILED_FORWARD_START = """
+    if (bh >= B * H) return;  // whole warps only
+    float @S@[@W@];
+    for (int @I@ = 0; @I@ < @W@; ++@I@) {
+@INIT@
+    }"""
 
 
 def tiled_forward(state: str, index: str, width: str, init: str, tile: str, load: str,
@@ -205,15 +216,16 @@ def tiled_forward(state: str, index: str, width: str, init: str, tile: str, load
     the prologue, which defines ``bh``, ``active`` and ``NS``).
 
     ``init`` sets ``state[index]`` (for ``index`` below ``width``) from the
-    initial state and stores it as checkpoint 0; then tile by tile, ``tile``
-    declares arrays of ``TILE`` steps' inputs, ``load`` fills entry ``s``
-    with step ``t``'s (the last step stands in past ``L``), ``step`` advances
-    the state by step ``t = t0 + s`` and writes ``y``, and ``checkpoint``
-    stores the state after every ``SPAN``-th step and the last.
+    initial state and stores it as checkpoint 0; then ``tiled_steps`` with
+    ``tile`` and ``load``, where ``step`` advances the state by step ``t``
+    and writes ``y``, and ``checkpoint`` stores the state after every
+    ``SPAN``-th step and the last.
     """
-    return _fill(_TILED_FORWARD, {"@INIT@": init, "@TILE@": tile, "@LOAD@": load, "@STEP@": step,
-                                  "@CHECKPOINT@": checkpoint, "@S@": state, "@I@": index,
-                                  "@W@": width})
+    start = _fill(_TILED_FORWARD_START, {"@INIT@": init, "@S@": state, "@I@": index,
+                                         "@W@": width})
+    return start + tiled_steps(tile, load, step + f"""
+            if (active && ((t + 1) % SPAN == 0 || t == L - 1)) {{{checkpoint}
+            }}""")
 
 
 def _fill(template: str, parts: dict) -> str:

@@ -11,6 +11,7 @@ from .chassis import (
     lanes,
     launch,
     segments,
+    tiled_steps,
 )
 
 _PROLOGUE = """
@@ -31,26 +32,21 @@ FORWARD = Source(
     body=_PROLOGUE + """
     float h = h0[tid];
     ckpt[(b * (NS + 1)) * D + d] = h;
-    for (int t0 = 0; t0 < L; t0 += TILE) {
-        // the tile's inputs first: independent loads, one memory latency a tile
+""" + tiled_steps(
+        tile="""
         float a_t[TILE];
-        float x_t[TILE];
-        for (int s = 0; s < TILE; ++s) {
-            const int i = (b * L + ((t0 + s < L) ? t0 + s : L - 1)) * D + d;
+        float x_t[TILE];""",
+        load="""
+            const int i = (b * L + t) * D + d;
             a_t[s] = static_cast<float>(a[i]);
-            x_t[s] = static_cast<float>(x[i]);
-        }
-        for (int s = 0; s < TILE; ++s) {
-            const int t = t0 + s;
-            if (t >= L) break;
+            x_t[s] = static_cast<float>(x[i]);""",
+        step="""
             h = a_t[s] * h + x_t[s];
             y[(b * L + t) * D + d] = static_cast<T>(h);
             if ((t + 1) % SEG == 0 || t == L - 1) {
                 ckpt[(b * (NS + 1) + (t + SEG) / SEG) * D + d] = h;
-            }
-        }
-    }
-""",
+            }""",
+    ),
 )
 
 BACKWARD = Source(

@@ -1,7 +1,8 @@
 """Fused kernels for ``"rotlru"``: ``z <- a (cos + i sin) z + x`` on (u, w) pairs.
 
 One thread per channel pair; the adjoint of the rotation-scale ``M`` is its
-transpose, ``a (cos - i sin)``.
+transpose, ``a (cos - i sin)``. The kernels read the sines as ``sn``
+(``s`` is the tile entry of ``chassis.tiled_steps``).
 """
 
 import mlx.core as mx
@@ -15,6 +16,7 @@ from .chassis import (
     lanes,
     launch,
     segments,
+    tiled_steps,
 )
 
 _PROLOGUE = """
@@ -30,7 +32,7 @@ _PROLOGUE = """
 
 FORWARD = Source(
     "rotlru_fwd",
-    inputs=("a", "c", "s", "x", "h0"),
+    inputs=("a", "c", "sn", "x", "h0"),
     outputs=("y", "ckpt"),
     body=_PROLOGUE + """
     float u = h0[2 * tid];
@@ -38,25 +40,22 @@ FORWARD = Source(
     int k = (b * (NS + 1)) * P + p;
     ckpt[2 * k] = u;
     ckpt[2 * k + 1] = w;
-    for (int t0 = 0; t0 < L; t0 += TILE) {
-        // the tile's inputs first: independent loads, one memory latency a tile
+""" + tiled_steps(
+        tile="""
         float ac_t[TILE];  // a cos
         float as_t[TILE];  // a sin
         float xu_t[TILE];
-        float xw_t[TILE];
-        for (int r = 0; r < TILE; ++r) {
-            const int i = (b * L + ((t0 + r < L) ? t0 + r : L - 1)) * P + p;
-            ac_t[r] = static_cast<float>(a[i]) * static_cast<float>(c[i]);
-            as_t[r] = static_cast<float>(a[i]) * static_cast<float>(s[i]);
-            xu_t[r] = static_cast<float>(x[2 * i]);
-            xw_t[r] = static_cast<float>(x[2 * i + 1]);
-        }
-        for (int r = 0; r < TILE; ++r) {
-            const int t = t0 + r;
-            if (t >= L) break;
+        float xw_t[TILE];""",
+        load="""
             const int i = (b * L + t) * P + p;
-            const float nu = ac_t[r] * u - as_t[r] * w + xu_t[r];
-            w = as_t[r] * u + ac_t[r] * w + xw_t[r];
+            ac_t[s] = static_cast<float>(a[i]) * static_cast<float>(c[i]);
+            as_t[s] = static_cast<float>(a[i]) * static_cast<float>(sn[i]);
+            xu_t[s] = static_cast<float>(x[2 * i]);
+            xw_t[s] = static_cast<float>(x[2 * i + 1]);""",
+        step="""
+            const int i = (b * L + t) * P + p;
+            const float nu = ac_t[s] * u - as_t[s] * w + xu_t[s];
+            w = as_t[s] * u + ac_t[s] * w + xw_t[s];
             u = nu;
             y[2 * i] = static_cast<T>(u);
             y[2 * i + 1] = static_cast<T>(w);
@@ -64,15 +63,13 @@ FORWARD = Source(
                 k = (b * (NS + 1) + (t + SEG) / SEG) * P + p;
                 ckpt[2 * k] = u;
                 ckpt[2 * k + 1] = w;
-            }
-        }
-    }
-""",
+            }""",
+    ),
 )
 
 BACKWARD = Source(
     "rotlru_bwd",
-    inputs=("a", "c", "s", "x", "ckpt", "dy", "dfinal"),
+    inputs=("a", "c", "sn", "x", "ckpt", "dy", "dfinal"),
     outputs=("da", "dc", "ds", "dx", "dh0"),
     body=_PROLOGUE + """
     float cu = dfinal[2 * tid];      // dLoss/d(u, w)[t] from steps after t
@@ -89,12 +86,14 @@ BACKWARD = Source(
             before_u[r] = u;
             before_w[r] = w;
             const float ac = static_cast<float>(a[i]) * static_cast<float>(c[i]);
-            const float as = static_cast<float>(a[i]) * static_cast<float>(s[i]);
+            const float as = static_cast<float>(a[i]) * static_cast<float>(sn[i]);
             const float nu = ac * u - as * w + static_cast<float>(x[2 * i]);
             w = as * u + ac * w + static_cast<float>(x[2 * i + 1]);
             u = nu;
         }
-        for (int end = SEG; end > 0; end -= TILE) {  // tiles of the segment, newest first
+        // tiles of the segment, newest first; unlike chassis.tiled_adjoint the bounds are
+        // constants, so before_u/before_w are indexed by constants and stay in registers
+        for (int end = SEG; end > 0; end -= TILE) {
             // the tile's inputs first, newest step first
             float a_t[TILE];
             float c_t[TILE];
@@ -106,7 +105,7 @@ BACKWARD = Source(
                 const int i = (b * L + (t < L ? t : L - 1)) * P + p;
                 a_t[r] = static_cast<float>(a[i]);
                 c_t[r] = static_cast<float>(c[i]);
-                s_t[r] = static_cast<float>(s[i]);
+                s_t[r] = static_cast<float>(sn[i]);
                 gu_t[r] = static_cast<float>(dy[2 * i]);
                 gw_t[r] = static_cast<float>(dy[2 * i + 1]);
             }

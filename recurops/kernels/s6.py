@@ -26,6 +26,7 @@ from .chassis import (
     selective_tile,
     tile_steps,
     tiled_adjoint,
+    tiled_steps,
 )
 
 _PROLOGUE = """
@@ -58,20 +59,16 @@ FORWARD = Source(
         h[i] = active ? h0[(b * D + d) * N + n] : 0.0f;
         if (active) ckpt[((b * (NS + 1)) * D + d) * N + n] = h[i];
     }
-    for (int t0 = 0; t0 < L; t0 += TILE) {
-        // the tile's inputs first: independent loads, one memory latency a tile
+""" + tiled_steps(
+        tile="""
         float dl_t[TILE];
-        float u_t[TILE];""" + _BC_FWD[0] + """
-        for (int s = 0; s < TILE; ++s) {
-            const int t = (t0 + s < L) ? t0 + s : L - 1;
+        float u_t[TILE];""" + _BC_FWD[0],
+        load="""
             const int at = (b * L + t) * D + d;
             const int r = (b * L + t) * N + j;
             dl_t[s] = active ? static_cast<float>(delta[at]) : 0.0f;
-            u_t[s] = active ? static_cast<float>(u[at]) : 0.0f;""" + _BC_FWD[1] + """
-        }
-        for (int s = 0; s < TILE; ++s) {
-            const int t = t0 + s;
-            if (t >= L) break;  // the same t for every lane of the warp
+            u_t[s] = active ? static_cast<float>(u[at]) : 0.0f;""" + _BC_FWD[1],
+        step="""
             float out = 0.0f;
             for (int i = 0; i < NL; ++i) {
                 h[i] = EXP(dl_t[s] * an[i]) * h[i] + dl_t[s] * bs[s * NL + i] * u_t[s];
@@ -82,10 +79,8 @@ FORWARD = Source(
             if (active && ((t + 1) % SEG == 0 || t == L - 1)) {
                 const int k = ((b * (NS + 1) + (t + SEG) / SEG) * D + d) * N + j;
                 for (int i = 0; i < NL; ++i) ckpt[k + i * NSPLIT] = h[i];
-            }
-        }
-    }
-""",
+            }""",
+    ),
 )
 
 BACKWARD = Source(
