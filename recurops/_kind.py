@@ -7,6 +7,7 @@ declarations, so no kind writes its own checks.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ def promote(dtypes) -> mx.Dtype:
     return dtypes.pop() if len(dtypes) == 1 else mx.float32
 
 
+@functools.cache
 def _parse(shape: str) -> tuple[bool, tuple[tuple[int, str], ...]]:
     """``"... L 2P"`` -> (batched=True, ((1, "L"), (2, "P")))."""
     tokens = shape.split()
