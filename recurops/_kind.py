@@ -11,6 +11,7 @@ import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import mlx.core as mx
 
@@ -54,7 +55,7 @@ class Input:
         return _parse(self.shapes[0])[0]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity (``_bind``'s cache)
 class Kind:
     """A registered recurrence.
 
@@ -94,9 +95,9 @@ class Kind:
 class Bound:
     """The result of checking a call: sizes of every symbol and the batch shape."""
 
-    dims: dict
+    dims: MappingProxyType  # symbol -> size (read-only: bounds are shared from a cache)
     batch: tuple[int, ...]
-    variant: dict  # input name -> index of the declared shape it matched
+    variant: MappingProxyType  # input name -> index of the declared shape it matched
 
     def shape_of(self, symbolic: str) -> tuple[int, ...]:
         batched, dims = _parse(symbolic)
@@ -142,21 +143,30 @@ def bind(kind: Kind, arrays: tuple, state=None) -> Bound:
 
     Raises TypeError for non-floating dtypes and ValueError for shapes,
     naming the input, the expected symbolic shape, the actual shape and the
-    dimension that disagrees.
+    dimension that disagrees. The result depends on shapes and dtypes alone
+    and is remembered for them: a decoding loop, which repeats one call's
+    shapes, binds once.
     """
+    return _bind(kind, tuple((tuple(x.shape), x.dtype) for x in arrays),
+                 None if state is None else (tuple(state.shape), state.dtype))
+
+
+@functools.lru_cache(maxsize=1024)
+def _bind(kind: Kind, inputs: tuple, state: tuple | None) -> Bound:
+    """``bind`` of inputs and state given as ``(shape, dtype)`` pairs."""
     dims: dict[str, int] = {}
     source: dict[str, str] = {}
     batch = None
     variant = {}
-    for spec, x in zip(kind.inputs, arrays):
-        if x.dtype not in _FLOATING:
+    for spec, (shape, dtype) in zip(kind.inputs, inputs):
+        if dtype not in _FLOATING:
             raise TypeError(
                 f"{kind.name}: input {spec.name!r} must be floating "
-                f"(float32, bfloat16, float16 or float64), got {x.dtype}"
+                f"(float32, bfloat16, float16 or float64), got {dtype}"
             )
         problems = []
         for index, symbolic in enumerate(spec.shapes):
-            problem = _match(symbolic, x.shape, dims, source, spec.name, batch)
+            problem = _match(symbolic, shape, dims, source, spec.name, batch)
             if problem is None:
                 variant[spec.name] = index
                 break
@@ -165,25 +175,26 @@ def bind(kind: Kind, arrays: tuple, state=None) -> Bound:
             expected = " or ".join(f"[{s}]" for s in spec.shapes)
             raise ValueError(
                 f"{kind.name}: input {spec.name!r} expected shape {expected}, "
-                f"got {_fmt(x.shape)}: {'; '.join(problems)}"
+                f"got {_fmt(shape)}: {'; '.join(problems)}"
             )
         if spec.batched and batch is None:
-            batch = tuple(x.shape[: x.ndim - len(_parse(spec.shapes[variant[spec.name]])[1])])
+            batch = shape[: len(shape) - len(_parse(spec.shapes[variant[spec.name]])[1])]
     for small, big in kind.divides:
         if dims[big] % dims[small]:
             raise ValueError(
                 f"{kind.name}: dimension {small}={dims[small]} must divide "
                 f"{big}={dims[big]}"
             )
-    bound = Bound(dims, batch or (), variant)
+    bound = Bound(MappingProxyType(dims), batch or (), MappingProxyType(variant))
     if state is not None:
-        if state.dtype not in _FLOATING:
-            raise TypeError(f"{kind.name}: 'state' must be floating, got {state.dtype}")
+        shape, dtype = state
+        if dtype not in _FLOATING:
+            raise TypeError(f"{kind.name}: 'state' must be floating, got {dtype}")
         expected = bound.shape_of(kind.state)
-        if tuple(state.shape) != expected:
+        if shape != expected:
             raise ValueError(
                 f"{kind.name}: 'state' expected shape [{kind.state}] = "
-                f"{_fmt(expected)}, got {_fmt(state.shape)}"
+                f"{_fmt(expected)}, got {_fmt(shape)}"
             )
     return bound
 

@@ -157,7 +157,7 @@ def launch(source: Source, inputs, outputs: dict, threads: int, template: dict,
     # ``build`` and ``backend`` are looked up here at call time on purpose:
     # recurops.testing.simulate() replaces them to run these sources on the CPU.
     kernel = build(source, backend())
-    COMPILED.add((source.name, tuple(sorted((k, str(v)) for k, v in template.items()))))
+    COMPILED.add((source.name, tuple(template.items())))
     shapes = [outputs[name] for name in source.outputs]
     return tuple(
         kernel(
