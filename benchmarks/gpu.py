@@ -332,6 +332,98 @@ def memory_sweep(lengths=(512, 1024, 2048, 4096)):
     return rows
 
 
+# ---------------------------------------------------------------- decoding
+
+
+DECODE_STEPS = 64  # steps of one decoding run, the state carried from step to step
+
+
+def decode_cases(batch):
+    """One step (``L = 1``) of each kind at serving shapes, with a state."""
+    return [
+        ssd_case(batch, 1, 32, 64, 128), gla_case(batch, 1, 16, 128, 128),
+        rglru_case(batch, 1, 2048), rotlru_case(batch, 1, 1024), s6_case(batch, 1, 1536, 16),
+    ]
+
+
+def _decode_peers(kind, inputs, state):
+    """``(step, state, wait)`` of the peers that decode one token, with
+    ``step(state) -> (y, state)``: mlx-lm's ``ssm_update`` (MLX) and fla's
+    ``fused_recurrent_simple_gla`` (PyTorch)."""
+    out = {}
+    if kind == "ssd":
+        try:
+            from mlx_lm.models.ssm import ssm_update
+        except ImportError:
+            ssm_update = None
+        if ssm_update is not None:
+            x, dt, A, B, C = inputs
+            heads = x.shape[2]
+            A_log, D, bias = mx.log(-A), mx.zeros((heads,)), mx.zeros((heads,))
+            dt_raw = mx.log(mx.expm1(dt.astype(mx.float32) + 1e-4)).astype(x.dtype)
+            # mlx-lm keeps the state as [B, H, P, N], as recurops does
+            out["mlx-lm ssm_update"] = (lambda h: ssm_update(
+                x, A_log, B, C, D, dt_raw, bias, h, time_step_limit=(0.0, 1e4)), state,
+                _mlx_wait)
+    if kind == "gla" and inputs[3].ndim == 3:
+        try:
+            import numpy as np
+            import torch
+            from fla.ops.simple_gla import fused_recurrent_simple_gla
+        except Exception as error:  # noqa: BLE001 - report any import failure
+            print(f"  (fla unavailable: {error})", file=sys.stderr)
+        else:
+            if torch.cuda.is_available():
+                q, k, v, g = (torch.from_numpy(np.array(a.astype(mx.float32))).cuda()
+                              .to(torch.bfloat16) for a in inputs)
+                g = torch.log(g.float())
+                h0 = torch.from_numpy(np.array(state)).cuda()  # [B, H, K, V], float32
+                out["fla fused_recurrent_simple_gla"] = (lambda h: fused_recurrent_simple_gla(
+                    q, k, v, g, scale=1.0, initial_state=h, output_final_state=True), h0,
+                    lambda *_: torch.cuda.synchronize())
+    return out
+
+
+def _decode_times(step, state, wait, repeats):
+    """(ms a step when each step is waited for, ms a step when the steps are
+    queued and waited for once) over ``DECODE_STEPS`` steps; ``wait(y, h)``
+    blocks until both are computed."""
+
+    def run(every):
+        h = state
+        for i in range(DECODE_STEPS):
+            y, h = step(h)
+            if every or i == DECODE_STEPS - 1:
+                wait(y, h)
+
+    return tuple(timed(lambda every=every: run(every), repeats, sync=lambda: None)
+                 / DECODE_STEPS * 1e3 for every in (True, False))
+
+
+def _mlx_wait(*arrays):
+    mx.eval(*arrays)
+
+
+def run_decode(case, repeats):
+    name, kind, inputs, *_ = case
+    print(f"\n== decode {name}", flush=True)
+    state = mx.zeros_like(recurops.scan(kind, *inputs, impl="reference")[1])
+    paths = {f"recurops {impl}": (
+        lambda h, impl=impl: recurops.scan(kind, *inputs, state=h, impl=impl), state, _mlx_wait)
+        for impl in (("kernel", "fallback", "auto") if gpu_backend() else ("fallback",))}
+    # a serving loop that compiles its step: no Python dispatch left at all
+    paths["recurops auto, mx.compile"] = (
+        mx.compile(lambda h: recurops.scan(kind, *inputs, state=h)), state, _mlx_wait)
+    paths.update(_decode_peers(kind, inputs, state))
+    rows = []
+    for label, (step, h0, wait) in paths.items():
+        waited, queued = _decode_times(step, h0, wait, repeats)
+        rows.append({"impl": label, "waited_ms": waited, "queued_ms": queued})
+        print(f"  {label:42s} a step: waited {waited * 1e3:8.1f} us, queued "
+              f"{queued * 1e3:8.1f} us", flush=True)
+    return {"case": name, "kind": kind, "steps": DECODE_STEPS, "rows": rows}
+
+
 def _card() -> str | None:
     """The GPU's name, where ``nvidia-smi`` can tell it."""
     import subprocess
@@ -367,6 +459,8 @@ def main(argv=None):
     parser.add_argument("--out", default="", help="write results as JSON here")
     parser.add_argument("--no-peers", action="store_true",
                         help="recurops' paths only (no token loops, mlx-lm, fla or mamba_ssm)")
+    parser.add_argument("--decode", type=int, default=0, metavar="B",
+                        help="time one-token decoding steps at batch B instead")
     parser.add_argument("--memory-sweep", action="store_true",
                         help="also record training peak memory against L")
     args = parser.parse_args(argv)
@@ -383,6 +477,11 @@ def main(argv=None):
                 json.dump(results, f, indent=1)
 
     wanted = args.only.split(",")
+    if args.decode:
+        results["decode"] = [run_decode(case, args.repeats) for case in decode_cases(args.decode)
+                             if any(w in case[0] for w in wanted)]
+        save()
+        return
     for case in cases(args.quick):
         if any(w in case[0] for w in wanted):
             results["cases"].append(run_case(case, args.repeats, peers=not args.no_peers))
