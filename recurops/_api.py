@@ -9,12 +9,11 @@ from typing import NamedTuple
 import mlx.core as mx
 
 from . import _interop
-from ._kind import Bound, Kind, bind, channel_slicing, promote
+from ._kind import STEP_FORM_STEPS, Bound, Kind, bind, channel_slicing, promote
 from .fallback import threads
 from .kinds import KINDS
 
 PATHS = ("auto", "kernel", "fallback", "reference")
-STEP_FORM_STEPS = 4  # the fallback runs calls this short step by step (decoding; docs/paths.md)
 
 
 class Explanation(NamedTuple):

@@ -17,6 +17,7 @@ import mlx.core as mx
 
 _FLOATING = (mx.float16, mx.bfloat16, mx.float32, mx.float64)
 _TOKEN = re.compile(r"^(\d*)([A-Za-z_]\w*)$")
+STEP_FORM_STEPS = 4  # the fallback runs calls this short step by step (decoding; docs/paths.md)
 
 
 def promote(dtypes) -> mx.Dtype:

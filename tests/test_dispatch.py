@@ -56,3 +56,13 @@ def test_backward_split_widens_only_small_launches_of_full_lanes():
     assert backward_split(16, threads(64)) == 8  # 2 values a lane
     assert backward_split(72, threads(64)) == 8  # 16 does not divide N
     assert backward_split(6, threads(64)) == 2
+
+
+@pytest.mark.parametrize("length,path", [(1, "fallback"), (4, "fallback"), (5, "kernel")])
+def test_rglru_decoding_steps_take_the_step_form(length, path):
+    a = x = mx.zeros((2, length, 64))
+    with simulate("cuda"):
+        assert recurops.explain("rglru", a, x).path == path
+        assert recurops.explain("ssd", mx.zeros((2, length, 2, 64)), mx.zeros((2, length, 2)),
+                                -mx.ones((2,)), *[mx.zeros((2, length, 1, 16))] * 2
+                                ).path == "kernel"  # one launch beats its step form

@@ -2,6 +2,7 @@
 
 import mlx.core as mx
 
+from .._kind import STEP_FORM_STEPS
 from .chassis import (
     KernelPath,
     Source,
@@ -115,7 +116,20 @@ def _backward(dy, dfinal, ckpt, a, x, state):
     )
 
 
+def _slower(bound):
+    """Calls of a few steps (decoding) take the fallback's step form: three
+    elementwise ops a step dispatch faster than the kernel's launch. H100,
+    bf16, one-token steps at D=2048 (docs/kernels.md, "Decoding"): 65-66
+    against 85-95 us a step queued, B=1 and B=16."""
+    steps = bound.dims["L"]
+    if steps <= STEP_FORM_STEPS:
+        return (f"L={steps} <= {STEP_FORM_STEPS} steps run faster as the fallback's "
+                f"elementwise step form than as a kernel launch")
+    return None
+
+
 KERNEL = KernelPath(
     run=checkpointed(_forward, _backward),
     unsupported=lambda bound, arrays, backend: common_unsupported(arrays),
+    slower=_slower,
 )
