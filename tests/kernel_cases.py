@@ -6,6 +6,7 @@ import numpy as np
 from cases import relative_error
 
 import recurops
+from recurops._kind import STEP_FORM_STEPS
 
 
 def kernel_inputs(kind, rng, batch, length, dims, per_channel=False):
@@ -40,6 +41,12 @@ def kernel_inputs(kind, rng, batch, length, dims, per_channel=False):
         return (a, np.cos(theta), np.sin(theta) * 1.05, normal(L, 2 * P))
     D, N = dims["D"], dims["N"]
     return (normal(L, D), unit(L, D), -unit(D, N, lead=False), normal(L, N), normal(L, N))
+
+
+def auto_path(kind, length):
+    """The path ``impl="auto"`` takes on a GPU for these small cases: the
+    kernel, but for ``rglru`` calls of at most ``STEP_FORM_STEPS`` steps."""
+    return "fallback" if kind == "rglru" and length <= STEP_FORM_STEPS else "kernel"
 
 
 def probe(kind, arrays, rng):
