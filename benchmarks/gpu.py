@@ -136,6 +136,13 @@ def s6_case(batch, length, width, n, dtype=mx.bfloat16):
 # ---------------------------------------------------------------- peers
 
 
+def _mlx_lm_ssm():
+    """mlx-lm's ``models.ssm`` module, or None (the CPU benchmark's loader)."""
+    from bench import _mlx_lm_ssm as load
+
+    return load()
+
+
 def peers_mlx(kind, inputs):
     """Alternatives that run on MLX: mlx-recurrence references and mlx-lm."""
     out = {}
@@ -162,11 +169,9 @@ def peers_mlx(kind, inputs):
                     mx.broadcast_to(C, (*C.shape[:2], x.shape[2], C.shape[3])),
                     mx.broadcast_to(A[:, None], (x.shape[2], B.shape[3]))),
                 (x, dt, B, C))
-        try:
-            from mlx_lm.models.ssm import ssm_attn
-        except ImportError:
-            ssm_attn = None
-        if ssm_attn is not None:
+        ssm = _mlx_lm_ssm()
+        if ssm is not None:
+            ssm_attn = ssm.ssm_attn
             heads = x.shape[2]
             A_log = mx.log(-A)
             D = mx.zeros((heads,))
@@ -352,11 +357,9 @@ def _decode_peers(kind, inputs, state):
     ``fused_recurrent_simple_gla`` (PyTorch)."""
     out = {}
     if kind == "ssd":
-        try:
-            from mlx_lm.models.ssm import ssm_update
-        except ImportError:
-            ssm_update = None
-        if ssm_update is not None:
+        ssm = _mlx_lm_ssm()
+        if ssm is not None:
+            ssm_update = ssm.ssm_update
             x, dt, A, B, C = inputs
             heads = x.shape[2]
             A_log, D, bias = mx.log(-A), mx.zeros((heads,)), mx.zeros((heads,))
