@@ -242,3 +242,22 @@ def test_errors_leave_inputs_unchanged(kind):
     bad_state = mx.zeros((1, *call.state.shape))
     _raises(ValueError, kind, call.inputs, state=bad_state)
     assert [x.tolist() for x in (*call.inputs, call.state)] == before
+
+
+def test_remembered_shape_checks_still_raise_and_stay_read_only():
+    """``bind`` remembers a signature's result: a bad call raises every time,
+    a good one reuses its check, and the shared result cannot be changed."""
+    from recurops._api import get_kind
+    from recurops._kind import bind
+
+    a = mx.ones((2, 5, 4))
+    for _ in range(2):
+        with pytest.raises(ValueError, match="'x' expected shape"):
+            recurops.scan("rglru", a, mx.ones((2, 5, 3)))
+    spec = get_kind("rglru")
+    first = bind(spec, (a, a))
+    assert bind(spec, (mx.zeros((2, 5, 4)), mx.zeros((2, 5, 4)))) is first
+    assert bind(spec, (a, a), state=mx.zeros((2, 4))) is not first  # a state is another signature
+    with pytest.raises(TypeError):
+        first.dims["D"] = 3
+    assert first.dims["D"] == 4
