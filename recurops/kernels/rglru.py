@@ -119,8 +119,9 @@ def _backward(dy, dfinal, ckpt, a, x, state):
 def _slower(bound):
     """Calls of a few steps (decoding) take the fallback's step form: three
     elementwise ops a step dispatch faster than the kernel's launch. H100,
-    bf16, one-token steps at D=2048 (docs/kernels.md, "Decoding"): 65-66
-    against 85-95 us a step queued, B=1 and B=16."""
+    bf16, one-token steps at D=2048, B=1 and B=16 (docs/kernels.md,
+    "Decoding"), queued: 65-66 against 85-95 us a step in one run, 30-32
+    against 44-46 us in another."""
     steps = bound.dims["L"]
     if steps <= STEP_FORM_STEPS:
         return (f"L={steps} <= {STEP_FORM_STEPS} steps run faster as the fallback's "
