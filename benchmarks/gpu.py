@@ -143,6 +143,15 @@ def _mlx_lm_ssm():
     return load()
 
 
+def _mlx_lm_parameters(x, dt, A):
+    """mlx-lm's SSD parameters ``(A_log, D, dt_raw, dt_bias)`` for recurops'
+    ``(x, dt, A)``: ``D = 0``, and ``dt`` used as given (``softplus(dt_raw +
+    bias)`` with ``bias = 0`` comes back to ``dt`` within 1e-4)."""
+    heads = x.shape[2]
+    dt_raw = mx.log(mx.expm1(dt.astype(mx.float32) + 1e-4)).astype(x.dtype)
+    return mx.log(-A), mx.zeros((heads,)), dt_raw, mx.zeros((heads,))
+
+
 def peers_mlx(kind, inputs):
     """Alternatives that run on MLX: mlx-recurrence references and mlx-lm."""
     out = {}
@@ -172,12 +181,7 @@ def peers_mlx(kind, inputs):
         ssm = _mlx_lm_ssm()
         if ssm is not None:
             ssm_attn = ssm.ssm_attn
-            heads = x.shape[2]
-            A_log = mx.log(-A)
-            D = mx.zeros((heads,))
-            # dt is used as given: softplus(dt + bias) with a bias that makes it ~dt
-            dt_raw = mx.log(mx.expm1(dt.astype(mx.float32) + 1e-4)).astype(x.dtype)
-            bias = mx.zeros((heads,))
+            A_log, D, dt_raw, bias = _mlx_lm_parameters(x, dt, A)
             out["mlx-lm ssm_attn"] = (
                 lambda x, dt_raw, B, C: ssm_attn(x, A_log, B, C, D, dt_raw, bias,
                                                  time_step_limit=(0.0, 1e4))[0],
@@ -361,9 +365,7 @@ def _decode_peers(kind, inputs, state):
         if ssm is not None:
             ssm_update = ssm.ssm_update
             x, dt, A, B, C = inputs
-            heads = x.shape[2]
-            A_log, D, bias = mx.log(-A), mx.zeros((heads,)), mx.zeros((heads,))
-            dt_raw = mx.log(mx.expm1(dt.astype(mx.float32) + 1e-4)).astype(x.dtype)
+            A_log, D, dt_raw, bias = _mlx_lm_parameters(x, dt, A)
             # mlx-lm keeps the state as [B, H, P, N], as recurops does
             out["mlx-lm ssm_update"] = (lambda h: ssm_update(
                 x, A_log, B, C, D, dt_raw, bias, h, time_step_limit=(0.0, 1e4)), state,
