@@ -43,7 +43,7 @@ CASES = [
     ("s6", (3,), 37, {"D": 33, "N": 17}, False),  # SEG 16: 3 segments, 1 lane a row
     ("s6", (2,), 45, {"D": 12, "N": 16}, False),  # 8 lanes a row, 3 warps a batch row
     ("ssd", (2,), 70, {"H": 4, "P": 40, "N": 6, "G": 2}, False),  # A per head, 2 lanes a row
-    ("ssd", (2,), 37, {"H": 2, "P": 33, "N": 35, "G": 1}, True),  # A per channel, SEG 16
+    ("ssd", (2,), 37, {"H": 2, "P": 33, "N": 35, "G": 1}, True),  # A per channel, SEG 4
     ("ssd", (2,), 37, {"H": 2, "P": 33, "N": 36, "G": 1}, True),  # A per channel, 4 lanes a row
     ("ssd", (1,), 300, {"H": 2, "P": 8, "N": 16, "G": 1}, False),  # two spans, 8 lanes a row
     ("ssd", (2,), 3, {"H": 2, "P": 8, "N": 4, "G": 1}, False),  # shorter than one input tile

@@ -182,8 +182,10 @@ BACKWARD = Source(
 
 def _seg(n: int, split: int) -> int:
     """Steps per recomputed piece: the piece's states (``SEG`` x the lane's
-    ``N / NSPLIT`` values) stay in fast scratch."""
-    return 32 if n // split <= 32 else 16
+    ``N / NSPLIT`` values) stay in fast scratch. At 16 values a lane (N=128)
+    pieces of 4 steps: H100, bf16, B=8 L=2048 H=32 P=64, forward+backward
+    20.7-21.0 against 24.2-24.5 ms at 32 (docs/kernels.md)."""
+    return 4 if n // split >= 16 else 32
 
 
 def _template(x, A, B, dtype, split):
@@ -245,9 +247,12 @@ def _unsupported(bound, arrays, backend):
     return common_unsupported(arrays, ckpt * dims["N"])
 
 
+# the crossover's short sequences (up to 4 x 32 steps stay on the kernel), as measured
+CROSSOVER_SEG = 32
+
+
 def _slower(bound):
-    n = bound.dims["N"]
-    return large_state_crossover(bound.dims, "P", "N", _seg(n, lane_split(n)),
+    return large_state_crossover(bound.dims, "P", "N", CROSSOVER_SEG,
                                  math.prod(bound.batch) * bound.dims["H"],
                                  per_channel=bound.variant["A"] == 1)
 
