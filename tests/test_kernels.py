@@ -33,6 +33,7 @@ CASES = [
     ("ssd", (1,), 600, {"H": 2, "P": 32, "N": 64, "G": 1}, False),  # three 256-step spans
     ("ssd", (2,), 45, {"H": 3, "P": 24, "N": 12, "G": 3}, True),  # 4 lanes a row, 3 warps a head
     ("ssd", (2,), 45, {"H": 2, "P": 8, "N": 17, "G": 1}, False),  # 17 values a lane: SEG 4
+    ("gla", (2,), 45, {"H": 2, "K": 17, "V": 24}, False),  # 17 values a lane: SEG 4
     ("gla", (1,), 600, {"H": 2, "K": 64, "V": 32}, True),  # three spans
 ]
 

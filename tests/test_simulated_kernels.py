@@ -53,6 +53,7 @@ CASES = [
     ("gla", (1,), 300, {"H": 2, "K": 5, "V": 8}, True),  # two 256-step spans, 1 lane
     ("gla", (2,), 5, {"H": 2, "K": 16, "V": 8}, True),  # shorter than one input tile
     ("gla", (2,), 37, {"H": 1, "K": 64, "V": 8}, False),  # backward: 16 lanes a column
+    ("gla", (2,), 45, {"H": 2, "K": 17, "V": 8}, False),  # 17 values a lane: SEG 4
 ]
 BF16_CASES = [
     ("rglru", (2,), 40, {"D": 45}, False),

@@ -189,8 +189,9 @@ BACKWARD = Source(
 
 def _seg(k: int, split: int) -> int:
     """Steps per recomputed piece: the piece's states (``SEG`` x the lane's
-    ``K / KSPLIT`` values) stay in fast scratch."""
-    return 32 if k // split <= 64 else 16
+    ``K / KSPLIT`` values) stay in fast scratch. At 16 values a lane (K=128)
+    pieces of 4 steps, as ``ssd``'s (not yet measured for ``gla``)."""
+    return 4 if k // split >= 16 else 32
 
 
 def _prepare(q, k, v, g):
@@ -250,9 +251,12 @@ def _unsupported(bound, arrays, backend):
     return common_unsupported(arrays, ckpt * dims["K"] * dims["V"])
 
 
+# the crossover's short sequences (up to 4 x 32 steps stay on the kernel), as measured
+CROSSOVER_SEG = 32
+
+
 def _slower(bound):
-    dk = bound.dims["K"]
-    return large_state_crossover(bound.dims, "K", "V", _seg(dk, lane_split(dk)),
+    return large_state_crossover(bound.dims, "K", "V", CROSSOVER_SEG,
                                  math.prod(bound.batch) * bound.dims["H"],
                                  per_channel=bound.variant["g"] == 1)
 
