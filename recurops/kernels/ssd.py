@@ -184,7 +184,7 @@ def _seg(n: int, split: int) -> int:
     """Steps per recomputed piece: the piece's states (``SEG`` x the lane's
     ``N / NSPLIT`` values) stay in fast scratch. At 16 values a lane (N=128)
     pieces of 4 steps: H100, bf16, B=8 L=2048 H=32 P=64, forward+backward
-    20.7-21.0 against 24.2-24.5 ms at 32 (docs/kernels.md)."""
+    20.5-20.6 against 24.2 ms at 32 (docs/kernels.md "Shorter pieces")."""
     return 4 if n // split >= 16 else 32
 
 
