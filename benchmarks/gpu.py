@@ -247,53 +247,60 @@ def peers_torch(kind, inputs):
 # ---------------------------------------------------------------- main
 
 
-def run_case(case, repeats, peers=True):
+def run_case(case, repeats, rounds=3, peers=True):
+    """Time every row of ``case`` in ``rounds`` alternating rounds (kernel,
+    fallback, auto, then the peers, again and again), so a slow stretch of
+    the machine lands on every row alike; a row's time is the median of its
+    rounds, and the JSON keeps each round's."""
     name, kind, inputs, fwd_bytes, train_bytes = case
     print(f"\n== {name}", flush=True)
-    rows = []
-    result = {"case": name, "kind": kind, "floor_fwd_ms": fwd_bytes / BANDWIDTH * 1e3,
-              "floor_fwd_bwd_ms": train_bytes / BANDWIDTH * 1e3, "rows": rows}
-
-    def record(label, fwd, train, peak=None):
-        t_f = timed(fwd, repeats) if fwd else math.nan
-        t_t = timed(train, repeats) if train else math.nan
-        rows.append({"impl": label, "fwd_ms": t_f * 1e3, "fwd_bwd_ms": t_t * 1e3,
-                     "peak_MB": None if peak is None else peak / 1e6})
-        floor_f, floor_t = fwd_bytes / BANDWIDTH, train_bytes / BANDWIDTH
-        peak_s = "" if peak is None else f"  peak {peak / 1e6:9.1f} MB"
-        print(f"  {label:42s} fwd {t_f * 1e3:9.3f} ms ({t_f / floor_f:7.1f}x floor)  "
-              f"fwd+bwd {t_t * 1e3:9.3f} ms ({t_t / floor_t:7.1f}x floor){peak_s}", flush=True)
-
+    floor_f, floor_t = fwd_bytes / BANDWIDTH, train_bytes / BANDWIDTH
+    rows = {}  # label -> (forward thunk, training thunk, synchronize, peak bytes)
     impls = ("kernel", "fallback", "auto") if gpu_backend() else ("fallback",)
     for impl in impls:
         fwd = lambda *a, impl=impl: recurops.scan(kind, *a, impl=impl)[0]  # noqa: E731
         f, t = mlx_pair(fwd, inputs)
-        record(f"recurops {impl}", f, t, peak_training_bytes(t))
-    if not peers:
-        return result
-    for label, (fn, args) in peers_mlx(kind, inputs).items():
-        f, t = mlx_pair(fn, args)
-        record(label, f, t, peak_training_bytes(t))
-    import importlib.util
-    if importlib.util.find_spec("torch"):
-        import torch
-        for label, (f, t) in peers_torch(kind, inputs).items():
-            sync = torch.cuda.synchronize
-            errors = []
-            t_f = _peer_time(f, repeats, sync, errors)
-            t_t = _peer_time(t, repeats, sync, errors)
-            rows.append({"impl": label, "fwd_ms": t_f * 1e3, "fwd_bwd_ms": t_t * 1e3,
-                         **({"error": "; ".join(errors)} if errors else {})})
-            print(f"  {label:42s} fwd {t_f * 1e3:9.3f} ms                    "
-                  f"fwd+bwd {t_t * 1e3:9.3f} ms" + "".join(f"  ({e})" for e in errors),
-                  flush=True)
+        rows[f"recurops {impl}"] = (f, t, mx.synchronize, peak_training_bytes(t))
+    if peers:
+        for label, (fn, args) in peers_mlx(kind, inputs).items():
+            f, t = mlx_pair(fn, args)
+            rows[label] = (f, t, mx.synchronize, peak_training_bytes(t))
+        import importlib.util
+        if importlib.util.find_spec("torch"):
+            import torch
+            for label, (f, t) in peers_torch(kind, inputs).items():
+                rows[label] = (f, t, torch.cuda.synchronize, None)
+    times = {label: {"fwd": [], "fwd_bwd": []} for label in rows}
+    errors = {label: [] for label in rows}
+    for _ in range(rounds):
+        for label, (f, t, sync, _peak) in rows.items():
+            for part, fn in (("fwd", f), ("fwd_bwd", t)):
+                times[label][part].append(_time_or_nan(fn, repeats, sync, errors[label]))
+    result = {"case": name, "kind": kind, "floor_fwd_ms": floor_f * 1e3,
+              "floor_fwd_bwd_ms": floor_t * 1e3, "rounds": rounds, "rows": []}
+    for label, (*_, peak) in rows.items():
+        t_f, t_t = (statistics.median(times[label][part]) for part in ("fwd", "fwd_bwd"))
+        result["rows"].append({
+            "impl": label, "fwd_ms": t_f * 1e3, "fwd_bwd_ms": t_t * 1e3,
+            "fwd_ms_rounds": [t * 1e3 for t in times[label]["fwd"]],
+            "fwd_bwd_ms_rounds": [t * 1e3 for t in times[label]["fwd_bwd"]],
+            "peak_MB": None if peak is None else peak / 1e6,
+            **({"error": "; ".join(errors[label])} if errors[label] else {})})
+        floors = (f" ({t_f / floor_f:7.1f}x floor)", f" ({t_t / floor_t:7.1f}x floor)")
+        if peak is None:  # a PyTorch peer: its memory is not MLX's to count
+            floors = (" " * len(floors[0]), "")
+        peak_s = "" if peak is None else f"  peak {peak / 1e6:9.1f} MB"
+        print(f"  {label:42s} fwd {t_f * 1e3:9.3f} ms{floors[0]}  "
+              f"fwd+bwd {t_t * 1e3:9.3f} ms{floors[1]}{peak_s}"
+              + "".join(f"  ({e})" for e in errors[label]), flush=True)
     return result
 
 
-def _peer_time(fn, repeats, sync, errors) -> float:
+def _time_or_nan(fn, repeats, sync, errors) -> float:
     """``timed(fn)``, or NaN with the reason in ``errors`` when a peer refuses
-    or fails (a peer's library refusing a card must not end the benchmark)."""
-    if fn is None:
+    or fails (a peer's library refusing a card must not end the benchmark);
+    a row that failed once is not run again."""
+    if fn is None or errors:
         return math.nan
     try:
         return timed(fn, repeats, sync)
@@ -460,7 +467,9 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="tiny shapes")
     parser.add_argument("--only", default="",
                         help="comma-separated substrings: run cases whose name contains one")
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=10, help="timed runs a round")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating rounds over a case's rows; a row reports their median")
     parser.add_argument("--out", default="", help="write results as JSON here")
     parser.add_argument("--no-peers", action="store_true",
                         help="recurops' paths only (no token loops, mlx-lm, fla or mamba_ssm)")
@@ -489,7 +498,8 @@ def main(argv=None):
         return
     for case in cases(args.quick):
         if any(w in case[0] for w in wanted):
-            results["cases"].append(run_case(case, args.repeats, peers=not args.no_peers))
+            results["cases"].append(run_case(case, args.repeats, args.rounds,
+                                              peers=not args.no_peers))
             save()
     if args.memory_sweep:
         print("\n== training peak memory against L", flush=True)
