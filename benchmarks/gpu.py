@@ -271,11 +271,11 @@ def run_case(case, repeats, rounds=3, peers=True):
             for label, (f, t) in peers_torch(kind, inputs).items():
                 rows[label] = (f, t, torch.cuda.synchronize, None)
     times = {label: {"fwd": [], "fwd_bwd": []} for label in rows}
-    errors = {label: [] for label in rows}
+    errors = {label: {} for label in rows}  # label -> {part: why it failed}
     for _ in range(rounds):
         for label, (f, t, sync, _peak) in rows.items():
             for part, fn in (("fwd", f), ("fwd_bwd", t)):
-                times[label][part].append(_time_or_nan(fn, repeats, sync, errors[label]))
+                times[label][part].append(_time_or_nan(fn, repeats, sync, part, errors[label]))
     result = {"case": name, "kind": kind, "floor_fwd_ms": floor_f * 1e3,
               "floor_fwd_bwd_ms": floor_t * 1e3, "rounds": rounds, "rows": []}
     for label, (*_, peak) in rows.items():
@@ -285,27 +285,27 @@ def run_case(case, repeats, rounds=3, peers=True):
             "fwd_ms_rounds": [t * 1e3 for t in times[label]["fwd"]],
             "fwd_bwd_ms_rounds": [t * 1e3 for t in times[label]["fwd_bwd"]],
             "peak_MB": None if peak is None else peak / 1e6,
-            **({"error": "; ".join(errors[label])} if errors[label] else {})})
+            **({"error": "; ".join(errors[label].values())} if errors[label] else {})})
         floors = (f" ({t_f / floor_f:7.1f}x floor)", f" ({t_t / floor_t:7.1f}x floor)")
         if peak is None:  # a PyTorch peer: its memory is not MLX's to count
             floors = (" " * len(floors[0]), "")
         peak_s = "" if peak is None else f"  peak {peak / 1e6:9.1f} MB"
         print(f"  {label:42s} fwd {t_f * 1e3:9.3f} ms{floors[0]}  "
               f"fwd+bwd {t_t * 1e3:9.3f} ms{floors[1]}{peak_s}"
-              + "".join(f"  ({e})" for e in errors[label]), flush=True)
+              + "".join(f"  ({e})" for e in errors[label].values()), flush=True)
     return result
 
 
-def _time_or_nan(fn, repeats, sync, errors) -> float:
-    """``timed(fn)``, or NaN with the reason in ``errors`` when a peer refuses
-    or fails (a peer's library refusing a card must not end the benchmark);
-    a row that failed once is not run again."""
-    if fn is None or errors:
+def _time_or_nan(fn, repeats, sync, part, errors) -> float:
+    """``timed(fn)``, or NaN with the reason in ``errors[part]`` when a peer
+    refuses or fails (a peer's library refusing a card must not end the
+    benchmark); a part that failed once is not run again."""
+    if fn is None or part in errors:
         return math.nan
     try:
         return timed(fn, repeats, sync)
     except Exception as error:  # noqa: BLE001 - any peer failure is reported, not raised
-        errors.append(f"{type(error).__name__}: {str(error).splitlines()[0][:200]}")
+        errors[part] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
         return math.nan
 
 
