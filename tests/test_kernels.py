@@ -14,6 +14,7 @@ from kernel_cases import auto_path, kernel_inputs, probe, relative_errors, value
 
 import recurops
 from recurops._api import gpu_backend
+from recurops.kernels import spans
 
 pytestmark = pytest.mark.skipif(gpu_backend() is None, reason="no Metal or CUDA GPU")
 
@@ -39,10 +40,17 @@ CASES = [
 
 
 @pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16])
-@pytest.mark.parametrize("impl", ["kernel", "fallback"])
+@pytest.mark.parametrize("impl", ["kernel", "kernel, spans one after another", "fallback"])
 @pytest.mark.parametrize("kind,batch,length,dims,per_channel", CASES)
-def test_gpu_path_matches_reference(kind, batch, length, dims, per_channel, impl, dtype):
-    """Outputs, final state and every gradient on the GPU against float64."""
+def test_gpu_path_matches_reference(kind, batch, length, dims, per_channel, impl, dtype,
+                                    monkeypatch):
+    """Outputs, final state and every gradient on the GPU against float64.
+    These small launches run the spans of ``ssd`` and ``gla`` side by side
+    (kernels/spans.py); the second kernel row runs them one after another,
+    as large launches do."""
+    if impl == "kernel, spans one after another":
+        monkeypatch.setattr(spans, "PARALLEL_BELOW", 0)
+        impl = "kernel"
     rng = np.random.default_rng(zlib.crc32(f"{kind}-{length}".encode()))
     host = kernel_inputs(kind, rng, batch, length, dims, per_channel)
     arrays = tuple(mx.array(x).astype(dtype) for x in host)
@@ -62,11 +70,20 @@ def test_gpu_path_matches_reference(kind, batch, length, dims, per_channel, impl
 @pytest.mark.parametrize("kind,dims", [("ssd", {"H": 2, "P": 32, "N": 16, "G": 1}),
                                         ("gla", {"H": 2, "K": 16, "V": 32})])
 def test_new_batch_or_length_compiles_no_new_kernel(kind, dims):
+    """Once a short and a long call ran (spans side by side, and their
+    passes), new batches and lengths, and spans of other lengths, compile
+    nothing."""
     from recurops.kernels.chassis import COMPILED
 
     rng = np.random.default_rng(0)
-    before = set(COMPILED)
-    for batch, length in (((1,), 5), ((3,), 17), ((2,), 100)):
+
+    def train(batch, length):
         arrays = tuple(mx.array(t) for t in kernel_inputs(kind, rng, batch, length, dims))
         mx.eval(mx.grad(lambda *a: recurops.scan(kind, *a, impl="kernel")[0].sum())(*arrays))
-    assert len(COMPILED - before) == 2  # one forward and one backward variant
+
+    train((1,), 5)
+    train((1,), 100)
+    compiled = set(COMPILED)
+    for batch, length in (((3,), 17), ((2,), 300), ((4,), 64), ((1,), 2000)):
+        train(batch, length)
+    assert COMPILED == compiled

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from kernel_cases import auto_path, kernel_inputs, probe, relative_errors, value_and_grads
 
 import recurops
-from recurops.kernels import chassis
+from recurops.kernels import chassis, spans
 from recurops.testing import Kernel, SimulationError, simulate
 
 # Runs wherever POSIX ucontext exists; a missing C++ compiler there is a failure, not a skip,
@@ -32,8 +32,8 @@ DIALECTS = ("cuda", "metal")
 
 
 # Small shapes, each with several checkpoint segments and an odd tail (SEG is
-# 32, or 16 for larger state widths; ssd and gla store a checkpoint every 256 steps
-# and recomputes SEG-step pieces), batch > 1 (or two batch dims), lane
+# 32, or 16 for larger state widths; ssd and gla store a checkpoint every 256 steps,
+# or every 32 with their spans side by side, and recompute SEG-step pieces), batch > 1 (or two batch dims), lane
 # dimensions that are not a multiple of 32 (a partial warp), and an initial state.
 CASES = [
     # kind, batch, L, dims, per_channel
@@ -62,36 +62,52 @@ BF16_CASES = [
 ]
 
 
-def _compare(dialect, kind, batch, length, dims, per_channel, dtype):
+def _compare(dialect, kind, batch, length, dims, per_channel, dtype, side_by_side=False):
+    """Kernel against fallback; ``side_by_side`` runs the spans of ``ssd`` and
+    ``gla`` side by side wherever there are several (kernels/spans.py),
+    otherwise one after another."""
     rng = np.random.default_rng(zlib.crc32(f"{kind}{batch}{length}{dims}".encode()))
     host = kernel_inputs(kind, rng, batch, length, dims, per_channel)
     arrays = tuple(mx.array(x).astype(dtype) for x in host)
     state, wy, ws = probe(kind, arrays, rng)
 
     expected = value_and_grads(kind, arrays, state, "fallback", wy, ws)
-    with simulate(dialect) as sim:
+    with simulate(dialect) as sim, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(spans, "PARALLEL_BELOW", 2**62 if side_by_side else 0)
         assert recurops.explain(kind, *arrays, state=state).path == auto_path(kind, length)
         got = value_and_grads(kind, arrays, state, "kernel", wy, ws)
-    # the forward and backward kernel sources both ran, in this dialect
-    assert {launch.name for launch in sim.launches} == {f"{kind}_fwd", f"{kind}_bwd"}
+    # the forward and backward kernel sources ran, in this dialect; and the
+    # passes of spans side by side where there are several
+    launched = {f"{kind}_fwd", f"{kind}_bwd"}
+    if side_by_side and kind in ("ssd", "gla") and length > spans.SPANS[-1]:
+        launched |= {f"{kind}_ends", f"{kind}_carries", "chunk_states"}
+    assert {launch.name for launch in sim.launches} == launched
     assert all(launch.wrapped.dialect == dialect for launch in sim.launches)
 
     errors = relative_errors(kind, got, expected)
     assert max(errors.values()) < TOLERANCE[dtype], errors
 
 
+def _with_spans(cases):
+    """Each case, and each ``ssd`` and ``gla`` case once more with its spans side by side."""
+    return [(*case, False) for case in cases] + [
+        (*case, True) for case in cases if case[0] in ("ssd", "gla")]
+
+
 @pytest.mark.parametrize("dialect", DIALECTS)
-@pytest.mark.parametrize("kind,batch,length,dims,per_channel", CASES)
-def test_kernel_matches_fallback(dialect, kind, batch, length, dims, per_channel):
+@pytest.mark.parametrize("kind,batch,length,dims,per_channel,side_by_side", _with_spans(CASES))
+def test_kernel_matches_fallback(dialect, kind, batch, length, dims, per_channel, side_by_side):
     """Outputs, final state and every gradient of the simulated kernels, float32."""
-    _compare(dialect, kind, batch, length, dims, per_channel, mx.float32)
+    _compare(dialect, kind, batch, length, dims, per_channel, mx.float32, side_by_side)
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
-@pytest.mark.parametrize("kind,batch,length,dims,per_channel", BF16_CASES)
-def test_kernel_matches_fallback_bfloat16(dialect, kind, batch, length, dims, per_channel):
+@pytest.mark.parametrize("kind,batch,length,dims,per_channel,side_by_side",
+                         _with_spans(BF16_CASES))
+def test_kernel_matches_fallback_bfloat16(dialect, kind, batch, length, dims, per_channel,
+                                          side_by_side):
     """bfloat16 inputs: the kernels read ``T = bfloat16`` (emulated, round to nearest even)."""
-    _compare(dialect, kind, batch, length, dims, per_channel, mx.bfloat16)
+    _compare(dialect, kind, batch, length, dims, per_channel, mx.bfloat16, side_by_side)
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
@@ -199,10 +215,10 @@ def test_kernel_breaking_the_whole_warp_invariant_fails(dialect, monkeypatch):
 
     from recurops.kernels import ssd
 
-    guard = "if (bh >= B * H) return;"
+    guard = "if (chunk >= NC || bh >= B * H) return;"
     assert guard in ssd.BACKWARD.body
     broken = replace(ssd.BACKWARD, body=ssd.BACKWARD.body.replace(
-        guard, "if (bh >= B * H || !active) return;"))
+        guard, "if (chunk >= NC || bh >= B * H || !active) return;"))
     monkeypatch.setattr(ssd, "BACKWARD", broken)
     rng = np.random.default_rng(0)
     dims = {"H": 2, "P": 40, "N": 3, "G": 1}
@@ -236,11 +252,13 @@ def _draw_dims(kind, draw):
 def test_drawn_shapes_match_fallback(kind, data):
     """Hypothesis draws the dialect, batch dims (none to two), the length
     (from 1, over several segments), head and state sizes that give every
-    lane split and partial warps, the decay shape and the dtype."""
+    lane split and partial warps, the decay shape, the dtype and whether
+    spans run side by side."""
     dialect = data.draw(st.sampled_from(DIALECTS), label="dialect")
     batch = tuple(data.draw(st.lists(st.integers(1, 2), max_size=2), label="batch"))
     length = data.draw(st.integers(1, 70), label="length")
     dims = _draw_dims(kind, data.draw)
     per_channel = kind in ("ssd", "gla") and data.draw(st.booleans(), label="per_channel")
     dtype = data.draw(st.sampled_from([mx.float32, mx.bfloat16]), label="dtype")
-    _compare(dialect, kind, batch, length, dims, per_channel, dtype)
+    side_by_side = kind in ("ssd", "gla") and data.draw(st.booleans(), label="side_by_side")
+    _compare(dialect, kind, batch, length, dims, per_channel, dtype, side_by_side)

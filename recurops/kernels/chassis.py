@@ -172,38 +172,63 @@ def launch(source: Source, inputs, outputs: dict, threads: int, template: dict,
     )
 
 
-SPAN = 256  # steps between stored checkpoints of the two-level kernels (ssd, gla)
-
 _TILED_STEPS = """
-    for (int t0 = 0; t0 < L; t0 += TILE) {
+    for (int t0 = @FIRST@; t0 < @END@; t0 += TILE) {
         // the tile's inputs first: independent loads, one memory latency a tile
 @TILE@
         for (int s = 0; s < TILE; ++s) {
-            const int t = (t0 + s < L) ? t0 + s : L - 1;
+            const int t = (t0 + s < @END@) ? t0 + s : @END@ - 1;
 @LOAD@
         }
         for (int s = 0; s < TILE; ++s) {
             const int t = t0 + s;
-            if (t >= L) break;  // the same t for every lane of the warp
+            if (t >= @END@) break;  // the same t for every lane of the warp
 @STEP@
         }
     }
 """
 
 
-def tiled_steps(tile: str, load: str, step: str) -> str:
-    """Body text of a forward sweep over steps ``t = 0 .. L - 1`` in tiles of
-    ``TILE`` steps: ``tile`` declares arrays of a tile's inputs, ``load``
-    fills entry ``s`` with step ``t``'s (the last step stands in past ``L``),
-    then ``step`` runs step ``t = t0 + s``. Loading a tile before the steps'
-    stores lets the loads overlap (one memory latency a tile instead of one
-    a step).
+def tiled_steps(tile: str, load: str, step: str, first: str = "0", end: str = "L") -> str:
+    """Body text of a forward sweep over steps ``t = first .. end - 1`` in
+    tiles of ``TILE`` steps: ``tile`` declares arrays of a tile's inputs,
+    ``load`` fills entry ``s`` with step ``t``'s (the last step stands in
+    past ``end``), then ``step`` runs step ``t = t0 + s``. Loading a tile
+    before the steps' stores lets the loads overlap (one memory latency a
+    tile instead of one a step).
     """
-    return _fill(_TILED_STEPS, {"@TILE@": tile, "@LOAD@": load, "@STEP@": step})
+    return _fill(_TILED_STEPS, {"@TILE@": tile, "@LOAD@": load, "@STEP@": step,
+                                "@FIRST@": first, "@END@": end})
 
 
-_TILED_FORWARD_START = """
-    if (bh >= B * H) return;  // whole warps only
+SPAN = 256  # steps between stored checkpoints of the two-level kernels (ssd, gla), at most
+
+
+def chunk_prologue(rows: str) -> str:
+    """Body text mapping a thread of a two-level kernel to its chunk of
+    spans. ``rows`` is the thread count of one chunk (whole warps). The
+    input ``plan`` holds ``[SPAN, NC]``: the steps between checkpoints and
+    how many chunks run side by side, 1 (every span, one after another) or
+    one a span (``kernels/spans.py``). Defines ``SPAN``, ``NC``, ``NS`` (the
+    spans), ``chunk``, ``tid`` (the thread within its chunk) and the chunk's
+    spans ``s_first .. s_end - 1`` and steps ``t_first .. t_end - 1``."""
+    return f"""
+    const int SPAN = plan[0];
+    const int NC = plan[1];
+    const int NS = (L + SPAN - 1) / SPAN;
+    const int SPC = (NS + NC - 1) / NC;  // spans a chunk
+    const int ROWS = ({rows}) > 0 ? ({rows}) : 1;
+    const int chunk = THREAD_ID / ROWS;
+    const int tid = THREAD_ID % ROWS;
+    const int s_first = chunk * SPC;
+    const int s_end = (s_first + SPC < NS) ? s_first + SPC : NS;
+    const int t_first = s_first * SPAN;
+    const int t_end = (s_end * SPAN < L) ? s_end * SPAN : L;
+"""
+
+
+_CHUNK_START = """
+    if (chunk >= NC || bh >= B * H) return;  // whole warps only
     float @S@[@W@];
     for (int @I@ = 0; @I@ < @W@; ++@I@) {
 @INIT@
@@ -213,19 +238,44 @@ _TILED_FORWARD_START = """
 def tiled_forward(state: str, index: str, width: str, init: str, tile: str, load: str,
                   step: str, checkpoint: str) -> str:
     """Body text of the forward of a two-level checkpointed kernel (after
-    the prologue, which defines ``bh``, ``active`` and ``NS``).
+    the prologue, which defines ``bh``, ``active`` and ``chunk_prologue``'s
+    names).
 
     ``init`` sets ``state[index]`` (for ``index`` below ``width``) from the
-    initial state and stores it as checkpoint 0; then ``tiled_steps`` with
-    ``tile`` and ``load``, where ``step`` advances the state by step ``t``
-    and writes ``y``, and ``checkpoint`` stores the state after every
-    ``SPAN``-th step and the last.
+    chunk's starting state (and, for chunk 0, stores it as checkpoint 0);
+    then ``tiled_steps`` over the chunk's steps with ``tile`` and ``load``,
+    where ``step`` advances the state by step ``t`` and writes ``y``, and
+    ``checkpoint`` stores the state after every ``SPAN``-th step and the last.
     """
-    start = _fill(_TILED_FORWARD_START, {"@INIT@": init, "@S@": state, "@I@": index,
-                                         "@W@": width})
+    start = _fill(_CHUNK_START, {"@INIT@": init, "@S@": state, "@I@": index, "@W@": width})
     return start + tiled_steps(tile, load, step + f"""
             if (active && ((t + 1) % SPAN == 0 || t == L - 1)) {{{checkpoint}
-            }}""")
+            }}""", first="t_first", end="t_end")
+
+
+def chunk_ends(state: str, index: str, width: str, tile: str, load: str, update: str,
+               store: str) -> str:
+    """Body text of the first pass of chunks run side by side: each chunk's
+    steps from a zero state (``update`` advances ``state`` by step ``t``,
+    with ``tile`` and ``load`` as in ``tiled_steps``), then ``store`` writes
+    the state the chunk ends in."""
+    zero = f"        {state}[{index}] = 0.0f;"
+    start = _fill(_CHUNK_START, {"@INIT@": zero, "@S@": state, "@I@": index, "@W@": width})
+    return start + tiled_steps(tile, load, update, first="t_first", end="t_end") + store
+
+
+def chunk_carries(width: str, tile: str, load: str, step: str, store: str) -> str:
+    """Body text of the backward's first pass of chunks run side by side:
+    the adjoint ``carry[width]`` (the cotangent of the state from later
+    steps) from zero at each chunk's end back through its steps (``step``
+    updates ``carry`` at step ``t``, with ``tile`` and ``load`` as in
+    ``tiled_adjoint``), then ``store`` writes it."""
+    return f"""
+    if (chunk >= NC || bh >= B * H) return;  // whole warps only
+    float carry[{width}];
+    for (int i = 0; i < {width}; ++i) carry[i] = 0.0f;
+    const int t0 = t_first;
+    const int t1 = t_end;""" + tiled_adjoint(tile, load, step) + store
 
 
 def _fill(template: str, parts: dict) -> str:
@@ -233,23 +283,23 @@ def _fill(template: str, parts: dict) -> str:
 
 
 _SPAN_BACKWARD = """
-    float starts[SUBS * @W@];  // the state entering each SEG-step piece of the span
+    float entering[SUBS * @W@];  // the state entering each SEG-step piece of the span
     float before[SEG * @W@];  // the state before each step t of the piece
-    for (int s = NS - 1; s >= 0; --s) {
+    for (int s = s_end - 1; s >= s_first; --s) {
         float @S@[@W@];
 @LOAD@
         for (int t = s * SPAN; t < s * SPAN + SPAN; ++t) {
             if ((t - s * SPAN) % SEG == 0) {
                 for (int @I@ = 0; @I@ < @W@; ++@I@)
-                    starts[((t - s * SPAN) / SEG) * @W@ + @I@] = @S@[@I@];
+                    entering[((t - s * SPAN) / SEG) * @W@ + @I@] = @S@[@I@];
             }
             if (t >= L) continue;
 @SPAN_STEP@
         }
-        for (int piece = SUBS - 1; piece >= 0; --piece) {
+        for (int piece = SPAN / SEG - 1; piece >= 0; --piece) {
             const int t0 = s * SPAN + piece * SEG;
             const int t1 = (t0 + SEG < L) ? t0 + SEG : L;
-            for (int @I@ = 0; @I@ < @W@; ++@I@) @S@[@I@] = starts[piece * @W@ + @I@];
+            for (int @I@ = 0; @I@ < @W@; ++@I@) @S@[@I@] = entering[piece * @W@ + @I@];
             for (int t = t0; t < t1; ++t) {
 @PIECE_STEP@
             }
@@ -261,16 +311,18 @@ _SPAN_BACKWARD = """
 
 def span_backward(state: str, index: str, width: str, load: str,
                   step: Callable[[str], str], adjoint: str) -> str:
-    """Body text of the backward sweep of a two-level checkpointed kernel.
+    """Body text of the backward sweep of a two-level checkpointed kernel
+    over its chunk's spans.
 
-    Checkpoints (one every ``SPAN`` steps) newest first: ``load`` fills the
-    lane's state ``state[width]`` from checkpoint ``s``; the span is
-    recomputed once by ``step("")``, keeping the state entering each
-    ``SEG``-step piece; then piece by piece, newest first, ``step(save)``
-    recomputes the piece (``save`` keeps the state before step ``t`` in
-    ``before[(t - t0) * width + index]``) and ``adjoint`` (a ``tiled_adjoint``)
-    runs for ``t = t1 - 1`` down to ``t0``. ``step(save)`` advances the state by step
-    ``t``, looping over it with ``index`` and running ``save`` before each update.
+    Checkpoints (one every ``SPAN`` steps, at most ``SUBS * SEG``) newest
+    first: ``load`` fills the lane's state ``state[width]`` from checkpoint
+    ``s``; the span is recomputed once by ``step("")``, keeping the state
+    entering each ``SEG``-step piece; then piece by piece, newest first,
+    ``step(save)`` recomputes the piece (``save`` keeps the state before
+    step ``t`` in ``before[(t - t0) * width + index]``) and ``adjoint`` (a
+    ``tiled_adjoint``) runs for ``t = t1 - 1`` down to ``t0``. ``step(save)``
+    advances the state by step ``t``, looping over it with ``index`` and
+    running ``save`` before each update.
     """
     save = f"before[(t - t0) * {width} + {index}] = {state}[{index}];"
     return _fill(_SPAN_BACKWARD, {"@LOAD@": load, "@SPAN_STEP@": step(""),
@@ -306,20 +358,21 @@ def tiled_adjoint(tile: str, load: str, step: str) -> str:
     return _fill(_TILED_ADJOINT, {"@TILE@": tile, "@LOAD@": load, "@STEP@": step})
 
 
-def selective_tile(entry: str) -> tuple[str, str]:
+def selective_tile(entry: str, arrays: str = "BC") -> tuple[str, str]:
     """Body text declaring, and loading into tile entry ``entry``, the lane's
-    ``NL`` values of ``B`` and ``C`` (``bs``, ``cs``) of the step whose row
-    starts at input offset ``r``: the tile arrays of Mamba's selective scans
-    (``s6``, ``ssd``) that ``selective_adjoint`` reads."""
-    declare = """
-                float bs[TILE * NL];
-                float cs[TILE * NL];"""
-    load = f"""
-                    for (int i = 0; i < NL; ++i) {{
-                        bs[{entry} * NL + i] = static_cast<float>(Bm[r + i * NSPLIT]);
-                        cs[{entry} * NL + i] = static_cast<float>(Cm[r + i * NSPLIT]);
+    ``NL`` values of ``B`` and ``C`` (``bs``, ``cs``; those named in
+    ``arrays``) of the step whose row starts at input offset ``r``: the tile
+    arrays of Mamba's selective scans (``s6``, ``ssd``) that
+    ``selective_adjoint`` reads."""
+    names = {"B": ("bs", "Bm"), "C": ("cs", "Cm")}
+    declare = "".join(f"""
+                float {names[a][0]}[TILE * NL];""" for a in arrays)
+    load = "".join(f"""
+                        {tile}[{entry} * NL + i] = static_cast<float>({source}[r + i * NSPLIT]);"""
+                   for tile, source in (names[a] for a in arrays))
+    return declare, f"""
+                    for (int i = 0; i < NL; ++i) {{{load}
                     }}"""
-    return declare, load
 
 
 def selective_adjoint(step: str, signal: str, rows: str) -> str:

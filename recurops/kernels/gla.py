@@ -7,8 +7,9 @@ The state of a head is ``S [K, V]``. Each column ``S[:, j]`` is split over
 sums over ``j`` (the gradients of ``q``, ``k`` and the gates) are
 ``LANE_SUM``s over the other lane bits, added atomically into their outputs.
 ``GK`` is ``K`` for per-key-channel gates and 1 for one gate per head.
-Checkpoints every ``SPAN`` steps, recomputed in ``SEG``-step pieces, as in
-the ``"ssd"`` kernel (``kernels/ssd.py``); the backward may split a column
+Checkpoints every ``SPAN`` steps, recomputed in ``SEG``-step pieces, and
+spans side by side at small launches, as in the ``"ssd"`` kernel
+(``kernels/ssd.py``); the backward may split a column
 over more lanes than the forward (``chassis.backward_split``).
 """
 
@@ -17,12 +18,16 @@ import math
 
 import mlx.core as mx
 
+from . import spans
 from .chassis import (
     SPAN,
     KernelPath,
     Source,
     backward_split,
     checkpointed,
+    chunk_carries,
+    chunk_ends,
+    chunk_prologue,
     common_unsupported,
     in_one_dtype,
     lane_split,
@@ -36,15 +41,17 @@ from .chassis import (
     tiled_forward,
 )
 
-_PROLOGUE = """
-    const int B = q_shape[0];
-    const int L = q_shape[1];
-    const int H = q_shape[2];
+
+def _prologue(keys: str) -> str:
+    """Shapes (from ``keys``, ``q`` or ``k``), the thread's chunk, and its
+    lane of a state column."""
+    return f"""
+    const int B = {keys}_shape[0];
+    const int L = {keys}_shape[1];
+    const int H = {keys}_shape[2];
     const int KL = K / KSPLIT;  // state values per lane: i = c * KSPLIT + u
     const int VP = (V * KSPLIT + 31) / 32 * 32 / KSPLIT;  // a head's lanes fill whole warps
-    const int SPAN = SEG * SUBS;
-    const int NS = (L + SPAN - 1) / SPAN;
-    const int tid = THREAD_ID;
+""" + chunk_prologue("B * H * VP * KSPLIT") + """
     const int u = tid % KSPLIT;
     const int j = (tid / KSPLIT) % VP;
     const int bh = tid / (KSPLIT * VP);
@@ -68,45 +75,53 @@ def _step(save: str) -> str:
                 }""".replace("SAVE", save)
 
 
-def _gates_keys_queries(entry: str) -> tuple[str, str]:
+def _gates_keys_queries(entry: str, arrays: str = "gkq") -> tuple[str, str]:
     """Body text declaring, and loading into tile entry ``entry``, the lane's
-    ``KL`` gates, keys and queries (``gs``, ``ks``, ``qs``) of the step at
-    row ``row``."""
-    declare = """
-                float gs[TILE * KL];
-                float ks[TILE * KL];
-                float qs[TILE * KL];"""
-    load = f"""
+    ``KL`` gates, keys and queries (``gs``, ``ks``, ``qs``; those named in
+    ``arrays``) of the step at row ``row``."""
+    reads = {"g": "g[row * GK + ((GK == 1) ? 0 : i)]", "k": "k[row * K + i]",
+             "q": "q[row * K + i]"}
+    declare = "".join(f"""
+                float {a}s[TILE * KL];""" for a in arrays)
+    load = "".join(f"""
+                    {a}s[{entry} * KL + c] = static_cast<float>({reads[a]});""" for a in arrays)
+    return declare, f"""
                 for (int c = 0; c < KL; ++c) {{
-                    const int i = c * KSPLIT + u;
-                    gs[{entry} * KL + c] = static_cast<float>(g[row * GK + ((GK == 1) ? 0 : i)]);
-                    ks[{entry} * KL + c] = static_cast<float>(k[row * K + i]);
-                    qs[{entry} * KL + c] = static_cast<float>(q[row * K + i]);
+                    const int i = c * KSPLIT + u;{load}
                 }}"""
-    return declare, load
 
 
-_GKQ_FWD, _GKQ_BWD = _gates_keys_queries("s"), _gates_keys_queries("e")
+_GKQ_BWD = _gates_keys_queries("e")
+
+
+def _forward_tile(arrays: str) -> tuple[str, str]:
+    """Tile declarations and loads of the forward passes: ``v`` and the
+    lane's gates, keys and queries (those named in ``arrays``)."""
+    declare, load = _gates_keys_queries("s", arrays)
+    return """
+        float vs[TILE];""" + declare, """
+            const int row = (b * L + t) * H + hh;
+            vs[s] = active ? static_cast<float>(v[row * V + j]) : 0.0f;""" + load
+
+
+_UPDATE = """
+            for (int c = 0; c < KL; ++c) {
+                S[c] = gs[s * KL + c] * S[c] + ks[s * KL + c] * vs[s];"""
 
 FORWARD = Source(
     "gla_fwd",
-    inputs=("q", "k", "v", "g", "h0"),
+    inputs=("q", "k", "v", "g", "starts", "plan"),
     outputs=("y", "ckpt"),
-    body=_PROLOGUE + tiled_forward(
+    body=_prologue("q") + tiled_forward(
         "S", "c", "KL",
         init="""
         const int i = c * KSPLIT + u;
-        S[c] = active ? h0[(bh * K + i) * V + j] : 0.0f;
-        if (active) ckpt[(((b * (NS + 1)) * H + hh) * K + i) * V + j] = S[c];""",
-        tile="""
-        float vs[TILE];""" + _GKQ_FWD[0],
-        load="""
-            const int row = (b * L + t) * H + hh;
-            vs[s] = active ? static_cast<float>(v[row * V + j]) : 0.0f;""" + _GKQ_FWD[1],
+        S[c] = active ? starts[(((b * NC + chunk) * H + hh) * K + i) * V + j] : 0.0f;
+        if (active && chunk == 0) ckpt[(((b * (NS + 1)) * H + hh) * K + i) * V + j] = S[c];""",
+        tile=_forward_tile("gkq")[0],
+        load=_forward_tile("gkq")[1],
         step="""
-            float out = 0.0f;
-            for (int c = 0; c < KL; ++c) {
-                S[c] = gs[s * KL + c] * S[c] + ks[s * KL + c] * vs[s];
+            float out = 0.0f;""" + _UPDATE + """
                 out += qs[s * KL + c] * S[c];
             }
             out = LANE_SUM(out, 1, KSPLIT / 2);
@@ -117,15 +132,58 @@ FORWARD = Source(
     ),
 )
 
+# The state each span ends in from zero (spans side by side, kernels/spans.py).
+ENDS = Source(
+    "gla_ends",
+    inputs=("k", "v", "g", "plan"),
+    outputs=("ends",),
+    body=_prologue("k") + chunk_ends(
+        "S", "c", "KL", tile=_forward_tile("gk")[0], load=_forward_tile("gk")[1],
+        update=_UPDATE + """
+            }""",
+        store="""
+    if (active) {
+        const int base = ((b * NS + chunk) * H + hh) * K;
+        for (int c = 0; c < KL; ++c) ends[(base + c * KSPLIT + u) * V + j] = S[c];
+    }
+"""),
+)
+
+# The adjoint each span leaves from zero at its end (spans side by side).
+CARRIES = Source(
+    "gla_carries",
+    inputs=("q", "g", "dy", "plan"),
+    outputs=("carries",),
+    body=_prologue("q") + chunk_carries(
+        "KL",
+        tile="""
+                float gos[TILE];  // dy""" + _gates_keys_queries("e", "gq")[0],
+        load="""
+                    const int row = (b * L + t) * H + hh;
+                    gos[e] = active ? static_cast<float>(dy[row * V + j]) : 0.0f;"""
+             + _gates_keys_queries("e", "gq")[1],
+        step="""
+                    for (int c = 0; c < KL; ++c) {
+                        carry[c] = gs[e * KL + c] * (carry[c] + qs[e * KL + c] * gos[e]);
+                    }""",
+        store="""
+    if (active) {
+        const int base = ((b * NS + chunk) * H + hh) * K;
+        for (int c = 0; c < KL; ++c) carries[(base + c * KSPLIT + u) * V + j] = carry[c];
+    }
+"""),
+)
+
 BACKWARD = Source(
     "gla_bwd",
-    inputs=("q", "k", "v", "g", "ckpt", "dy", "dfinal"),
+    inputs=("q", "k", "v", "g", "ckpt", "dy", "dend", "plan"),
     outputs=("dq", "dk", "dv", "dg", "dh0"),
-    body=_PROLOGUE + """
-    if (bh >= B * H) return;  // whole warps only
+    body=_prologue("q") + """
+    if (chunk >= NC || bh >= B * H) return;  // whole warps only
     float carry[KL];  // dLoss/dS[t][i, j] from steps after t
     for (int c = 0; c < KL; ++c) {
-        carry[c] = active ? dfinal[(bh * K + c * KSPLIT + u) * V + j] : 0.0f;
+        carry[c] = active ? dend[(((b * NC + chunk) * H + hh) * K + c * KSPLIT + u) * V + j]
+                          : 0.0f;
     }
 """ + span_backward(
         "S", "c", "KL",
@@ -180,7 +238,7 @@ BACKWARD = Source(
                     dv_t = LANE_SUM(dv_t, 1, KSPLIT / 2);
                     if (active && u == 0) dv[row * V + j] = static_cast<T>(dv_t);""",
         ),
-    ) + """    if (active) {
+    ) + """    if (active && chunk == 0) {
         for (int c = 0; c < KL; ++c) dh0[(bh * K + c * KSPLIT + u) * V + j] = carry[c];
     }
 """,
@@ -213,17 +271,32 @@ def _threads(q, v, split):
     return batch * heads * lanes(v.shape[-1] * split)
 
 
+def _span_decays(gates, span):
+    """Each span's product of the gates: ``[B, NS, H, GK, 1]``."""
+    return spans.per_span(gates, span, mx.prod, 1.0)[..., None]
+
+
 def _forward(q, k, v, g, state):
     batch, length, heads, dk = q.shape
     dtype, (q, k, v, gates) = _prepare(q, k, v, g)
-    ckpt_shape = (batch, segments(length, SPAN) + 1, heads, dk, v.shape[-1])
     split = lane_split(dk)
+    rows = _threads(q, v, split)
+    span, chunks = spans.plan(rows, length, state.size)
+    plan = spans.plan_array(span, chunks)
+    template = _template(dtype, q, v, gates, split)
+    starts = state[:, None]
+    if chunks > 1:
+        (ends,) = launch(ENDS, (k, v, gates, plan),
+                         {"ends": ((batch, chunks, *state.shape[1:]), mx.float32)},
+                         threads=rows * chunks, template=template)
+        starts = spans.entering_states(_span_decays(gates, span), ends, state)
+    ckpt_shape = (batch, segments(length, span) + 1, heads, dk, v.shape[-1])
     return launch(
         FORWARD,
-        (q, k, v, gates, state),
+        (q, k, v, gates, starts, plan),
         {"y": (v.shape, dtype), "ckpt": (ckpt_shape, mx.float32)},
-        threads=_threads(q, v, split),
-        template=_template(dtype, q, v, gates, split),
+        threads=rows * chunks,
+        template=template,
     )
 
 
@@ -231,14 +304,25 @@ def _backward(dy, dfinal, ckpt, q, k, v, g, state):
     batch, length, heads, dk = q.shape
     dtype, (q_, k_, v_, gates) = _prepare(q, k, v, g)
     f32 = mx.float32
+    # the forward's spans (its checkpoints), run side by side if it ran them so
+    span, chunks = spans.plan(_threads(q, v, lane_split(dk)), length, state.size)
+    plan = spans.plan_array(span, chunks)
     split = backward_split(dk, functools.partial(_threads, q, v))
+    rows = _threads(q, v, split)
+    template = _template(dtype, q_, v_, gates, split)
+    dend = dfinal[:, None]
+    if chunks > 1:
+        (carries,) = launch(CARRIES, (q_, gates, dy, plan),
+                            {"carries": ((batch, chunks, *state.shape[1:]), f32)},
+                            threads=rows * chunks, template=template)
+        dend = spans.leaving_carries(_span_decays(gates, span), carries, dfinal)
     dq, dk_, dv, dg, dh0 = launch(
         BACKWARD,
-        (q_, k_, v_, gates, ckpt, dy, dfinal),
+        (q_, k_, v_, gates, ckpt, dy, dend, plan),
         {"dq": (q.shape, f32), "dk": (k.shape, f32), "dv": (v.shape, dtype),
          "dg": (gates.shape, f32), "dh0": (state.shape, f32)},
-        threads=_threads(q, v, split),
-        template=_template(dtype, q_, v_, gates, split),
+        threads=rows * chunks,
+        template=template,
         init_value=0.0,
     )
     return dq, dk_, dv, dg.reshape(g.shape), dh0

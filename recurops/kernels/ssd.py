@@ -7,8 +7,9 @@ The state of a head is ``h [P, N]``. Each row ``h[p, :]`` is split over
 sums over ``p`` (the gradients of ``B`` and ``C``) are ``LANE_SUM``s over
 the other lane bits, added atomically into their outputs, as is ``dt``'s.
 
-The forward stores the state every ``SPAN = SEG * SUBS`` steps (256). The
-backward recomputes a span once from its checkpoint, keeping the state at
+The forward stores the state every ``SPAN`` steps (256, at most ``SEG *
+SUBS``; shorter when a small launch runs its spans side by side,
+``kernels/spans.py``). The backward recomputes a span once from its checkpoint, keeping the state at
 the start of each ``SEG``-step piece in scratch; then, piece by piece from
 the newest, recomputes the piece's states and runs the adjoint sweep. The
 backward may split a row over more lanes than the forward
@@ -22,12 +23,16 @@ import math
 
 import mlx.core as mx
 
+from . import spans
 from .chassis import (
     SPAN,
     KernelPath,
     Source,
     backward_split,
     checkpointed,
+    chunk_carries,
+    chunk_ends,
+    chunk_prologue,
     common_unsupported,
     in_one_dtype,
     lane_split,
@@ -43,16 +48,18 @@ from .chassis import (
     tiled_forward,
 )
 
-_PROLOGUE = """
-    const int B = x_shape[0];
-    const int L = x_shape[1];
-    const int H = x_shape[2];
-    const int G = Bm_shape[2];
+
+def _prologue(group_inputs: str) -> str:
+    """Shapes, the thread's chunk, and its lane of a state row; ``G`` is read
+    from ``group_inputs`` (``Bm`` or ``Cm``)."""
+    return f"""
+    const int B = dt_shape[0];
+    const int L = dt_shape[1];
+    const int H = dt_shape[2];
+    const int G = {group_inputs}_shape[2];
     const int NL = N / NSPLIT;  // state values per lane: n = i * NSPLIT + j
     const int PP = (P * NSPLIT + 31) / 32 * 32 / NSPLIT;  // a head's lanes fill whole warps
-    const int SPAN = SEG * SUBS;
-    const int NS = (L + SPAN - 1) / SPAN;
-    const int tid = THREAD_ID;
+""" + chunk_prologue("B * H * PP * NSPLIT") + """
     const int j = tid % NSPLIT;
     const int p = (tid / NSPLIT) % PP;
     const int bh = tid / (NSPLIT * PP);
@@ -62,33 +69,45 @@ _PROLOGUE = """
     const bool active = p < P;
 """
 
-_BC_FWD, _BC_BWD = selective_tile("s"), selective_tile("e")
 
-FORWARD = Source(
-    "ssd_fwd",
-    inputs=("x", "dt", "A", "Bm", "Cm", "h0"),
-    outputs=("y", "ckpt"),
-    body=_PROLOGUE + tiled_forward(
-        "h", "i", "NL",
-        init="""
-        const int n = i * NSPLIT + j;
-        h[i] = active ? h0[(bh * P + p) * N + n] : 0.0f;
-        if (active) ckpt[(((b * (NS + 1)) * H + hh) * P + p) * N + n] = h[i];""",
-        tile="""
+_BC_BWD, _C_BWD = selective_tile("e"), selective_tile("e", "C")
+
+
+
+def _forward_tile(arrays: str) -> tuple[str, str]:
+    """Tile declarations and loads of the forward passes: ``dt``, ``x`` and
+    the lane's values of ``B`` and ``C`` (those named in ``arrays``)."""
+    declare, load = selective_tile("s", arrays)
+    return """
         float dts[TILE];
-        float xs[TILE];""" + _BC_FWD[0],
-        load="""
+        float xs[TILE];""" + declare, """
             const int row = (b * L + t) * H + hh;
             const int r = ((b * L + t) * G + grp) * N + j;
             dts[s] = static_cast<float>(dt[row]);
-            xs[s] = active ? static_cast<float>(x[row * P + p]) : 0.0f;""" + _BC_FWD[1],
-        step="""
+            xs[s] = active ? static_cast<float>(x[row * P + p]) : 0.0f;""" + load
+
+
+_UPDATE = """
             const float dtv = dts[s];
             const float decay_head = EXP(dtv * A[hh * NA]);
-            float out = 0.0f;
             for (int i = 0; i < NL; ++i) {
                 const float decay = (NA == 1) ? decay_head : EXP(dtv * A[hh * NA + i * NSPLIT + j]);
-                h[i] = decay * h[i] + dtv * bs[s * NL + i] * xs[s];
+                h[i] = decay * h[i] + dtv * bs[s * NL + i] * xs[s];"""
+
+FORWARD = Source(
+    "ssd_fwd",
+    inputs=("x", "dt", "A", "Bm", "Cm", "starts", "plan"),
+    outputs=("y", "ckpt"),
+    body=_prologue("Bm") + tiled_forward(
+        "h", "i", "NL",
+        init="""
+        const int n = i * NSPLIT + j;
+        h[i] = active ? starts[(((b * NC + chunk) * H + hh) * P + p) * N + n] : 0.0f;
+        if (active && chunk == 0) ckpt[(((b * (NS + 1)) * H + hh) * P + p) * N + n] = h[i];""",
+        tile=_forward_tile("BC")[0],
+        load=_forward_tile("BC")[1],
+        step="""
+            float out = 0.0f;""" + _UPDATE + """
                 out += cs[s * NL + i] * h[i];
             }
             out = LANE_SUM(out, 1, NSPLIT / 2);
@@ -97,6 +116,53 @@ FORWARD = Source(
                 const int k = (((b * (NS + 1) + (t + SPAN) / SPAN) * H + hh) * P + p) * N + j;
                 for (int i = 0; i < NL; ++i) ckpt[k + i * NSPLIT] = h[i];""",
     ),
+)
+
+# The state each span ends in from zero (spans side by side, kernels/spans.py).
+ENDS = Source(
+    "ssd_ends",
+    inputs=("x", "dt", "A", "Bm", "plan"),
+    outputs=("ends",),
+    body=_prologue("Bm") + chunk_ends(
+        "h", "i", "NL", tile=_forward_tile("B")[0], load=_forward_tile("B")[1],
+        update=_UPDATE + """
+            }""",
+        store="""
+    if (active) {
+        const int k = (((b * NS + chunk) * H + hh) * P + p) * N + j;
+        for (int i = 0; i < NL; ++i) ends[k + i * NSPLIT] = h[i];
+    }
+"""),
+)
+
+# The adjoint each span leaves from zero at its end (spans side by side).
+CARRIES = Source(
+    "ssd_carries",
+    inputs=("dt", "A", "Cm", "dy", "plan"),
+    outputs=("carries",),
+    body=_prologue("Cm") + chunk_carries(
+        "NL",
+        tile="""
+                float dts[TILE];
+                float gs[TILE];  // dy""" + _C_BWD[0],
+        load="""
+                    const int row = (b * L + t) * H + hh;
+                    const int r = ((b * L + t) * G + grp) * N + j;
+                    dts[e] = static_cast<float>(dt[row]);
+                    gs[e] = active ? static_cast<float>(dy[row * P + p]) : 0.0f;""" + _C_BWD[1],
+        step="""
+                    const float decay_head = EXP(dts[e] * A[hh * NA]);
+                    for (int i = 0; i < NL; ++i) {
+                        const float decay = (NA == 1) ? decay_head
+                                                      : EXP(dts[e] * A[hh * NA + i * NSPLIT + j]);
+                        carry[i] = decay * (carry[i] + cs[e * NL + i] * gs[e]);
+                    }""",
+        store="""
+    if (active) {
+        const int k = (((b * NS + chunk) * H + hh) * P + p) * N + j;
+        for (int i = 0; i < NL; ++i) carries[k + i * NSPLIT] = carry[i];
+    }
+"""),
 )
 
 
@@ -118,15 +184,16 @@ def _recompute_step(save: str) -> str:
 
 BACKWARD = Source(
     "ssd_bwd",
-    inputs=("x", "dt", "A", "Bm", "Cm", "ckpt", "dy", "dfinal"),
+    inputs=("x", "dt", "A", "Bm", "Cm", "ckpt", "dy", "dend", "plan"),
     outputs=("dx", "ddt", "dA", "dB", "dC", "dh0"),
-    body=_PROLOGUE + """
-    if (bh >= B * H) return;  // whole warps only
+    body=_prologue("Bm") + """
+    if (chunk >= NC || bh >= B * H) return;  // whole warps only
     const int NDA = (NA == 1) ? 1 : NL;  // dA partials per lane
     float carry[NL];  // dLoss/dh[t] from steps after t
     float dA_acc[NDA];
     for (int i = 0; i < NL; ++i) {
-        carry[i] = active ? dfinal[(bh * P + p) * N + i * NSPLIT + j] : 0.0f;
+        carry[i] = active ? dend[(((b * NC + chunk) * H + hh) * P + p) * N + i * NSPLIT + j]
+                          : 0.0f;
     }
     for (int i = 0; i < NDA; ++i) dA_acc[i] = 0.0f;
 """ + span_backward(
@@ -170,10 +237,12 @@ BACKWARD = Source(
                     if (LANE_ID == 0) ATOMIC_ADD(&ddt[row], ddt_sum);
                     if (active && j == 0) dx[row * P + p] = static_cast<T>(dx_t);""",
         ),
-    ) + """    if (active) {
+    ) + """    if (active && chunk == 0) {
         for (int i = 0; i < NL; ++i) dh0[(bh * P + p) * N + i * NSPLIT + j] = carry[i];
+    }
+    if (active) {
         for (int i = 0; i < NDA; ++i) {
-            dA[(bh * P + p) * (NDA * NSPLIT) + i * NSPLIT + j] = dA_acc[i];
+            ATOMIC_ADD(&dA[(bh * P + p) * (NDA * NSPLIT) + i * NSPLIT + j], dA_acc[i]);
         }
     }
 """,
@@ -203,36 +272,66 @@ def _per_head_rates(A):
     return (A if A.ndim == 2 else A[:, None]).astype(mx.float32)
 
 
+def _span_decays(dt, rates, span):
+    """Each span's decay product ``exp(A * sum dt)``: ``[B, NS, H, 1, NA]``."""
+    sums = spans.per_span(dt, span, mx.sum, 0.0)
+    decays = mx.exp(sums[..., None] * rates)
+    return decays[..., None, :]
+
+
 def _forward(x, dt, A, B, C, state):
     batch, length, heads, width = x.shape
+    n = B.shape[-1]
     dtype, (x, dt, B, C) = in_one_dtype(x, dt, B, C)
     rates = _per_head_rates(A)
-    ckpt_shape = (batch, segments(length, SPAN) + 1, heads, width, B.shape[-1])
-    split = lane_split(B.shape[-1])
+    split = lane_split(n)
+    rows = _threads(batch, heads, width, split)
+    span, chunks = spans.plan(rows, length, state.size)
+    plan = spans.plan_array(span, chunks)
+    template = _template(x, rates, B, dtype, split)
+    starts = state[:, None]
+    if chunks > 1:
+        (ends,) = launch(ENDS, (x, dt, rates, B, plan),
+                         {"ends": ((batch, chunks, heads, width, n), mx.float32)},
+                         threads=rows * chunks, template=template)
+        starts = spans.entering_states(_span_decays(dt, rates, span), ends, state)
+    ckpt_shape = (batch, segments(length, span) + 1, heads, width, n)
     return launch(
         FORWARD,
-        (x, dt, rates, B, C, state),
+        (x, dt, rates, B, C, starts, plan),
         {"y": (x.shape, dtype), "ckpt": (ckpt_shape, mx.float32)},
-        threads=_threads(batch, heads, width, split),
-        template=_template(x, rates, B, dtype, split),
+        threads=rows * chunks,
+        template=template,
     )
 
 
 def _backward(dy, dfinal, ckpt, x, dt, A, B, C, state):
     batch, length, heads, width = x.shape
+    n = B.shape[-1]
     dtype, (x_, dt_, B_, C_) = in_one_dtype(x, dt, B, C)
     rates = _per_head_rates(A)
-    split = backward_split(B.shape[-1], functools.partial(_threads, batch, heads, width))
-    per_lane = rates.shape[1] if rates.shape[1] > 1 else split  # dA partials
+    # the forward's spans (its checkpoints), run side by side if it ran them so
+    span, chunks = spans.plan(_threads(batch, heads, width, lane_split(n)), length, state.size)
+    plan = spans.plan_array(span, chunks)
+    split = backward_split(n, functools.partial(_threads, batch, heads, width))
+    rows = _threads(batch, heads, width, split)
+    template = _template(x, rates, B, dtype, split)
     f32 = mx.float32
+    dend = dfinal[:, None]
+    if chunks > 1:
+        (carries,) = launch(CARRIES, (dt_, rates, C_, dy, plan),
+                            {"carries": ((batch, chunks, heads, width, n), f32)},
+                            threads=rows * chunks, template=template)
+        dend = spans.leaving_carries(_span_decays(dt_, rates, span), carries, dfinal)
+    per_lane = rates.shape[1] if rates.shape[1] > 1 else split  # dA partials
     dx, ddt, dA, dB, dC, dh0 = launch(
         BACKWARD,
-        (x_, dt_, rates, B_, C_, ckpt, dy, dfinal),
+        (x_, dt_, rates, B_, C_, ckpt, dy, dend, plan),
         {"dx": (x.shape, dtype), "ddt": (dt.shape, f32),
          "dA": ((batch, heads, width, per_lane), f32),
          "dB": (B.shape, f32), "dC": (C.shape, f32), "dh0": (state.shape, f32)},
-        threads=_threads(batch, heads, width, split),
-        template=_template(x, rates, B, dtype, split),
+        threads=rows * chunks,
+        template=template,
         init_value=0.0,
     )
     dA = dA.sum((0, 2))  # [H, N], or [H, NSPLIT] partials of a per-head rate

@@ -1,0 +1,97 @@
+"""Spans side by side: the two-level kernels (``ssd``, ``gla``) at small launches.
+
+A two-level kernel gives each lane of a state one thread that walks every
+step, one after another. With few heads and batch rows that leaves most of
+the GPU idle while each thread makes a long chain of dependent steps. The
+state recurrence is linear, ``h[t] = a[t] * h[t-1] + u[t]`` with ``a``
+elementwise, so a run of steps from state ``h`` ends in ``P * h + e``,
+where ``P`` is the product of the run's decays and ``e`` where it ends from
+zero. The spans between checkpoints then run side by side in three passes:
+
+1. each span from a zero state (``chassis.chunk_ends``): ``e[s]``;
+2. the states entering the spans, ``h[s] = P[s-1] h[s-1] + e[s-1]`` from the
+   initial state (one thread per state element, ``chunked.pass_states``);
+3. the kernel's forward, each span from its entering state.
+
+The backward does the same with the adjoint, whose recurrence,
+``carry[t-1] = a[t] (carry[t] + dh[t])``, needs no states: each span's
+carry from zero at its end (``chassis.chunk_carries``), the carries
+entering each span from the gradient of the final state, then the
+backward kernel, each span from its carry.
+
+That is about 1.5x the work for ``NS``-fold threads. ``plan`` chooses it
+when the launch is small, with spans short enough (down to 32 steps) to
+fill the GPU.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+
+from . import chunked
+from .chassis import SPAN, segments
+
+# Threads of a launch below which its spans run side by side, and the span
+# lengths tried, longest first, to reach that many threads.
+PARALLEL_BELOW = 2**17
+SPANS = (SPAN, 128, 64, 32)
+
+
+def plan(threads: int, length: int, state_size: int) -> tuple[int, int]:
+    """``(span, chunks)`` for a launch of ``threads`` threads over ``length``
+    steps with ``state_size`` state elements in all: the steps between
+    checkpoints, and 1 (the spans one after another) or the span count
+    (side by side, the longest span that reaches ``PARALLEL_BELOW``
+    threads). Checkpoints stay within 32-bit indexing."""
+    if threads < PARALLEL_BELOW:
+        span = next((s for s in SPANS if threads * segments(length, s) >= PARALLEL_BELOW),
+                    SPANS[-1])
+        chunks = segments(length, span)
+        if chunks > 1 and state_size * (chunks + 1) < 2**31:
+            return span, chunks
+    return SPAN, 1
+
+
+def plan_array(span: int, chunks: int) -> mx.array:
+    """The kernels' ``plan`` input (``chassis.chunk_prologue``)."""
+    return mx.array([span, chunks], dtype=mx.int32)
+
+
+def per_span(x: mx.array, span: int, reduce, fill: float) -> mx.array:
+    """``reduce(axis=2)`` over each span of ``x [B, L, ...]`` in float32 (the
+    last span padded with ``fill``): ``[B, NS, ...]``."""
+    batch, length = x.shape[:2]
+    count = segments(length, span)
+    x = x.astype(mx.float32)
+    pad = count * span - length
+    if pad:
+        x = mx.concatenate([x, mx.full((batch, pad, *x.shape[2:]), fill, mx.float32)], axis=1)
+    return reduce(x.reshape(batch, count, span, *x.shape[2:]), axis=2)
+
+
+def entering_states(decays: mx.array, ends: mx.array, state: mx.array) -> mx.array:
+    """The state entering each span, ``[B, NS, ...]``, from each span's decay
+    product ``decays`` (broadcasting against ``ends``), its end from zero
+    ``ends [B, NS, ...]`` and the initial ``state``."""
+    before, _ = chunked.pass_states(_full(decays, ends), ends, state)
+    return before
+
+
+def leaving_carries(decays: mx.array, carries: mx.array, dfinal: mx.array) -> mx.array:
+    """The cotangent of the state each span ends in, from later steps,
+    ``[B, NS, ...]``: ``dfinal`` for the last span, and for span ``s`` the
+    carry of span ``s + 1`` from zero (``carries``) plus its decay product
+    times span ``s + 1``'s."""
+    rev = slice(None, None, -1)
+    before, _ = chunked.pass_states(_full(decays, carries)[:, rev], carries[:, rev], dfinal)
+    return before[:, rev]
+
+
+def _full(decays: mx.array, states: mx.array) -> mx.array:
+    """``decays`` as ``pass_states`` takes them: varying along leading state
+    axes only (spread over the whole state where they vary along a later one)."""
+    shape = decays.shape
+    last = max((i for i in range(2, len(shape)) if shape[i] > 1), default=1)
+    if any(shape[i] == 1 for i in range(2, last)):
+        return mx.broadcast_to(decays, states.shape)
+    return decays
