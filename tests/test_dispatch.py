@@ -4,13 +4,13 @@ import mlx.core as mx
 import pytest
 
 import recurops
+from recurops.kernels import spans
 from recurops.kernels.chassis import (
     LARGE_STATE,
     LARGE_WORK,
     backward_split,
     large_state_crossover,
 )
-from recurops.kernels import spans
 from recurops.testing import simulate
 
 
@@ -30,18 +30,17 @@ def test_crossover_only_for_large_states_over_long_sequences():
 
 
 def test_spans_run_side_by_side_only_at_small_launches():
-    """``spans.plan``: large launches walk their 256-step spans one after
-    another; small ones run spans side by side, the longest that fill
-    ``PARALLEL_BELOW`` threads (down to 32 steps), when there are several
-    and the checkpoints stay within 32-bit indexing."""
-    full = spans.PARALLEL_BELOW
-    assert spans.plan(full, 4096, 1) == (256, 1)
-    assert spans.plan(full // 8, 2048, 1) == (256, 8)
-    assert spans.plan(full // 16, 2048, 1) == (128, 16)
-    assert spans.plan(full // 16, 2047, 1) == (128, 16)  # a short last span
+    """``spans.plan``: large launches and short sequences walk their 256-step
+    spans one after another; small launches over long sequences run spans
+    side by side, the longest that give ``FILL`` threads (down to 32
+    steps), when the checkpoints stay within 32-bit indexing."""
+    assert (spans.SMALL_LAUNCH, spans.MIN_LENGTH, spans.FILL) == (2**14, 512, 2**17)
+    assert spans.plan(2**14 + 32, 4096, 1) == (256, 1)
+    assert spans.plan(2**14, 511, 1) == (256, 1)
+    assert spans.plan(2**14, 2048, 1) == (256, 8)
+    assert spans.plan(2**13, 2048, 1) == (128, 16)
+    assert spans.plan(2**13, 2047, 1) == (128, 16)  # a short last span
     assert spans.plan(64, 2048, 1) == (32, 64)  # never below 32 steps
-    assert spans.plan(64, 32, 1) == (256, 1)  # one span: nothing side by side
-    assert spans.plan(64, 33, 1) == (32, 2)
     assert spans.plan(64, 2048, 2**31 // 64) == (256, 1)  # 65 checkpoints would not index
 
 

@@ -45,11 +45,13 @@ CASES = [
 def test_gpu_path_matches_reference(kind, batch, length, dims, per_channel, impl, dtype,
                                     monkeypatch):
     """Outputs, final state and every gradient on the GPU against float64.
-    These small launches run the spans of ``ssd`` and ``gla`` side by side
-    (kernels/spans.py); the second kernel row runs them one after another,
-    as large launches do."""
+    The first kernel row runs the spans of ``ssd`` and ``gla`` side by side
+    (kernels/spans.py; these small launches would over long sequences), the
+    second one after another, as large launches do."""
+    if impl == "kernel":
+        monkeypatch.setattr(spans, "MIN_LENGTH", 0)
     if impl == "kernel, spans one after another":
-        monkeypatch.setattr(spans, "PARALLEL_BELOW", 0)
+        monkeypatch.setattr(spans, "SMALL_LAUNCH", -1)
         impl = "kernel"
     rng = np.random.default_rng(zlib.crc32(f"{kind}-{length}".encode()))
     host = kernel_inputs(kind, rng, batch, length, dims, per_channel)
@@ -82,8 +84,8 @@ def test_new_batch_or_length_compiles_no_new_kernel(kind, dims):
         mx.eval(mx.grad(lambda *a: recurops.scan(kind, *a, impl="kernel")[0].sum())(*arrays))
 
     train((1,), 5)
-    train((1,), 100)
+    train((1,), 600)
     compiled = set(COMPILED)
-    for batch, length in (((3,), 17), ((2,), 300), ((4,), 64), ((1,), 2000)):
+    for batch, length in (((3,), 17), ((2,), 3000), ((4,), 64), ((1,), 2000)):
         train(batch, length)
     assert COMPILED == compiled

@@ -32,9 +32,10 @@ DIALECTS = ("cuda", "metal")
 
 
 # Small shapes, each with several checkpoint segments and an odd tail (SEG is
-# 32, or 16 for larger state widths; ssd and gla store a checkpoint every 256 steps,
-# or every 32 with their spans side by side, and recompute SEG-step pieces), batch > 1 (or two batch dims), lane
-# dimensions that are not a multiple of 32 (a partial warp), and an initial state.
+# 32, or 16 for larger state widths; ssd and gla store a checkpoint every 256
+# steps, or every 32 with their spans side by side, and recompute SEG-step
+# pieces), batch > 1 (or two batch dims), lane dimensions that are not a
+# multiple of 32 (a partial warp), and an initial state.
 CASES = [
     # kind, batch, L, dims, per_channel
     ("rglru", (2,), 70, {"D": 45}, False),
@@ -73,7 +74,11 @@ def _compare(dialect, kind, batch, length, dims, per_channel, dtype, side_by_sid
 
     expected = value_and_grads(kind, arrays, state, "fallback", wy, ws)
     with simulate(dialect) as sim, pytest.MonkeyPatch.context() as patch:
-        patch.setattr(spans, "PARALLEL_BELOW", 2**62 if side_by_side else 0)
+        if side_by_side:  # whatever the launch and length
+            patch.setattr(spans, "SMALL_LAUNCH", 2**62)
+            patch.setattr(spans, "MIN_LENGTH", 0)
+        else:
+            patch.setattr(spans, "SMALL_LAUNCH", -1)
         assert recurops.explain(kind, *arrays, state=state).path == auto_path(kind, length)
         got = value_and_grads(kind, arrays, state, "kernel", wy, ws)
     # the forward and backward kernel sources ran, in this dialect; and the

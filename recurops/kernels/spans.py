@@ -20,8 +20,8 @@ entering each span from the gradient of the final state, then the
 backward kernel, each span from its carry.
 
 That is about 1.5x the work for ``NS``-fold threads. ``plan`` chooses it
-when the launch is small, with spans short enough (down to 32 steps) to
-fill the GPU.
+for small launches over long sequences, with spans short enough (down to
+32 steps) to fill the GPU.
 """
 
 from __future__ import annotations
@@ -31,9 +31,18 @@ import mlx.core as mx
 from . import chunked
 from .chassis import SPAN, segments
 
-# Threads of a launch below which its spans run side by side, and the span
-# lengths tried, longest first, to reach that many threads.
-PARALLEL_BELOW = 2**17
+# A launch of at most SMALL_LAUNCH threads over at least MIN_LENGTH steps
+# runs its spans side by side, the longest spans that give FILL threads.
+# H100, bf16, kernel path, forward+backward against the spans one after
+# another (docs/kernels.md, "Spans side by side"): 1.4-3.8x faster at 2048
+# to 6144 threads (ssd B=1 H=4 N=16 and A [H, N] B=1 H=8 N=64 and 128, gla
+# B=1 H=12 K=V=64; L=1024 to 4096), 1.25-1.4x at 16384 (gla B=1 H=16
+# K=V=128, T=512 and per-channel T=8192); at 18432 threads (B=3 H=12) the
+# backward still gains 10-40% but the forward loses up to 20%, and at 32768
+# neither gains.
+SMALL_LAUNCH = 2**14
+MIN_LENGTH = 512
+FILL = 2**17
 SPANS = (SPAN, 128, 64, 32)
 
 
@@ -41,11 +50,10 @@ def plan(threads: int, length: int, state_size: int) -> tuple[int, int]:
     """``(span, chunks)`` for a launch of ``threads`` threads over ``length``
     steps with ``state_size`` state elements in all: the steps between
     checkpoints, and 1 (the spans one after another) or the span count
-    (side by side, the longest span that reaches ``PARALLEL_BELOW``
-    threads). Checkpoints stay within 32-bit indexing."""
-    if threads < PARALLEL_BELOW:
-        span = next((s for s in SPANS if threads * segments(length, s) >= PARALLEL_BELOW),
-                    SPANS[-1])
+    (side by side, the longest spans that give ``FILL`` threads, down to
+    32 steps). Checkpoints stay within 32-bit indexing."""
+    if threads <= SMALL_LAUNCH and length >= MIN_LENGTH:
+        span = next((s for s in SPANS if threads * segments(length, s) >= FILL), SPANS[-1])
         chunks = segments(length, span)
         if chunks > 1 and state_size * (chunks + 1) < 2**31:
             return span, chunks
