@@ -37,9 +37,9 @@ from .chassis import SPAN, segments
 # another (docs/kernels.md, "Spans side by side"): 1.4-3.8x faster at 2048
 # to 6144 threads (ssd B=1 H=4 N=16 and A [H, N] B=1 H=8 N=64 and 128, gla
 # B=1 H=12 K=V=64; L=1024 to 4096), 1.25-1.4x at 16384 (gla B=1 H=16
-# K=V=128, T=512 and per-channel T=8192); at 18432 threads (B=3 H=12) the
-# backward still gains 10-40% but the forward loses up to 20%, and at 32768
-# neither gains.
+# K=V=128, T=512 and per-channel T=8192); at 18432 threads (B=3 H=12)
+# forward+backward still gains at three of four shapes but the forward
+# loses at three of four, and at 32768 neither gains.
 SMALL_LAUNCH = 2**14
 MIN_LENGTH = 512
 FILL = 2**17
