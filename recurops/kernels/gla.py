@@ -104,6 +104,17 @@ def _forward_tile(arrays: str) -> tuple[str, str]:
             vs[s] = active ? static_cast<float>(v[row * V + j]) : 0.0f;""" + load
 
 
+def _store_per_span(name: str, values: str) -> str:
+    """Body text storing the lane's ``values`` as span ``chunk``'s entry of
+    ``name [B, NS, H, K, V]``."""
+    return f"""
+    if (active) {{
+        const int base = ((b * NS + chunk) * H + hh) * K;
+        for (int c = 0; c < KL; ++c) {name}[(base + c * KSPLIT + u) * V + j] = {values}[c];
+    }}
+"""
+
+
 _UPDATE = """
             for (int c = 0; c < KL; ++c) {
                 S[c] = gs[s * KL + c] * S[c] + ks[s * KL + c] * vs[s];"""
@@ -141,12 +152,7 @@ ENDS = Source(
         "S", "c", "KL", tile=_forward_tile("gk")[0], load=_forward_tile("gk")[1],
         update=_UPDATE + """
             }""",
-        store="""
-    if (active) {
-        const int base = ((b * NS + chunk) * H + hh) * K;
-        for (int c = 0; c < KL; ++c) ends[(base + c * KSPLIT + u) * V + j] = S[c];
-    }
-"""),
+        store=_store_per_span("ends", "S")),
 )
 
 # The adjoint each span leaves from zero at its end (spans side by side).
@@ -166,12 +172,7 @@ CARRIES = Source(
                     for (int c = 0; c < KL; ++c) {
                         carry[c] = gs[e * KL + c] * (carry[c] + qs[e * KL + c] * gos[e]);
                     }""",
-        store="""
-    if (active) {
-        const int base = ((b * NS + chunk) * H + hh) * K;
-        for (int c = 0; c < KL; ++c) carries[(base + c * KSPLIT + u) * V + j] = carry[c];
-    }
-"""),
+        store=_store_per_span("carries", "carry")),
 )
 
 BACKWARD = Source(

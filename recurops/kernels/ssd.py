@@ -70,7 +70,36 @@ def _prologue(group_inputs: str) -> str:
 """
 
 
-_BC_BWD, _C_BWD = selective_tile("e"), selective_tile("e", "C")
+
+
+def _adjoint_tile(arrays: str, with_x: bool) -> tuple[str, str]:
+    """Tile declarations and loads of the backward passes: ``dt``, ``dy``,
+    ``x`` if ``with_x``, and the lane's values of ``B`` and ``C`` (those
+    named in ``arrays``)."""
+    declare, load = selective_tile("e", arrays)
+    x_declare, x_load = ("""
+                float xs[TILE];""", """
+                    xs[e] = active ? static_cast<float>(x[row * P + p]) : 0.0f;""") \
+        if with_x else ("", "")
+    return """
+                float dts[TILE];
+                float gs[TILE];  // dy""" + x_declare + declare, """
+                    const int row = (b * L + t) * H + hh;
+                    const int r = ((b * L + t) * G + grp) * N + j;
+                    dts[e] = static_cast<float>(dt[row]);
+                    gs[e] = active ? static_cast<float>(dy[row * P + p]) : 0.0f;""" + x_load + load
+
+
+def _store_per_span(name: str, values: str) -> str:
+    """Body text storing the lane's ``values`` as span ``chunk``'s entry of
+    ``name [B, NS, H, P, N]``."""
+    return f"""
+    if (active) {{
+        const int k = (((b * NS + chunk) * H + hh) * P + p) * N + j;
+        for (int i = 0; i < NL; ++i) {name}[k + i * NSPLIT] = {values}[i];
+    }}
+"""
+
 
 
 
@@ -127,12 +156,7 @@ ENDS = Source(
         "h", "i", "NL", tile=_forward_tile("B")[0], load=_forward_tile("B")[1],
         update=_UPDATE + """
             }""",
-        store="""
-    if (active) {
-        const int k = (((b * NS + chunk) * H + hh) * P + p) * N + j;
-        for (int i = 0; i < NL; ++i) ends[k + i * NSPLIT] = h[i];
-    }
-"""),
+        store=_store_per_span("ends", "h")),
 )
 
 # The adjoint each span leaves from zero at its end (spans side by side).
@@ -142,14 +166,8 @@ CARRIES = Source(
     outputs=("carries",),
     body=_prologue("Cm") + chunk_carries(
         "NL",
-        tile="""
-                float dts[TILE];
-                float gs[TILE];  // dy""" + _C_BWD[0],
-        load="""
-                    const int row = (b * L + t) * H + hh;
-                    const int r = ((b * L + t) * G + grp) * N + j;
-                    dts[e] = static_cast<float>(dt[row]);
-                    gs[e] = active ? static_cast<float>(dy[row * P + p]) : 0.0f;""" + _C_BWD[1],
+        tile=_adjoint_tile("C", with_x=False)[0],
+        load=_adjoint_tile("C", with_x=False)[1],
         step="""
                     const float decay_head = EXP(dts[e] * A[hh * NA]);
                     for (int i = 0; i < NL; ++i) {
@@ -157,12 +175,7 @@ CARRIES = Source(
                                                       : EXP(dts[e] * A[hh * NA + i * NSPLIT + j]);
                         carry[i] = decay * (carry[i] + cs[e * NL + i] * gs[e]);
                     }""",
-        store="""
-    if (active) {
-        const int k = (((b * NS + chunk) * H + hh) * P + p) * N + j;
-        for (int i = 0; i < NL; ++i) carries[k + i * NSPLIT] = carry[i];
-    }
-"""),
+        store=_store_per_span("carries", "carry")),
 )
 
 
@@ -203,16 +216,8 @@ BACKWARD = Source(
         for (int i = 0; i < NL; ++i) h[i] = active ? ckpt[k + i * NSPLIT] : 0.0f;""",
         step=_recompute_step,
         adjoint=tiled_adjoint(
-            tile="""
-                float dts[TILE];
-                float xs[TILE];
-                float gs[TILE];  // dy""" + _BC_BWD[0],
-            load="""
-                    const int row = (b * L + t) * H + hh;
-                    const int r = ((b * L + t) * G + grp) * N + j;
-                    dts[e] = static_cast<float>(dt[row]);
-                    xs[e] = active ? static_cast<float>(x[row * P + p]) : 0.0f;
-                    gs[e] = active ? static_cast<float>(dy[row * P + p]) : 0.0f;""" + _BC_BWD[1],
+            tile=_adjoint_tile("BC", with_x=True)[0],
+            load=_adjoint_tile("BC", with_x=True)[1],
             step="""
                     const int row = (b * L + t) * H + hh;
                     const int r = ((b * L + t) * G + grp) * N + j;
