@@ -29,6 +29,7 @@ pytestmark = pytest.mark.skipif(sys.platform not in ("linux", "darwin"),
                                 reason="the kernel simulator needs POSIX ucontext")
 
 DIALECTS = ("cuda", "metal")
+SIDE_BY_SIDE = ("ssd", "gla", "rglru")  # kinds whose kernels can run spans side by side
 
 
 # Small shapes, each with several checkpoint segments and an odd tail (SEG is
@@ -84,7 +85,7 @@ def _compare(dialect, kind, batch, length, dims, per_channel, dtype, side_by_sid
     # the forward and backward kernel sources ran, in this dialect; and the
     # passes of spans side by side where there are several
     launched = {f"{kind}_fwd", f"{kind}_bwd"}
-    if side_by_side and kind in ("ssd", "gla") and length > spans.SPANS[-1]:
+    if side_by_side and kind in SIDE_BY_SIDE and length > spans.SPANS[-1]:
         launched |= {f"{kind}_ends", f"{kind}_carries", "chunk_states"}
     assert {launch.name for launch in sim.launches} == launched
     assert all(launch.wrapped.dialect == dialect for launch in sim.launches)
@@ -96,7 +97,7 @@ def _compare(dialect, kind, batch, length, dims, per_channel, dtype, side_by_sid
 def _with_spans(cases):
     """Each case, and each ``ssd`` and ``gla`` case once more with its spans side by side."""
     return [(*case, False) for case in cases] + [
-        (*case, True) for case in cases if case[0] in ("ssd", "gla")]
+        (*case, True) for case in cases if case[0] in SIDE_BY_SIDE]
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
@@ -265,5 +266,5 @@ def test_drawn_shapes_match_fallback(kind, data):
     dims = _draw_dims(kind, data.draw)
     per_channel = kind in ("ssd", "gla") and data.draw(st.booleans(), label="per_channel")
     dtype = data.draw(st.sampled_from([mx.float32, mx.bfloat16]), label="dtype")
-    side_by_side = kind in ("ssd", "gla") and data.draw(st.booleans(), label="side_by_side")
+    side_by_side = kind in SIDE_BY_SIDE and data.draw(st.booleans(), label="side_by_side")
     _compare(dialect, kind, batch, length, dims, per_channel, dtype, side_by_side)

@@ -1,8 +1,17 @@
-"""Fused kernels for ``"rglru"``: ``h <- a * h + x``, one thread per channel."""
+"""Fused kernels for ``"rglru"``: ``h <- a * h + x``, one thread per channel.
+
+A checkpoint every ``SEG`` steps; the backward recomputes a segment from its
+checkpoint and runs its adjoint. Small launches over long sequences run
+chunks of steps side by side (``kernels/spans.py``): each chunk's end from
+zero and its product of decays, the state entering each chunk, then the
+forward, one thread a chunk and channel; the backward likewise, from each
+chunk's carry.
+"""
 
 import mlx.core as mx
 
 from .._kind import STEP_FORM_STEPS
+from . import spans
 from .chassis import (
     KernelPath,
     Source,
@@ -20,43 +29,90 @@ _PROLOGUE = """
     const int L = a_shape[1];
     const int D = a_shape[2];
     const int NS = (L + SEG - 1) / SEG;
-    const int tid = THREAD_ID;
-    if (tid >= B * D) return;
+    const int NC = plan[1];  // chunks of steps side by side (kernels/spans.py), or 1
+    const int CH = (NC == 1) ? L : plan[0];  // steps a chunk, a multiple of SEG
+    const int ROWS = (B * D + 31) / 32 * 32 > 0 ? (B * D + 31) / 32 * 32 : 32;
+    const int chunk = THREAD_ID / ROWS;
+    const int tid = THREAD_ID % ROWS;
+    if (chunk >= NC || tid >= B * D) return;
     const int b = tid / D;
     const int d = tid % D;
+    const int t_first = chunk * CH;
+    const int t_end = (t_first + CH < L) ? t_first + CH : L;
+    const int k = (b * NC + chunk) * D + d;  // the chunk's entry of a [B, NC, D] array
 """
+
+_TILE = """
+        float a_t[TILE];
+        float x_t[TILE];"""
+_LOAD = """
+            const int i = (b * L + t) * D + d;
+            a_t[s] = static_cast<float>(a[i]);
+            x_t[s] = static_cast<float>(x[i]);"""
 
 FORWARD = Source(
     "rglru_fwd",
-    inputs=("a", "x", "h0"),
+    inputs=("a", "x", "starts", "plan"),
     outputs=("y", "ckpt"),
     body=_PROLOGUE + """
-    float h = h0[tid];
-    ckpt[(b * (NS + 1)) * D + d] = h;
+    float h = starts[k];
+    if (chunk == 0) ckpt[(b * (NS + 1)) * D + d] = h;
 """ + tiled_steps(
-        tile="""
-        float a_t[TILE];
-        float x_t[TILE];""",
-        load="""
-            const int i = (b * L + t) * D + d;
-            a_t[s] = static_cast<float>(a[i]);
-            x_t[s] = static_cast<float>(x[i]);""",
+        tile=_TILE,
+        load=_LOAD,
         step="""
             h = a_t[s] * h + x_t[s];
             y[(b * L + t) * D + d] = static_cast<T>(h);
             if ((t + 1) % SEG == 0 || t == L - 1) {
                 ckpt[(b * (NS + 1) + (t + SEG) / SEG) * D + d] = h;
             }""",
+        first="t_first", end="t_end",
     ),
+)
+
+# Each chunk's end from zero and its product of decays (chunks side by side).
+ENDS = Source(
+    "rglru_ends",
+    inputs=("a", "x", "plan"),
+    outputs=("ends", "decays"),
+    body=_PROLOGUE + """
+    float h = 0.0f;
+    float decay = 1.0f;
+""" + tiled_steps(tile=_TILE, load=_LOAD, step="""
+            h = a_t[s] * h + x_t[s];
+            decay *= a_t[s];""", first="t_first", end="t_end") + """
+    ends[k] = h;
+    decays[k] = decay;
+""",
+)
+
+# Each chunk's adjoint carry from zero at its end, and its product of decays
+# (chunks side by side).
+CARRIES = Source(
+    "rglru_carries",
+    inputs=("a", "dy", "plan"),
+    outputs=("carries", "decays"),
+    body=_PROLOGUE + """
+    float carry = 0.0f;
+    float decay = 1.0f;
+    for (int t = t_end - 1; t >= t_first; --t) {
+        const int i = (b * L + t) * D + d;
+        const float a_t = static_cast<float>(a[i]);
+        carry = a_t * (carry + static_cast<float>(dy[i]));
+        decay *= a_t;
+    }
+    carries[k] = carry;
+    decays[k] = decay;
+""",
 )
 
 BACKWARD = Source(
     "rglru_bwd",
-    inputs=("a", "x", "ckpt", "dy", "dfinal"),
+    inputs=("a", "x", "ckpt", "dy", "dend", "plan"),
     outputs=("da", "dx", "dh0"),
     body=_PROLOGUE + """
-    float carry = dfinal[tid];  // dLoss/dh[t] from steps after t
-    for (int sg = NS - 1; sg >= 0; --sg) {
+    float carry = dend[k];  // dLoss/dh[t] from steps after t
+    for (int sg = (t_end + SEG - 1) / SEG - 1; sg >= t_first / SEG; --sg) {
         const int t0 = sg * SEG;
         // the segment recomputed from its checkpoint, keeping what the adjoint
         // reads, so that it loads nothing (steps past L repeat the last one)
@@ -81,7 +137,7 @@ BACKWARD = Source(
             carry = a_s[s] * grad;
         }
     }
-    dh0[tid] = carry;
+    if (chunk == 0) dh0[tid] = carry;
 """,
 )
 
@@ -91,28 +147,54 @@ SEG = 32
 TILE = 16
 
 
+def _plan(a, state):
+    """The forward's chunks (``spans.plan``): ``(threads a chunk, chunk
+    length, chunks, plan)``."""
+    rows = lanes(a.shape[0] * a.shape[2])
+    span, chunks = spans.plan(rows, a.shape[1], state.size)
+    return rows, span, chunks, spans.plan_array(span, chunks)
+
+
 def _forward(a, x, state):
     batch, length, width = a.shape
     dtype, inputs = in_one_dtype(a, x)
+    rows, _, chunks, plan = _plan(a, state)
+    template = {"T": dtype, "SEG": SEG, "TILE": TILE}
+    starts = state[:, None]
+    if chunks > 1:
+        per_chunk = ((batch, chunks, width), mx.float32)
+        ends, decays = launch(ENDS, (*inputs, plan), {"ends": per_chunk, "decays": per_chunk},
+                              threads=rows * chunks, template=template)
+        starts = spans.entering_states(decays, ends, state)
     return launch(
         FORWARD,
-        (*inputs, state),
+        (*inputs, starts, plan),
         {"y": (a.shape, dtype),
          "ckpt": ((batch, segments(length, SEG) + 1, width), mx.float32)},
-        threads=lanes(batch * width),
-        template={"T": dtype, "SEG": SEG, "TILE": TILE},
+        threads=rows * chunks,
+        template=template,
     )
 
 
 def _backward(dy, dfinal, ckpt, a, x, state):
+    batch, _, width = a.shape
     dtype, inputs = in_one_dtype(a, x)
+    rows, _, chunks, plan = _plan(a, state)
+    template = {"T": dtype, "SEG": SEG, "TILE": TILE}
+    dend = dfinal[:, None]
+    if chunks > 1:
+        per_chunk = ((batch, chunks, width), mx.float32)
+        carries, decays = launch(CARRIES, (inputs[0], dy, plan),
+                                 {"carries": per_chunk, "decays": per_chunk},
+                                 threads=rows * chunks, template=template)
+        dend = spans.leaving_carries(decays, carries, dfinal)
     return launch(
         BACKWARD,
-        (*inputs, ckpt, dy, dfinal),
+        (*inputs, ckpt, dy, dend, plan),
         {"da": (a.shape, mx.float32), "dx": (a.shape, mx.float32),
          "dh0": (state.shape, mx.float32)},
-        threads=lanes(a.shape[0] * a.shape[2]),
-        template={"T": dtype, "SEG": SEG},
+        threads=rows * chunks,
+        template=template,
     )
 
 
