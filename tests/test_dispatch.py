@@ -1,5 +1,7 @@
 """Dispatch on a GPU backend (simulated on the CPU): measured crossovers."""
 
+import functools
+
 import mlx.core as mx
 import pytest
 
@@ -34,14 +36,18 @@ def test_spans_run_side_by_side_only_at_small_launches():
     spans one after another; small launches over long sequences run spans
     side by side, the longest that give ``FILL`` threads (down to 32
     steps), when the checkpoints stay within 32-bit indexing."""
-    assert (spans.SMALL_LAUNCH, spans.MIN_LENGTH, spans.FILL) == (2**14, 512, 2**17)
-    assert spans.plan(2**14 + 32, 4096, 1) == (256, 1)
-    assert spans.plan(2**14, 511, 1) == (256, 1)
-    assert spans.plan(2**14, 2048, 1) == (256, 8)
-    assert spans.plan(2**13, 2048, 1) == (128, 16)
-    assert spans.plan(2**13, 2047, 1) == (128, 16)  # a short last span
-    assert spans.plan(64, 2048, 1) == (32, 64)  # never below 32 steps
-    assert spans.plan(64, 2048, 2**31 // 64) == (256, 1)  # 65 checkpoints would not index
+    assert (spans.SMALL_LAUNCH, spans.MIN_LENGTH, spans.FILL) == (
+        {"ssd": 2**14, "gla": 2**14, "rglru": 2**11}, 512, 2**17)
+    plan = functools.partial(spans.plan, "ssd")
+    assert plan(2**14 + 32, 4096, 1) == (256, 1)
+    assert plan(2**14, 511, 1) == (256, 1)
+    assert plan(2**14, 2048, 1) == (256, 8)
+    assert plan(2**13, 2048, 1) == (128, 16)
+    assert plan(2**13, 2047, 1) == (128, 16)  # a short last span
+    assert plan(64, 2048, 1) == (32, 64)  # never below 32 steps
+    assert plan(64, 2048, 2**31 // 64) == (256, 1)  # 65 checkpoints would not index
+    assert spans.plan("rglru", 2**13, 2048, 1) == (256, 1)
+    assert spans.plan("rglru", 2**11, 2048, 1) == (32, 64)
 
 
 @pytest.mark.parametrize("dims,batch,per_channel,path", [

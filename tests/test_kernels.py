@@ -45,13 +45,13 @@ CASES = [
 def test_gpu_path_matches_reference(kind, batch, length, dims, per_channel, impl, dtype,
                                     monkeypatch):
     """Outputs, final state and every gradient on the GPU against float64.
-    The first kernel row runs the spans of ``ssd`` and ``gla`` side by side
-    (kernels/spans.py; these small launches would over long sequences), the
-    second one after another, as large launches do."""
+    The first kernel row runs the spans of ``ssd``, ``gla`` and ``rglru``
+    side by side (kernels/spans.py; these small launches would over long
+    sequences), the second one after another, as large launches do."""
     if impl == "kernel":
         monkeypatch.setattr(spans, "MIN_LENGTH", 0)
     if impl == "kernel, spans one after another":
-        monkeypatch.setattr(spans, "SMALL_LAUNCH", -1)
+        monkeypatch.setattr(spans, "SMALL_LAUNCH", dict.fromkeys(spans.SMALL_LAUNCH, -1))
         impl = "kernel"
     rng = np.random.default_rng(zlib.crc32(f"{kind}-{length}".encode()))
     host = kernel_inputs(kind, rng, batch, length, dims, per_channel)

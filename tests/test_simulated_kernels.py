@@ -29,7 +29,7 @@ pytestmark = pytest.mark.skipif(sys.platform not in ("linux", "darwin"),
                                 reason="the kernel simulator needs POSIX ucontext")
 
 DIALECTS = ("cuda", "metal")
-SIDE_BY_SIDE = ("ssd", "gla", "rglru")  # kinds whose kernels can run spans side by side
+SIDE_BY_SIDE = tuple(spans.SMALL_LAUNCH)  # kinds whose kernels can run spans side by side
 
 
 # Small shapes, each with several checkpoint segments and an odd tail (SEG is
@@ -76,10 +76,10 @@ def _compare(dialect, kind, batch, length, dims, per_channel, dtype, side_by_sid
     expected = value_and_grads(kind, arrays, state, "fallback", wy, ws)
     with simulate(dialect) as sim, pytest.MonkeyPatch.context() as patch:
         if side_by_side:  # whatever the launch and length
-            patch.setattr(spans, "SMALL_LAUNCH", 2**62)
+            patch.setattr(spans, "SMALL_LAUNCH", dict.fromkeys(spans.SMALL_LAUNCH, 2**62))
             patch.setattr(spans, "MIN_LENGTH", 0)
         else:
-            patch.setattr(spans, "SMALL_LAUNCH", -1)
+            patch.setattr(spans, "SMALL_LAUNCH", dict.fromkeys(spans.SMALL_LAUNCH, -1))
         assert recurops.explain(kind, *arrays, state=state).path == auto_path(kind, length)
         got = value_and_grads(kind, arrays, state, "kernel", wy, ws)
     # the forward and backward kernel sources ran, in this dialect; and the

@@ -282,7 +282,7 @@ def _forward(q, k, v, g, state):
     dtype, (q, k, v, gates) = _prepare(q, k, v, g)
     split = lane_split(dk)
     rows = _threads(q, v, split)
-    span, chunks = spans.plan(rows, length, state.size)
+    span, chunks = spans.plan("gla", rows, length, state.size)
     plan = spans.plan_array(span, chunks)
     template = _template(dtype, q, v, gates, split)
     starts = state[:, None]
@@ -306,7 +306,7 @@ def _backward(dy, dfinal, ckpt, q, k, v, g, state):
     dtype, (q_, k_, v_, gates) = _prepare(q, k, v, g)
     f32 = mx.float32
     # the forward's spans (its checkpoints), run side by side if it ran them so
-    span, chunks = spans.plan(_threads(q, v, lane_split(dk)), length, state.size)
+    span, chunks = spans.plan("gla", _threads(q, v, lane_split(dk)), length, state.size)
     plan = spans.plan_array(span, chunks)
     split = backward_split(dk, functools.partial(_threads, q, v))
     rows = _threads(q, v, split)

@@ -151,7 +151,7 @@ def _plan(a, state):
     """The forward's chunks (``spans.plan``): ``(threads a chunk, chunk
     length, chunks, plan)``."""
     rows = lanes(a.shape[0] * a.shape[2])
-    span, chunks = spans.plan(rows, a.shape[1], state.size)
+    span, chunks = spans.plan("rglru", rows, a.shape[1], state.size)
     return rows, span, chunks, spans.plan_array(span, chunks)
 
 

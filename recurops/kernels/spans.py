@@ -1,7 +1,7 @@
-"""Spans side by side: the two-level kernels (``ssd``, ``gla``) at small launches.
+"""Spans side by side: the ``ssd``, ``gla`` and ``rglru`` kernels at small launches.
 
-A two-level kernel gives each lane of a state one thread that walks every
-step, one after another. With few heads and batch rows that leaves most of
+A kernel gives each lane of a state one thread that walks every step, one
+after another. With few heads and batch rows that leaves most of
 the GPU idle while each thread makes a long chain of dependent steps. The
 state recurrence is linear, ``h[t] = a[t] * h[t-1] + u[t]`` with ``a``
 elementwise, so a run of steps from state ``h`` ends in ``P * h + e``,
@@ -31,28 +31,31 @@ import mlx.core as mx
 from . import chunked
 from .chassis import SPAN, segments
 
-# A launch of at most SMALL_LAUNCH threads over at least MIN_LENGTH steps
-# runs its spans side by side, the longest spans that give FILL threads.
-# H100, bf16, kernel path, forward+backward against the spans one after
-# another (docs/kernels.md, "Spans side by side"): 1.4-3.8x faster at 2048
-# to 6144 threads (ssd B=1 H=4 N=16 and A [H, N] B=1 H=8 N=64 and 128, gla
-# B=1 H=12 K=V=64; L=1024 to 4096), 1.25-1.4x at 16384 (gla B=1 H=16
-# K=V=128, T=512 and per-channel T=8192); at 18432 threads (B=3 H=12)
-# forward+backward still gains at three of four shapes but the forward
-# loses at three of four, and at 32768 neither gains.
-SMALL_LAUNCH = 2**14
+# A launch of at most SMALL_LAUNCH[kind] threads over at least MIN_LENGTH
+# steps runs its spans side by side, the longest spans that give FILL
+# threads. H100, bf16, kernel path, forward+backward against the spans one
+# after another (docs/kernels.md, "Spans side by side"):
+# - ssd and gla: 1.4-3.8x faster at 2048 to 6144 threads (ssd B=1 H=4 N=16
+#   and A [H, N] B=1 H=8 N=64 and 128, gla B=1 H=12 K=V=64; L=1024 to
+#   4096), 1.25-1.4x at 16384 (gla B=1 H=16 K=V=128, T=512 and per-channel
+#   T=8192); at 18432 threads (B=3 H=12) forward+backward still gains at
+#   three of four shapes but the forward loses at three of four, and at
+#   32768 neither gains;
+# - rglru, whose step is a single multiply-add: 1.7-2.4x at 2048 threads
+#   (B=1 L=4096 D=2048, B=2 L=8192 D=1024), slower at 8192 and more.
+SMALL_LAUNCH = {"ssd": 2**14, "gla": 2**14, "rglru": 2**11}
 MIN_LENGTH = 512
 FILL = 2**17
 SPANS = (SPAN, 128, 64, 32)
 
 
-def plan(threads: int, length: int, state_size: int) -> tuple[int, int]:
-    """``(span, chunks)`` for a launch of ``threads`` threads over ``length``
-    steps with ``state_size`` state elements in all: the steps between
-    checkpoints, and 1 (the spans one after another) or the span count
-    (side by side, the longest spans that give ``FILL`` threads, down to
-    32 steps). Checkpoints stay within 32-bit indexing."""
-    if threads <= SMALL_LAUNCH and length >= MIN_LENGTH:
+def plan(kind: str, threads: int, length: int, state_size: int) -> tuple[int, int]:
+    """``(span, chunks)`` for ``kind``'s launch of ``threads`` threads over
+    ``length`` steps with ``state_size`` state elements in all: the steps of
+    a span, and 1 (the spans one after another) or the span count (side by
+    side, the longest spans that give ``FILL`` threads, down to 32 steps).
+    Checkpoints stay within 32-bit indexing."""
+    if threads <= SMALL_LAUNCH[kind] and length >= MIN_LENGTH:
         span = next((s for s in SPANS if threads * segments(length, s) >= FILL), SPANS[-1])
         chunks = segments(length, span)
         if chunks > 1 and state_size * (chunks + 1) < 2**31:

@@ -291,7 +291,7 @@ def _forward(x, dt, A, B, C, state):
     rates = _per_head_rates(A)
     split = lane_split(n)
     rows = _threads(batch, heads, width, split)
-    span, chunks = spans.plan(rows, length, state.size)
+    span, chunks = spans.plan("ssd", rows, length, state.size)
     plan = spans.plan_array(span, chunks)
     template = _template(x, rates, B, dtype, split)
     starts = state[:, None]
@@ -316,7 +316,8 @@ def _backward(dy, dfinal, ckpt, x, dt, A, B, C, state):
     dtype, (x_, dt_, B_, C_) = in_one_dtype(x, dt, B, C)
     rates = _per_head_rates(A)
     # the forward's spans (its checkpoints), run side by side if it ran them so
-    span, chunks = spans.plan(_threads(batch, heads, width, lane_split(n)), length, state.size)
+    forward_threads = _threads(batch, heads, width, lane_split(n))
+    span, chunks = spans.plan("ssd", forward_threads, length, state.size)
     plan = spans.plan_array(span, chunks)
     split = backward_split(n, functools.partial(_threads, batch, heads, width))
     rows = _threads(batch, heads, width, split)
