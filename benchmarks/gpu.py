@@ -8,7 +8,8 @@ For each case it times forward and forward+backward (gradients of every
 input) side by side in one process: recurops kernel / fallback / auto on
 MLX, mlx-recurrence's token-loop references on the same GPU, mlx-lm's
 ``ssm_attn``, and, where PyTorch with CUDA is present, mamba_ssm's
-``mamba_chunk_scan_combined`` and flash-linear-attention's Triton kernels.
+``mamba_chunk_scan_combined`` and flash-linear-attention's Triton kernels
+(``simple_gla`` for one gate per head, ``gla`` for a gate per key channel).
 It also records MLX peak memory of a training step and the memory-traffic
 floor of each case at 3 TB/s (the bytes a fused kernel must move: read
 every input once, write the outputs; for fwd+bwd also read them again with
@@ -226,6 +227,18 @@ def peers_torch(kind, inputs):
             out["mamba_ssm mamba_chunk_scan_combined"] = pair(
                 lambda x, dt, A, B, C: mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size=256),
                 args)
+    if kind == "gla" and inputs[3].ndim == 4:  # a gate per key channel: fla's GLA
+        try:
+            from fla.ops.gla import chunk_gla, fused_recurrent_gla
+        except Exception as error:  # noqa: BLE001
+            print(f"  (fla unavailable: {error})", file=sys.stderr)
+        else:
+            q, k, v, g = inputs
+            args = (tensor(q), tensor(k), tensor(v), tensor(mx.log(g.astype(mx.float32))))
+            out["fla chunk_gla"] = pair(
+                lambda q, k, v, g: chunk_gla(q, k, v, g, scale=1.0)[0], args)
+            out["fla fused_recurrent_gla"] = pair(
+                lambda q, k, v, g: fused_recurrent_gla(q, k, v, gk=g, scale=1.0)[0], args)
     if kind == "gla" and inputs[3].ndim == 3:
         try:
             from fla.ops.simple_gla import chunk_simple_gla, fused_recurrent_simple_gla
@@ -320,6 +333,8 @@ def cases(quick):
         gla_case(3, 512, 12, 64, 64),
         gla_case(3, 512, 12, 64, 64, per_channel=True),
         gla_case(8, 2048, 16, 128, 128),
+        gla_case(8, 2048, 16, 128, 128, per_channel=True),
+        gla_case(1, 8192, 16, 128, 128, per_channel=True),  # one long sequence
         rglru_case(8, 512, 1024),
         rglru_case(8, 2048, 2048),
         rotlru_case(8, 512, 512),
