@@ -116,6 +116,19 @@ def test_kernel_matches_fallback_bfloat16(dialect, kind, batch, length, dims, pe
     _compare(dialect, kind, batch, length, dims, per_channel, mx.bfloat16, side_by_side)
 
 
+@pytest.mark.parametrize("span", [256, 128, 64])
+@pytest.mark.parametrize("kind,batch,length,dims,per_channel", [
+    ("ssd", (1,), 300, {"H": 2, "P": 8, "N": 16, "G": 1}, False),  # pieces of 32 steps
+    ("gla", (1,), 300, {"H": 1, "K": 17, "V": 8}, True),  # pieces of 4 steps
+    ("rglru", (1,), 300, {"D": 33}, False),
+])
+def test_longer_spans_side_by_side(kind, batch, length, dims, per_channel, span, monkeypatch):
+    """Spans side by side of every length the plan may take, not only the
+    32 steps these small launches get."""
+    monkeypatch.setattr(spans, "SPANS", (span,))
+    _compare("cuda", kind, batch, length, dims, per_channel, mx.float32, side_by_side=True)
+
+
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_length_one_and_single_segment(dialect):
     """Decoding shapes: L = 1 (one partial segment), no batch dimension."""
