@@ -190,20 +190,27 @@ def peers_mlx(kind, inputs):
     return out
 
 
+def _torch_tensor(a, grad=False):
+    """MLX array ``a`` on the CUDA device as PyTorch's: bfloat16 if ``a`` is,
+    float32 otherwise."""
+    import numpy as np
+    import torch
+
+    t = torch.from_numpy(np.array(a.astype(mx.float32))).cuda()
+    return t.to(torch.bfloat16 if a.dtype == mx.bfloat16 else torch.float32).requires_grad_(grad)
+
+
 def peers_torch(kind, inputs):
     """mamba_ssm and fla on PyTorch (CUDA), as (forward, fwd+bwd) thunks."""
     try:
-        import numpy as np
         import torch
     except ImportError:
         return {}
     if not torch.cuda.is_available():
         return {}
 
-    def tensor(a, grad=True):
-        t = torch.from_numpy(np.array(a.astype(mx.float32))).cuda()
-        t = t.to(torch.bfloat16 if a.dtype == mx.bfloat16 else torch.float32)
-        return t.requires_grad_(grad)
+    def tensor(a):
+        return _torch_tensor(a, grad=True)
 
     def pair(fn, args):
         def fwd():
@@ -394,17 +401,15 @@ def _decode_peers(kind, inputs, state):
                 _mlx_wait)
     if kind == "gla" and inputs[3].ndim == 3:
         try:
-            import numpy as np
             import torch
             from fla.ops.simple_gla import fused_recurrent_simple_gla
         except Exception as error:  # noqa: BLE001 - report any import failure
             print(f"  (fla unavailable: {error})", file=sys.stderr)
         else:
             if torch.cuda.is_available():
-                q, k, v, g = (torch.from_numpy(np.array(a.astype(mx.float32))).cuda()
-                              .to(torch.bfloat16) for a in inputs)
+                q, k, v, g = (_torch_tensor(a) for a in inputs)
                 g = torch.log(g.float())
-                h0 = torch.from_numpy(np.array(state)).cuda()  # [B, H, K, V], float32
+                h0 = _torch_tensor(state)  # [B, H, K, V], float32
                 out["fla fused_recurrent_simple_gla"] = (lambda h: fused_recurrent_simple_gla(
                     q, k, v, g, scale=1.0, initial_state=h, output_final_state=True), h0,
                     lambda *_: torch.cuda.synchronize())

@@ -94,14 +94,15 @@ def _gates_keys_queries(entry: str, arrays: str = "gkq") -> tuple[str, str]:
 _GKQ_BWD = _gates_keys_queries("e")
 
 
-def _forward_tile(arrays: str) -> tuple[str, str]:
+def _forward_tile(arrays: str) -> dict:
     """Tile declarations and loads of the forward passes: ``v`` and the
-    lane's gates, keys and queries (those named in ``arrays``)."""
+    lane's gates, keys and queries (those named in ``arrays``), as ``tile``
+    and ``load`` body texts."""
     declare, load = _gates_keys_queries("s", arrays)
-    return """
-        float vs[TILE];""" + declare, """
+    return dict(tile="""
+        float vs[TILE];""" + declare, load="""
             const int row = (b * L + t) * H + hh;
-            vs[s] = active ? static_cast<float>(v[row * V + j]) : 0.0f;""" + load
+            vs[s] = active ? static_cast<float>(v[row * V + j]) : 0.0f;""" + load)
 
 
 def _store_per_span(name: str, values: str) -> str:
@@ -129,8 +130,7 @@ FORWARD = Source(
         const int i = c * KSPLIT + u;
         S[c] = active ? starts[(((b * NC + chunk) * H + hh) * K + i) * V + j] : 0.0f;
         if (active && chunk == 0) ckpt[(((b * (NS + 1)) * H + hh) * K + i) * V + j] = S[c];""",
-        tile=_forward_tile("gkq")[0],
-        load=_forward_tile("gkq")[1],
+        **_forward_tile("gkq"),
         step="""
             float out = 0.0f;""" + _UPDATE + """
                 out += qs[s * KL + c] * S[c];
@@ -149,7 +149,7 @@ ENDS = Source(
     inputs=("k", "v", "g", "plan"),
     outputs=("ends",),
     body=_prologue("k") + chunk_ends(
-        "S", "c", "KL", tile=_forward_tile("gk")[0], load=_forward_tile("gk")[1],
+        "S", "c", "KL", **_forward_tile("gk"),
         update=_UPDATE + """
             }""",
         store=_store_per_span("ends", "S")),
@@ -277,13 +277,20 @@ def _span_decays(gates, span):
     return spans.per_span(gates, span, mx.prod, 1.0)[..., None]
 
 
+def _plan(q, v, state):
+    """The forward's spans (``spans.plan``), which the backward follows:
+    ``(span, chunks, plan)``."""
+    threads = _threads(q, v, lane_split(q.shape[-1]))
+    span, chunks = spans.plan("gla", threads, q.shape[1], state.size)
+    return span, chunks, spans.plan_array(span, chunks)
+
+
 def _forward(q, k, v, g, state):
     batch, length, heads, dk = q.shape
     dtype, (q, k, v, gates) = _prepare(q, k, v, g)
     split = lane_split(dk)
     rows = _threads(q, v, split)
-    span, chunks = spans.plan("gla", rows, length, state.size)
-    plan = spans.plan_array(span, chunks)
+    span, chunks, plan = _plan(q, v, state)
     template = _template(dtype, q, v, gates, split)
     starts = state[:, None]
     if chunks > 1:
@@ -305,9 +312,7 @@ def _backward(dy, dfinal, ckpt, q, k, v, g, state):
     batch, length, heads, dk = q.shape
     dtype, (q_, k_, v_, gates) = _prepare(q, k, v, g)
     f32 = mx.float32
-    # the forward's spans (its checkpoints), run side by side if it ran them so
-    span, chunks = spans.plan("gla", _threads(q, v, lane_split(dk)), length, state.size)
-    plan = spans.plan_array(span, chunks)
+    span, chunks, plan = _plan(q, v, state)
     split = backward_split(dk, functools.partial(_threads, q, v))
     rows = _threads(q, v, split)
     template = _template(dtype, q_, v_, gates, split)

@@ -148,17 +148,17 @@ TILE = 16
 
 
 def _plan(a, state):
-    """The forward's chunks (``spans.plan``): ``(threads a chunk, chunk
-    length, chunks, plan)``."""
+    """The forward's chunks (``spans.plan``), which the backward follows:
+    ``(threads a chunk, chunks, plan)``."""
     rows = lanes(a.shape[0] * a.shape[2])
     span, chunks = spans.plan("rglru", rows, a.shape[1], state.size)
-    return rows, span, chunks, spans.plan_array(span, chunks)
+    return rows, chunks, spans.plan_array(span, chunks)
 
 
 def _forward(a, x, state):
     batch, length, width = a.shape
     dtype, inputs = in_one_dtype(a, x)
-    rows, _, chunks, plan = _plan(a, state)
+    rows, chunks, plan = _plan(a, state)
     template = {"T": dtype, "SEG": SEG, "TILE": TILE}
     starts = state[:, None]
     if chunks > 1:
@@ -179,7 +179,7 @@ def _forward(a, x, state):
 def _backward(dy, dfinal, ckpt, a, x, state):
     batch, _, width = a.shape
     dtype, inputs = in_one_dtype(a, x)
-    rows, _, chunks, plan = _plan(a, state)
+    rows, chunks, plan = _plan(a, state)
     template = {"T": dtype, "SEG": SEG, "TILE": TILE}
     dend = dfinal[:, None]
     if chunks > 1:

@@ -72,22 +72,22 @@ def _prologue(group_inputs: str) -> str:
 
 
 
-def _adjoint_tile(arrays: str, with_x: bool) -> tuple[str, str]:
+def _adjoint_tile(arrays: str, with_x: bool) -> dict:
     """Tile declarations and loads of the backward passes: ``dt``, ``dy``,
     ``x`` if ``with_x``, and the lane's values of ``B`` and ``C`` (those
-    named in ``arrays``)."""
+    named in ``arrays``), as ``tile`` and ``load`` body texts."""
     declare, load = selective_tile("e", arrays)
     x_declare, x_load = ("""
                 float xs[TILE];""", """
                     xs[e] = active ? static_cast<float>(x[row * P + p]) : 0.0f;""") \
         if with_x else ("", "")
-    return """
+    return dict(tile="""
                 float dts[TILE];
-                float gs[TILE];  // dy""" + x_declare + declare, """
+                float gs[TILE];  // dy""" + x_declare + declare, load="""
                     const int row = (b * L + t) * H + hh;
                     const int r = ((b * L + t) * G + grp) * N + j;
                     dts[e] = static_cast<float>(dt[row]);
-                    gs[e] = active ? static_cast<float>(dy[row * P + p]) : 0.0f;""" + x_load + load
+                    gs[e] = active ? static_cast<float>(dy[row * P + p]) : 0.0f;""" + x_load + load)
 
 
 def _store_per_span(name: str, values: str) -> str:
@@ -103,17 +103,18 @@ def _store_per_span(name: str, values: str) -> str:
 
 
 
-def _forward_tile(arrays: str) -> tuple[str, str]:
+def _forward_tile(arrays: str) -> dict:
     """Tile declarations and loads of the forward passes: ``dt``, ``x`` and
-    the lane's values of ``B`` and ``C`` (those named in ``arrays``)."""
+    the lane's values of ``B`` and ``C`` (those named in ``arrays``), as
+    ``tile`` and ``load`` body texts."""
     declare, load = selective_tile("s", arrays)
-    return """
+    return dict(tile="""
         float dts[TILE];
-        float xs[TILE];""" + declare, """
+        float xs[TILE];""" + declare, load="""
             const int row = (b * L + t) * H + hh;
             const int r = ((b * L + t) * G + grp) * N + j;
             dts[s] = static_cast<float>(dt[row]);
-            xs[s] = active ? static_cast<float>(x[row * P + p]) : 0.0f;""" + load
+            xs[s] = active ? static_cast<float>(x[row * P + p]) : 0.0f;""" + load)
 
 
 _UPDATE = """
@@ -133,8 +134,7 @@ FORWARD = Source(
         const int n = i * NSPLIT + j;
         h[i] = active ? starts[(((b * NC + chunk) * H + hh) * P + p) * N + n] : 0.0f;
         if (active && chunk == 0) ckpt[(((b * (NS + 1)) * H + hh) * P + p) * N + n] = h[i];""",
-        tile=_forward_tile("BC")[0],
-        load=_forward_tile("BC")[1],
+        **_forward_tile("BC"),
         step="""
             float out = 0.0f;""" + _UPDATE + """
                 out += cs[s * NL + i] * h[i];
@@ -153,7 +153,7 @@ ENDS = Source(
     inputs=("x", "dt", "A", "Bm", "plan"),
     outputs=("ends",),
     body=_prologue("Bm") + chunk_ends(
-        "h", "i", "NL", tile=_forward_tile("B")[0], load=_forward_tile("B")[1],
+        "h", "i", "NL", **_forward_tile("B"),
         update=_UPDATE + """
             }""",
         store=_store_per_span("ends", "h")),
@@ -166,8 +166,7 @@ CARRIES = Source(
     outputs=("carries",),
     body=_prologue("Cm") + chunk_carries(
         "NL",
-        tile=_adjoint_tile("C", with_x=False)[0],
-        load=_adjoint_tile("C", with_x=False)[1],
+        **_adjoint_tile("C", with_x=False),
         step="""
                     const float decay_head = EXP(dts[e] * A[hh * NA]);
                     for (int i = 0; i < NL; ++i) {
@@ -216,8 +215,7 @@ BACKWARD = Source(
         for (int i = 0; i < NL; ++i) h[i] = active ? ckpt[k + i * NSPLIT] : 0.0f;""",
         step=_recompute_step,
         adjoint=tiled_adjoint(
-            tile=_adjoint_tile("BC", with_x=True)[0],
-            load=_adjoint_tile("BC", with_x=True)[1],
+            **_adjoint_tile("BC", with_x=True),
             step="""
                     const int row = (b * L + t) * H + hh;
                     const int r = ((b * L + t) * G + grp) * N + j;
@@ -284,6 +282,15 @@ def _span_decays(dt, rates, span):
     return decays[..., None, :]
 
 
+def _plan(x, B, state):
+    """The forward's spans (``spans.plan``), which the backward follows:
+    ``(span, chunks, plan)``."""
+    batch, length, heads, width = x.shape
+    threads = _threads(batch, heads, width, lane_split(B.shape[-1]))
+    span, chunks = spans.plan("ssd", threads, length, state.size)
+    return span, chunks, spans.plan_array(span, chunks)
+
+
 def _forward(x, dt, A, B, C, state):
     batch, length, heads, width = x.shape
     n = B.shape[-1]
@@ -291,8 +298,7 @@ def _forward(x, dt, A, B, C, state):
     rates = _per_head_rates(A)
     split = lane_split(n)
     rows = _threads(batch, heads, width, split)
-    span, chunks = spans.plan("ssd", rows, length, state.size)
-    plan = spans.plan_array(span, chunks)
+    span, chunks, plan = _plan(x, B, state)
     template = _template(x, rates, B, dtype, split)
     starts = state[:, None]
     if chunks > 1:
@@ -315,10 +321,7 @@ def _backward(dy, dfinal, ckpt, x, dt, A, B, C, state):
     n = B.shape[-1]
     dtype, (x_, dt_, B_, C_) = in_one_dtype(x, dt, B, C)
     rates = _per_head_rates(A)
-    # the forward's spans (its checkpoints), run side by side if it ran them so
-    forward_threads = _threads(batch, heads, width, lane_split(n))
-    span, chunks = spans.plan("ssd", forward_threads, length, state.size)
-    plan = spans.plan_array(span, chunks)
+    span, chunks, plan = _plan(x, B, state)
     split = backward_split(n, functools.partial(_threads, batch, heads, width))
     rows = _threads(batch, heads, width, split)
     template = _template(x, rates, B, dtype, split)
