@@ -38,6 +38,7 @@ def state_passing(request, monkeypatch):
         return
     if executor.available() is not None:
         pytest.skip(executor.available())
+    monkeypatch.setattr(scalar_chunked, "_on_gpu", lambda: True)  # the GPU's chunk lengths
     monkeypatch.setattr(scalar_chunked, "_fused", chunked.takes)
     monkeypatch.setattr(scalar_chunked, "_flushes", lambda: False)
     with simulate(request.param):
@@ -132,3 +133,35 @@ def test_fused_gate_gradient_matches_mlx(dialect, lead, steps, seed):
     assert got.shape == want.shape == gates.shape
     want = np.array(want)
     np.testing.assert_allclose(np.array(got), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("dialect", ["cuda", "metal"])
+@given(lead=st.sampled_from([(1, 1), (2, 3)]), steps=st.sampled_from([1, 2, 5, 8, 32]),
+       keys=st.sampled_from([1, 3, 32, 40]), seed=seeds)
+def test_fused_channel_scores_match_mlx(dialect, lead, steps, keys, seed):
+    """The per-channel scores and their backward (with the gates' gradient
+    through the chunk's products) by their kernels against the MLX code:
+    gates of exactly 0 and 1, one step to the GPU's chunk, channels fewer
+    and more than a warp."""
+    if executor.available() is not None:
+        pytest.skip(executor.available())
+    rng = np.random.default_rng(seed)
+    normal = functools.partial(_normal, rng)
+    q, k, dcum, dw = (normal(*lead, steps, keys) for _ in range(4))
+    gates, d_scores = _gates(rng, (*lead, steps, keys)), normal(*lead, steps, steps)
+    mm = scalar_chunked.precise.matmul  # float32-accurate on a GPU too
+    with _mlx_code():
+        want = (scalar_chunked._channel_scores(q, k, gates),
+                *scalar_chunked._channel_scores_grad(mm, q, k, gates, d_scores, dcum, dw))
+    with pytest.MonkeyPatch.context() as patch, simulate(dialect) as sim:
+        patch.setattr(scalar_chunked, "_fused", chunked.takes)
+        got = (scalar_chunked._channel_scores(q, k, gates),
+               *scalar_chunked._channel_scores_grad(mm, q, k, gates, d_scores, dcum, dw))
+        mx.eval(got)
+    assert {launch.name for launch in sim.launches} == {
+        chunked.CHANNEL_SCORES.name, chunked.CHANNEL_SCORES_GRAD.name}
+    for name, x, y in zip(["scores", "dq", "dk", "dg"], got, want, strict=True):
+        y = np.array(y)
+        assert x.shape == y.shape, name
+        np.testing.assert_allclose(np.array(x), y, rtol=1e-5, atol=1e-5 * np.abs(y).max(),
+                                   err_msg=name)

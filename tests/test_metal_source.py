@@ -8,6 +8,7 @@ standard library with no system headers (``recurops.testing.check_metal``).
 The second half shows the check catches what running the CUDA rendering cannot.
 """
 
+import re
 import sys
 
 import mlx.core as mx
@@ -78,7 +79,8 @@ CUDA = _launches("cuda")
 
 
 _CHUNKED_PIECES = (chunked.PASS_STATES, chunked.PASS_COTANGENTS, chunked.DECAYS,
-                   chunked.ROW_DOTS, chunked.GATE_GRAD, chunked.SCALED_SUM)
+                   chunked.ROW_DOTS, chunked.GATE_GRAD, chunked.SCALED_SUM,
+                   chunked.CHANNEL_SCORES, chunked.CHANNEL_SCORES_GRAD)
 
 
 def test_every_kernel_and_dtype_is_covered():
@@ -162,16 +164,21 @@ def test_wrapping_is_byte_identical_to_mlx(kind, dtype, capfd, tmp_path):
 
 @pytest.mark.parametrize("kind", ["ssd", "gla"])
 def test_chunked_pieces_wrapping_is_byte_identical_to_mlx(kind, capfd, tmp_path, monkeypatch):
-    """The same for the chunked fallback's fused pieces."""
+    """The same for the chunked fallback's fused pieces (per-head and per-channel decays)."""
     prelude = recurops.testing.wrap.METAL_PRELUDE
     monkeypatch.setattr(scalar_chunked, "_fused", chunked.takes)
-    arrays = _call(kind, _SIZES[kind][0], mx.float32)
-    theirs = _mlx_metal_sources(kind, arrays, capfd, tmp_path, impl="fallback")
-    with simulate("metal", execute=False) as sim:
-        mx.eval(_grads(kind, arrays, impl="fallback"))
-    ours = {launch.wrapped.kernel_name: launch.wrapped.text[len(prelude):]
-            for launch in sim.launches}
-    assert len(theirs) == len(_CHUNKED_PIECES) and set(theirs) == set(ours)
+    theirs, ours = {}, {}
+    for sizes in _SIZES[kind]:
+        arrays = _call(kind, sizes, mx.float32)
+        theirs |= _mlx_metal_sources(kind, arrays, capfd, tmp_path, impl="fallback")
+        with simulate("metal", execute=False) as sim:
+            mx.eval(_grads(kind, arrays, impl="fallback"))
+        ours |= {launch.wrapped.kernel_name: launch.wrapped.text[len(prelude):]
+                 for launch in sim.launches}
+    assert set(theirs) == set(ours)
+    # a kernel's name: the source's, then its template values ("__...") or its argument types
+    sources = {re.match(r"custom_kernel_recurops_(.+?)(__|_float)", name)[1] for name in theirs}
+    assert sources == {source.name for source in _CHUNKED_PIECES}
     for name, text in theirs.items():
         assert ours[name] == text, name
 

@@ -326,7 +326,7 @@ def _block(channel: bool, exact_fp32: bool):
 # Chunk lengths, chosen by measurement (benchmarks/chunk_sweep.py): per-head
 # gates by device type, per-channel gates ([K, T, T] decays per chunk) short.
 CHUNK = {"cpu": 32, "gpu": 64}
-CHANNEL_CHUNK = 8
+CHANNEL_CHUNK = {"cpu": 8, "gpu": 32}
 
 
 def scalar_gate_chunked_scan(q, k, v, g, h0, chunk: int | None = None, exact_fp32: bool = True):
@@ -367,65 +367,85 @@ def _channel_decays(g: mx.array) -> tuple[mx.array, mx.array]:
     return _decays(mx.swapaxes(g, -1, -2))
 
 
-def _channel_forward(mm, q, k, v, g, h0):
-    """q, k, g [Z,C,T,K]; v [Z,C,T,V]; h0 [Z,K,V]."""
-    decay, cum = _channel_decays(g)  # [Z,C,K,T,T], [Z,C,K,T]
-    cum_t, w = _tr(cum), _tr(decay[..., -1, :])  # [Z,C,T,K]: from the start / to the end
-    a = cum[..., -1][..., None]  # [Z,C,K,1]
-    # scores[t, s] = sum_k q[t,k] D[k,t,s] k[s,k]: reduce over the key channels
-    qk = mx.swapaxes(q, -1, -2)[..., :, None] * mx.swapaxes(k, -1, -2)[..., None, :]
-    scores = (qk * decay).sum(axis=2)  # [Z,C,T,T]
-    local = mm(_tr(k * w), v)  # [Z,C,K,V]
-    before, final = _states(a, local, h0)
-    y = mm(q * cum_t, before, add=mm(scores, v))
-    return y, final, before, scores
+def _channel_products(g: mx.array) -> tuple[mx.array, mx.array]:
+    """``g [..., T, K]`` -> ``cum[t] = prod_{r<=t} g[r]`` and ``w[s] =
+    prod_{s<r<T} g[r]`` (the decay to the chunk's end), both ``[..., T, K]``."""
+    return (_flush(mx.cumprod(g, axis=-2)),
+            _flush(mx.cumprod(g, axis=-2, reverse=True, inclusive=False)))
 
 
-def _channel_backward(mm, q, k, v, g, h0, before, scores, dy, dfinal):
+def _channel_scores(q, k, g):
+    """``A[t, s] = sum_k q[t,k] k[s,k] D[k,t,s]`` (``[Z,C,T,T]``): one kernel
+    on a GPU, else from the decays ``D [Z,C,K,T,T]``."""
     z, c, t, dk = q.shape
-    decay, cum = _channel_decays(g)
-    cum_t, w = _tr(cum), _tr(decay[..., -1, :])
-    a = cum[..., -1][..., None]
+    if _fused(q, k, g, extent=z * c * t * max(t, dk)):
+        return chunked.channel_scores(q, k, g)
+    decay, _ = _channel_decays(g)
+    qk = mx.swapaxes(q, -1, -2)[..., :, None] * mx.swapaxes(k, -1, -2)[..., None, :]
+    return (qk * decay).sum(axis=2)
 
-    # inter-chunk output  y += (q * cum) @ S_before
-    dqc = mm(dy, _tr(before))  # [Z,C,T,K]
-    dq = dqc * cum_t
-    dcum = dqc * q  # [Z,C,T,K]
-    local_grad = mm(_tr(q * cum_t), dy)  # [Z,C,K,V]
-    dend, dh0, da = _reverse_states(a, local_grad, dfinal, before)  # [Z,C,K,V], [Z,C,K,1]
 
-    # local states  S_end = a * S_before + (k * w)^T v
-    dkw = mm(v, _tr(dend))  # [Z,C,T,K]
-    dk_ = dkw * w
-    dw = dkw * k
-    dv = mm(_tr(scores), dy, add=mm(k * w, dend))
-
-    # intra scores
-    d_scores = mm(dy, _tr(v))  # [Z,C,T,T]
-    weighted = d_scores[:, :, None] * decay  # [Z,C,K,T,T]
+def _channel_scores_grad(mm, q, k, g, d_scores, dcum, dw):
+    """``(dq, dk, dg)`` of ``_channel_scores`` and of ``_channel_products``
+    from the gradients of the scores, of ``cum`` (``dcum``) and of ``w``
+    (``dw``), all ``[Z,C,T,K]`` but ``d_scores [Z,C,T,T]``: one kernel on a
+    GPU, else by the decays and ``_gate_grad``'s formula."""
+    z, c, t, dk = q.shape
+    if _fused(q, k, g, d_scores, dcum, dw, extent=z * c * t * max(t, dk)):
+        return chunked.channel_scores_grad(q, k, g, d_scores, dcum, dw)
+    decay, _ = _channel_decays(g)  # [Z,C,K,T,T]
+    weighted = d_scores[:, :, None] * decay
     q_k, k_k = mx.swapaxes(q, -1, -2), mx.swapaxes(k, -1, -2)  # [Z,C,K,T]
-    dq = dq + _tr((weighted * k_k[..., None, :]).sum(-1))
-    dk_ = dk_ + _tr((weighted * q_k[..., :, None]).sum(-2))
+    dq = _tr((weighted * k_k[..., None, :]).sum(-1))
+    dk_ = _tr((weighted * q_k[..., :, None]).sum(-2))
     d_decay = d_scores[:, :, None] * (q_k[..., :, None] * k_k[..., None, :])  # [Z,C,K,T,T]
-
-    # gates, as in the scalar case, one channel at a time
-    dw = mx.swapaxes(dw, -1, -2)  # [Z,C,K,T]
+    # the gates, as in _gate_grad, one channel at a time; w = D[T-1, :]
     d_decay = mx.concatenate(
-        [d_decay[..., :-1, :], d_decay[..., -1:, :] + dw[..., None, :]], axis=-2
+        [d_decay[..., :-1, :], d_decay[..., -1:, :] + _tr(dw)[..., None, :]], axis=-2
     )
-    dcum = mx.swapaxes(dcum, -1, -2)
-    dcum = mx.concatenate([dcum[..., :-1], dcum[..., -1:] + da], axis=-1)
     lead = decay.shape[:-2]
     shifted_t = mx.concatenate(
         [mx.zeros((*lead, t, 1), decay.dtype), _tr(decay[..., :-1, :])], axis=-1
     )
+    cum = mx.swapaxes(_channel_products(g)[0], -1, -2)
     cum_shift = mx.concatenate([mx.ones((*lead, 1), cum.dtype), cum[..., :-1]], axis=-1)
-    m = mm(d_decay, shifted_t, add=dcum[..., :, None] * cum_shift[..., None, :])
-    dg = _tr((decay * m).sum(-2))  # [Z,C,T,K]
-    return dq, dk_, dv, dg, dh0
+    m = mm(d_decay, shifted_t, add=_tr(dcum)[..., :, None] * cum_shift[..., None, :])
+    return dq, dk_, _tr((decay * m).sum(-2))
 
 
-def channel_gate_chunked_scan(q, k, v, g, h0, chunk: int = CHANNEL_CHUNK, exact_fp32: bool = True):
+def _channel_forward(mm, q, k, v, g, h0):
+    """q, k, g [Z,C,T,K]; v [Z,C,T,V]; h0 [Z,K,V]."""
+    cum, w = _channel_products(g)  # [Z,C,T,K]: from the chunk's start / to its end
+    a = _tr(cum[:, :, -1:])  # [Z,C,K,1]
+    scores = _channel_scores(q, k, g)  # [Z,C,T,T]
+    local = mm(_tr(k * w), v)  # [Z,C,K,V]
+    before, final = _states(a, local, h0)
+    y = mm(q * cum, before, add=mm(scores, v))
+    return y, final, before, scores
+
+
+def _channel_backward(mm, q, k, v, g, h0, before, scores, dy, dfinal):
+    cum, w = _channel_products(g)
+    a = _tr(cum[:, :, -1:])
+
+    # inter-chunk output  y += (q * cum) @ S_before
+    dqc = mm(dy, _tr(before))  # [Z,C,T,K]
+    dcum = dqc * q
+    local_grad = mm(_tr(q * cum), dy)  # [Z,C,K,V]
+    dend, dh0, da = _reverse_states(a, local_grad, dfinal, before)  # [Z,C,K,V], [Z,C,K,1]
+    dcum = mx.concatenate([dcum[:, :, :-1], dcum[:, :, -1:] + _tr(da)], axis=2)  # a = cum[T-1]
+
+    # local states  S_end = a * S_before + (k * w)^T v
+    dkw = mm(v, _tr(dend))  # [Z,C,T,K]
+    dv = mm(_tr(scores), dy, add=mm(k * w, dend))
+
+    # intra scores, with the gates' gradient through cum and w
+    d_scores = mm(dy, _tr(v))  # [Z,C,T,T]
+    dq, dk_, dg = _channel_scores_grad(mm, q, k, g, d_scores, dcum, dkw * k)
+    return dq + dqc * cum, dk_ + dkw * w, dv, dg, dh0
+
+
+def channel_gate_chunked_scan(q, k, v, g, h0, chunk: int | None = None, exact_fp32: bool = True):
     """The recurrence with one gate per key channel: ``S <- diag(g) S + k v^T``.
 
     q, k, g: [Z, L, K]; v: [Z, L, V]; h0: [Z, K, V]. Returns y [Z, L, V]
@@ -435,7 +455,7 @@ def channel_gate_chunked_scan(q, k, v, g, h0, chunk: int = CHANNEL_CHUNK, exact_
     """
     z, length, dk = q.shape
     dv = v.shape[-1]
-    steps = min(chunk, length)
+    steps = min(chunk or CHANNEL_CHUNK["gpu" if _on_gpu() else "cpu"], length)
     pad = -length % steps
     if pad:
         widths = [(0, 0), (0, pad), (0, 0)]

@@ -18,6 +18,11 @@ are passes over whole arrays that MLX would run as several kernels each:
   thread per gate, which rebuilds its column and row of the decays from the
   gates instead of reading them (the MLX code takes a product, a strided
   reduction and two matrix-vector products over the decay matrices).
+* ``channel_scores`` and ``channel_scores_grad``: with one gate per key
+  channel, the within-chunk scores ``A[t, s] = sum_k q[t,k] k[s,k] D_k[t, s]``
+  and their backward (the gradients of ``q``, ``k`` and the gates), with the
+  per-channel decays ``D_k`` built as running products in registers: the
+  MLX code materializes them, ``[K, T, T]`` a chunk.
 
 Everything is float32. ``a`` varies along the leading state axes and is
 shared along the trailing ones: ``a [Z, C, R]`` for states ``[Z, C, E]`` with
@@ -179,6 +184,109 @@ GATE_GRAD = Source(
 )
 
 
+CHANNEL_SCORES = Source(
+    "chunk_channel_scores",
+    inputs=("q", "k", "g"),
+    outputs=("scores",),
+    body="""
+    // A[t, s] = sum_c q[t,c] k[s,c] D_c[t,s], D_c[t,s] = prod_{s<r<=t} g[r,c]; one
+    // thread per column s. Inputs are channel-major ([M, K, STEPS]): the
+    // warp's lanes (the columns of one chunk) read the same q[t] and g[t].
+    const int M = q_shape[0];
+    const int K = q_shape[1];
+    const int tid = THREAD_ID;
+    if (tid >= M * STEPS) return;
+    const int m = tid / STEPS;
+    const int s = tid % STEPS;
+    float acc[STEPS];
+    #pragma unroll
+    for (int t = 0; t < STEPS; ++t) acc[t] = 0.0f;
+    for (int c = 0; c < K; ++c) {
+        const int row = (m * K + c) * STEPS;
+        const float key = k[row + s];
+        float d = 1.0f;  // D_c[t, s]
+        #pragma unroll
+        for (int t = 0; t < STEPS; ++t) {
+            if (t > s) d *= g[row + t];
+            if (t >= s) acc[t] += q[row + t] * d * key;
+        }
+    }
+    #pragma unroll
+    for (int t = 0; t < STEPS; ++t) scores[(m * STEPS + t) * STEPS + s] = acc[t];
+""",
+)
+
+CHANNEL_SCORES_GRAD = Source(
+    "chunk_channel_scores_grad",
+    inputs=("q", "k", "g", "dscores", "dcum", "dw"),
+    outputs=("dq", "dk", "dg"),
+    body="""
+    // One thread per chunk and key channel c (arrays [M, STEPS, K]; D = D_c):
+    //   dq[t] = sum_{s<=t} dA[t,s] k[s] D[t,s]     dk[s] = sum_{t>=s} dA[t,s] q[t] D[t,s]
+    //   dg[r] = sum_{s<r<=t} dA[t,s] q[t] k[s] D[t,r] D[r-1,s]      (the scores)
+    //         + cum[r-1] sum_{t>=r} dcum[t] D[t,r] + w[r] sum_{s<r} dw[s] D[r-1,s]
+    // with cum[t] = prod_{r<=t} g[r] and w[s] = D[STEPS-1, s]: products only.
+    // For each t, y[r] = sum_{s<r} dA[t,s] k[s] D[r-1,s] runs up r (y[t+1] is
+    // dq[t]), then D[t,r] runs down r.
+    const int M = q_shape[0];
+    const int K = q_shape[2];
+    const int tid = THREAD_ID;
+    if (tid >= M * K) return;
+    const int m = tid / K;
+    const int first = m * STEPS * K + tid % K;  // element (t, c) at first + t * K
+    const int row0 = m * STEPS * STEPS;  // dA[t, s] at row0 + t * STEPS + s
+    float gate[STEPS];
+    float dk_sum[STEPS];
+    float dg_sum[STEPS];
+    #pragma unroll
+    for (int t = 0; t < STEPS; ++t) {
+        gate[t] = g[first + t * K];
+        dk_sum[t] = 0.0f;
+        dg_sum[t] = 0.0f;
+    }
+    #pragma unroll
+    for (int t = 0; t < STEPS; ++t) {
+        const float qt = q[first + t * K];
+        float y[STEPS + 1];
+        y[0] = 0.0f;
+        #pragma unroll
+        for (int r = 0; r <= t; ++r) {
+            y[r + 1] = gate[r] * y[r] + dscores[row0 + t * STEPS + r] * k[first + r * K];
+        }
+        dq[first + t * K] = y[t + 1];
+        float d = 1.0f;  // D[t, r]
+        #pragma unroll
+        for (int r = t; r >= 0; --r) {
+            dg_sum[r] += qt * d * y[r];
+            dk_sum[r] += qt * d * dscores[row0 + t * STEPS + r];
+            d *= gate[r];
+        }
+    }
+    // the chunk's products: down r the sums over dcum and w[r], up r those over dw
+    float to_end[STEPS];  // w[r]
+    float e = 0.0f;  // sum_{t>=r} dcum[t] D[t,r]
+    float w = 1.0f;
+    #pragma unroll
+    for (int r = STEPS - 1; r >= 0; --r) {
+        e = dcum[first + r * K] + e;
+        dk[first + r * K] = dk_sum[r];
+        dk_sum[r] = e;
+        to_end[r] = w;
+        e *= gate[r];
+        w *= gate[r];
+    }
+    float before = 1.0f;  // cum[r-1]
+    float f = 0.0f;  // sum_{s<r} dw[s] D[r-1,s]
+    #pragma unroll
+    for (int r = 0; r < STEPS; ++r) {
+        dg[first + r * K] = dg_sum[r] + before * dk_sum[r] + to_end[r] * f;
+        before *= gate[r];
+        f = gate[r] * f + dw[first + r * K];
+    }
+""",
+)
+
+
 def takes(*arrays, extent: int = 0) -> bool:
     """Whether these kernels take the arrays: float32, not empty, and every
     index a kernel forms (into the arrays, or up to ``extent``: its largest
@@ -282,3 +390,32 @@ def gate_grad(g, full, dw, dcum, da, cum) -> mx.array:
     (dg,) = launch(GATE_GRAD, inputs, {"dg": ((rows, steps), mx.float32)},
                    threads=lanes(rows * steps), template={})
     return dg.reshape(da.shape + (steps,))
+
+
+
+def channel_scores(q: mx.array, k: mx.array, g: mx.array) -> mx.array:
+    """``q, k, g [..., T, K]`` -> the within-chunk scores ``A [..., T, T]``,
+    ``A[t, s] = sum_k q[t,k] k[s,k] prod_{s<r<=t} g[r,k]`` (0 for ``s > t``)."""
+    *lead, steps, dk = q.shape
+    rows = math.prod(lead)
+    q, k, g = (mx.contiguous(mx.swapaxes(x.reshape(rows, steps, dk), 1, 2)) for x in (q, k, g))
+    (scores,) = launch(CHANNEL_SCORES, (q, k, g),
+                       {"scores": ((rows, steps, steps), mx.float32)},
+                       threads=lanes(rows * steps), template={"STEPS": steps})
+    return scores.reshape(*lead, steps, steps)
+
+
+def channel_scores_grad(q, k, g, dscores, dcum, dw) -> tuple[mx.array, mx.array, mx.array]:
+    """The backward of ``channel_scores`` and of the chunk's gate products:
+    ``(dq, dk, dg)`` (``[..., T, K]``) from ``dscores [..., T, T]`` and the
+    gradients of ``cum[t] = prod_{r<=t} g[r]`` (``dcum``) and of
+    ``w[s] = prod_{s<r<T} g[r]`` (``dw``), both ``[..., T, K]``."""
+    *lead, steps, dk = q.shape
+    rows = math.prod(lead)
+    flat = tuple(x.reshape(rows, steps, dk) for x in (q, k, g))
+    grads = launch(CHANNEL_SCORES_GRAD,
+                   (*flat, dscores.reshape(rows, steps, steps),
+                    dcum.reshape(rows, steps, dk), dw.reshape(rows, steps, dk)),
+                   {name: ((rows, steps, dk), mx.float32) for name in ("dq", "dk", "dg")},
+                   threads=lanes(rows * dk), template={"STEPS": steps})
+    return tuple(x.reshape(q.shape) for x in grads)
