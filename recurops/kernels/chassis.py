@@ -511,8 +511,7 @@ LARGE_STATE = 2048  # state elements per head above which the chunked fallback c
 LARGE_WORK = 12 * 10**7  # ... when the sweep makes at least this many state updates (all heads x L)
 
 
-def large_state_crossover(dims: dict, rows: str, cols: str, seg: int, heads: int,
-                          per_channel: bool = False) -> str | None:
+def large_state_crossover(dims: dict, rows: str, cols: str, seg: int, heads: int) -> str | None:
     """Why ``auto`` prefers the fallback for a matrix-state kind, or None.
 
     ``heads`` counts the independent states (batch x heads). The kernel's
@@ -526,13 +525,14 @@ def large_state_crossover(dims: dict, rows: str, cols: str, seg: int, heads: int
     (gla B=1 T=512 H=16 K=V=128; ssd B=3 L=2048 H=4 N=128 and gla B=1
     T=4096 H=12 K=V=64, 2e8) up to 3.5x at 17e8 (the large ssd and gla
     shapes). Sequences of up to four segments stay on the kernel. With a
-    decay per state channel the fallback's chunks are short and its decays
-    ``[K, T, T]`` per chunk: the kernel is faster there, and far leaner.
+    decay per state channel the same rule holds: the kernel is faster at
+    7.5e7 updates (gla B=3 T=512 H=12 K=V=64), the fallback 1.2-1.6x from
+    1.3e8 (gla B=1 T=512 H=16 K=V=128, ssd with ``A [H, N]`` B=3 L=1024 H=12
+    N=64) up to 2.8-3.1x (gla B=1 T=8192 and B=8 T=2048 H=16 K=V=128).
     """
     size = dims[rows] * dims[cols]
     work = size * heads * dims["L"]
-    if (not per_channel and size > LARGE_STATE and work >= LARGE_WORK
-            and dims["L"] > 4 * seg):
+    if size > LARGE_STATE and work >= LARGE_WORK and dims["L"] > 4 * seg:
         return (f"the chunked fallback is faster for large states ({rows}*{cols}={size} "
                 f"> {LARGE_STATE} per head) over many steps ({size * heads} state "
                 f"elements x L={dims['L']} >= {LARGE_WORK:.1e} updates)")

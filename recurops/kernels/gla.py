@@ -348,8 +348,7 @@ CROSSOVER_SEG = 32
 
 def _slower(bound):
     return large_state_crossover(bound.dims, "K", "V", CROSSOVER_SEG,
-                                 math.prod(bound.batch) * bound.dims["H"],
-                                 per_channel=bound.variant["g"] == 1)
+                                 math.prod(bound.batch) * bound.dims["H"])
 
 
 KERNEL = KernelPath(

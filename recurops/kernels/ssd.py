@@ -361,8 +361,7 @@ CROSSOVER_SEG = 32
 
 def _slower(bound):
     return large_state_crossover(bound.dims, "P", "N", CROSSOVER_SEG,
-                                 math.prod(bound.batch) * bound.dims["H"],
-                                 per_channel=bound.variant["A"] == 1)
+                                 math.prod(bound.batch) * bound.dims["H"])
 
 
 KERNEL = KernelPath(
