@@ -137,30 +137,35 @@ def test_fused_gate_gradient_matches_mlx(dialect, lead, steps, seed):
 
 @pytest.mark.parametrize("dialect", ["cuda", "metal"])
 @given(lead=st.sampled_from([(1, 1), (2, 3)]), steps=st.sampled_from([1, 2, 5, 8, 32]),
-       keys=st.sampled_from([1, 3, 32, 40]), seed=seeds)
+       keys=st.sampled_from([1, 3, 4, 32, 41]), seed=seeds)
 def test_fused_channel_scores_match_mlx(dialect, lead, steps, keys, seed):
-    """The per-channel scores and their backward (with the gates' gradient
-    through the chunk's products) by their kernels against the MLX code:
-    gates of exactly 0 and 1, one step to the GPU's chunk, channels fewer
-    and more than a warp."""
+    """The per-channel scores with the chunk's gate products, and their
+    backward, by their kernels against the MLX code: gates of exactly 0 and
+    1, one step to the GPU's chunk, channels fewer and more than a warp and
+    not a multiple of the forward's four at a time."""
     if executor.available() is not None:
         pytest.skip(executor.available())
     rng = np.random.default_rng(seed)
     normal = functools.partial(_normal, rng)
-    q, k, dcum, dw = (normal(*lead, steps, keys) for _ in range(4))
-    gates, d_scores = _gates(rng, (*lead, steps, keys)), normal(*lead, steps, steps)
+    q, k, dqc, dkw = (normal(*lead, steps, keys) for _ in range(4))
+    gates, d_scores, da = (_gates(rng, (*lead, steps, keys)), normal(*lead, steps, steps),
+                           normal(*lead, keys, 1))
     mm = scalar_chunked.precise.matmul  # float32-accurate on a GPU too
+
+    def both():
+        return (*scalar_chunked._channel_scores(q, k, gates),
+                *scalar_chunked._channel_scores_grad(mm, q, k, gates, d_scores, dqc, dkw, da))
+
     with _mlx_code():
-        want = (scalar_chunked._channel_scores(q, k, gates),
-                *scalar_chunked._channel_scores_grad(mm, q, k, gates, d_scores, dcum, dw))
+        want = both()
     with pytest.MonkeyPatch.context() as patch, simulate(dialect) as sim:
         patch.setattr(scalar_chunked, "_fused", chunked.takes)
-        got = (scalar_chunked._channel_scores(q, k, gates),
-               *scalar_chunked._channel_scores_grad(mm, q, k, gates, d_scores, dcum, dw))
+        got = both()
         mx.eval(got)
     assert {launch.name for launch in sim.launches} == {
         chunked.CHANNEL_SCORES.name, chunked.CHANNEL_SCORES_GRAD.name}
-    for name, x, y in zip(["scores", "dq", "dk", "dg"], got, want, strict=True):
+    names = ["scores", "q * cum", "k * w", "a", "dq", "dk", "dg"]
+    for name, x, y in zip(names, got, want, strict=True):
         y = np.array(y)
         assert x.shape == y.shape, name
         np.testing.assert_allclose(np.array(x), y, rtol=1e-5, atol=1e-5 * np.abs(y).max(),

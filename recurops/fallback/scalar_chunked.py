@@ -375,39 +375,46 @@ def _channel_products(g: mx.array) -> tuple[mx.array, mx.array]:
 
 
 def _channel_scores(q, k, g):
-    """``A[t, s] = sum_k q[t,k] k[s,k] D[k,t,s]`` (``[Z,C,T,T]``): one kernel
-    on a GPU, else from the decays ``D [Z,C,K,T,T]``."""
+    """The chunk's scores ``A[t, s] = sum_k q[t,k] k[s,k] D[k,t,s]``
+    (``[Z,C,T,T]``), ``q * cum`` and ``k * w`` (``[Z,C,T,K]``, see
+    ``_channel_products``) and ``a = cum[T-1]`` (``[Z,C,K,1]``): one kernel on
+    a GPU, else from the decays ``D [Z,C,K,T,T]``."""
     z, c, t, dk = q.shape
     if _fused(q, k, g, extent=z * c * t * max(t, dk)):
-        return chunked.channel_scores(q, k, g)
+        scores, qc, kw, a = chunked.channel_scores(q, k, g)
+        return scores, _tr(qc), _tr(kw), a[..., None]
     decay, _ = _channel_decays(g)
     qk = mx.swapaxes(q, -1, -2)[..., :, None] * mx.swapaxes(k, -1, -2)[..., None, :]
-    return (qk * decay).sum(axis=2)
+    cum, w = _channel_products(g)
+    return (qk * decay).sum(axis=2), q * cum, k * w, _tr(cum[:, :, -1:])
 
 
-def _channel_scores_grad(mm, q, k, g, d_scores, dcum, dw):
-    """``(dq, dk, dg)`` of ``_channel_scores`` and of ``_channel_products``
-    from the gradients of the scores, of ``cum`` (``dcum``) and of ``w``
-    (``dw``), all ``[Z,C,T,K]`` but ``d_scores [Z,C,T,T]``: one kernel on a
-    GPU, else by the decays and ``_gate_grad``'s formula."""
+def _channel_scores_grad(mm, q, k, g, d_scores, dqc, dkw, da):
+    """``(dq, dk, dg)`` of ``_channel_scores`` from the gradients of its
+    outputs (``d_scores [Z,C,T,T]``, ``dqc`` and ``dkw`` ``[Z,C,T,K]``,
+    ``da [Z,C,K,1]``): one kernel on a GPU, else by the decays and
+    ``_gate_grad``'s formula."""
     z, c, t, dk = q.shape
-    if _fused(q, k, g, d_scores, dcum, dw, extent=z * c * t * max(t, dk)):
-        return chunked.channel_scores_grad(q, k, g, d_scores, dcum, dw)
+    if _fused(q, k, g, d_scores, dqc, dkw, da, extent=z * c * t * max(t, dk)):
+        return chunked.channel_scores_grad(q, k, g, d_scores, dqc, dkw, da[..., 0])
+    cum, w = _channel_products(g)
+    dcum = dqc * q
+    dcum = mx.concatenate([dcum[:, :, :-1], dcum[:, :, -1:] + _tr(da)], axis=2)
     decay, _ = _channel_decays(g)  # [Z,C,K,T,T]
     weighted = d_scores[:, :, None] * decay
     q_k, k_k = mx.swapaxes(q, -1, -2), mx.swapaxes(k, -1, -2)  # [Z,C,K,T]
-    dq = _tr((weighted * k_k[..., None, :]).sum(-1))
-    dk_ = _tr((weighted * q_k[..., :, None]).sum(-2))
+    dq = _tr((weighted * k_k[..., None, :]).sum(-1)) + dqc * cum
+    dk_ = _tr((weighted * q_k[..., :, None]).sum(-2)) + dkw * w
     d_decay = d_scores[:, :, None] * (q_k[..., :, None] * k_k[..., None, :])  # [Z,C,K,T,T]
     # the gates, as in _gate_grad, one channel at a time; w = D[T-1, :]
     d_decay = mx.concatenate(
-        [d_decay[..., :-1, :], d_decay[..., -1:, :] + _tr(dw)[..., None, :]], axis=-2
+        [d_decay[..., :-1, :], d_decay[..., -1:, :] + _tr(dkw * k)[..., None, :]], axis=-2
     )
     lead = decay.shape[:-2]
     shifted_t = mx.concatenate(
         [mx.zeros((*lead, t, 1), decay.dtype), _tr(decay[..., :-1, :])], axis=-1
     )
-    cum = mx.swapaxes(_channel_products(g)[0], -1, -2)
+    cum = _tr(cum)
     cum_shift = mx.concatenate([mx.ones((*lead, 1), cum.dtype), cum[..., :-1]], axis=-1)
     m = mm(d_decay, shifted_t, add=_tr(dcum)[..., :, None] * cum_shift[..., None, :])
     return dq, dk_, _tr((decay * m).sum(-2))
@@ -415,34 +422,27 @@ def _channel_scores_grad(mm, q, k, g, d_scores, dcum, dw):
 
 def _channel_forward(mm, q, k, v, g, h0):
     """q, k, g [Z,C,T,K]; v [Z,C,T,V]; h0 [Z,K,V]."""
-    cum, w = _channel_products(g)  # [Z,C,T,K]: from the chunk's start / to its end
-    a = _tr(cum[:, :, -1:])  # [Z,C,K,1]
-    scores = _channel_scores(q, k, g)  # [Z,C,T,T]
-    local = mm(_tr(k * w), v)  # [Z,C,K,V]
+    scores, qc, kw, a = _channel_scores(q, k, g)
+    local = mm(_tr(kw), v)  # [Z,C,K,V]
     before, final = _states(a, local, h0)
-    y = mm(q * cum, before, add=mm(scores, v))
-    return y, final, before, scores
+    y = mm(qc, before, add=mm(scores, v))
+    return y, final, before, scores, qc, kw, a
 
 
-def _channel_backward(mm, q, k, v, g, h0, before, scores, dy, dfinal):
-    cum, w = _channel_products(g)
-    a = _tr(cum[:, :, -1:])
-
-    # inter-chunk output  y += (q * cum) @ S_before
+def _channel_backward(mm, q, k, v, g, h0, before, scores, qc, kw, a, dy, dfinal):
+    # inter-chunk output  y += qc @ S_before,  qc = q * cum
     dqc = mm(dy, _tr(before))  # [Z,C,T,K]
-    dcum = dqc * q
-    local_grad = mm(_tr(q * cum), dy)  # [Z,C,K,V]
+    local_grad = mm(_tr(qc), dy)  # [Z,C,K,V]
     dend, dh0, da = _reverse_states(a, local_grad, dfinal, before)  # [Z,C,K,V], [Z,C,K,1]
-    dcum = mx.concatenate([dcum[:, :, :-1], dcum[:, :, -1:] + _tr(da)], axis=2)  # a = cum[T-1]
 
-    # local states  S_end = a * S_before + (k * w)^T v
+    # local states  S_end = a * S_before + kw^T v,  kw = k * w
     dkw = mm(v, _tr(dend))  # [Z,C,T,K]
-    dv = mm(_tr(scores), dy, add=mm(k * w, dend))
+    dv = mm(_tr(scores), dy, add=mm(kw, dend))
 
-    # intra scores, with the gates' gradient through cum and w
+    # intra scores  y += scores @ v
     d_scores = mm(dy, _tr(v))  # [Z,C,T,T]
-    dq, dk_, dg = _channel_scores_grad(mm, q, k, g, d_scores, dcum, dkw * k)
-    return dq + dqc * cum, dk_ + dkw * w, dv, dg, dh0
+    dq, dk_, dg = _channel_scores_grad(mm, q, k, g, d_scores, dqc, dkw, da)
+    return dq, dk_, dv, dg, dh0
 
 
 def channel_gate_chunked_scan(q, k, v, g, h0, chunk: int | None = None, exact_fp32: bool = True):

@@ -187,11 +187,14 @@ GATE_GRAD = Source(
 CHANNEL_SCORES = Source(
     "chunk_channel_scores",
     inputs=("q", "k", "g"),
-    outputs=("scores",),
+    outputs=("scores", "qc", "kw", "a"),
     body="""
-    // A[t, s] = sum_c q[t,c] k[s,c] D_c[t,s], D_c[t,s] = prod_{s<r<=t} g[r,c]; one
-    // thread per column s. Inputs are channel-major ([M, K, STEPS]): the
-    // warp's lanes (the columns of one chunk) read the same q[t] and g[t].
+    // One thread per column s of a chunk, inputs channel-major ([M, K, STEPS]:
+    // the warp's lanes read the same q[t] and g[t]), for each channel c
+    //   A[t, s] += q[t,c] k[s,c] D[t,s],  D[t,s] = prod_{s<r<=t} g[r,c]
+    // and the chunk's products  qc[s] = q[s] cum[s], kw[s] = k[s] w[s], a = cum[STEPS-1]
+    // (cum[s] = prod_{r<=s} g[r], w[s] = D[STEPS-1, s]). Four channels at a time:
+    // four independent chains of products.
     const int M = q_shape[0];
     const int K = q_shape[1];
     const int tid = THREAD_ID;
@@ -201,14 +204,37 @@ CHANNEL_SCORES = Source(
     float acc[STEPS];
     #pragma unroll
     for (int t = 0; t < STEPS; ++t) acc[t] = 0.0f;
-    for (int c = 0; c < K; ++c) {
-        const int row = (m * K + c) * STEPS;
-        const float key = k[row + s];
-        float d = 1.0f;  // D_c[t, s]
+    for (int c0 = 0; c0 < K; c0 += 4) {
+        int row[4];
+        float key[4];
+        float d[4];  // D[t, s]
+        float cum[4];  // cum[min(t, s)]
+        #pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            row[j] = (m * K + (c0 + j < K ? c0 + j : K - 1)) * STEPS;
+            key[j] = c0 + j < K ? k[row[j] + s] : 0.0f;
+            d[j] = 1.0f;
+            cum[j] = 1.0f;
+        }
         #pragma unroll
         for (int t = 0; t < STEPS; ++t) {
-            if (t > s) d *= g[row + t];
-            if (t >= s) acc[t] += q[row + t] * d * key;
+            float sum = 0.0f;
+            #pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const float gate = g[row[j] + t];
+                if (t > s) d[j] *= gate;
+                if (t <= s) cum[j] *= gate;
+                sum += q[row[j] + t] * d[j] * key[j];
+            }
+            if (t >= s) acc[t] += sum;
+        }
+        #pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            if (c0 + j < K) {
+                qc[row[j] + s] = q[row[j] + s] * cum[j];
+                kw[row[j] + s] = key[j] * d[j];
+                if (s == STEPS - 1) a[m * K + c0 + j] = cum[j];
+            }
         }
     }
     #pragma unroll
@@ -218,16 +244,19 @@ CHANNEL_SCORES = Source(
 
 CHANNEL_SCORES_GRAD = Source(
     "chunk_channel_scores_grad",
-    inputs=("q", "k", "g", "dscores", "dcum", "dw"),
+    inputs=("q", "k", "g", "dscores", "dqc", "dkw", "da"),
     outputs=("dq", "dk", "dg"),
     body="""
-    // One thread per chunk and key channel c (arrays [M, STEPS, K]; D = D_c):
-    //   dq[t] = sum_{s<=t} dA[t,s] k[s] D[t,s]     dk[s] = sum_{t>=s} dA[t,s] q[t] D[t,s]
-    //   dg[r] = sum_{s<r<=t} dA[t,s] q[t] k[s] D[t,r] D[r-1,s]      (the scores)
+    // The backward of chunk_channel_scores, one thread per chunk and key channel
+    // c (arrays [M, STEPS, K]; D = D_c), from dA = dscores and the gradients
+    // of qc, kw and a:
+    //   dq[t] = sum_{s<=t} dA[t,s] k[s] D[t,s] + dqc[t] cum[t]
+    //   dk[s] = sum_{t>=s} dA[t,s] q[t] D[t,s] + dkw[s] w[s]
+    //   dg[r] = sum_{s<r<=t} dA[t,s] q[t] k[s] D[t,r] D[r-1,s]
     //         + cum[r-1] sum_{t>=r} dcum[t] D[t,r] + w[r] sum_{s<r} dw[s] D[r-1,s]
-    // with cum[t] = prod_{r<=t} g[r] and w[s] = D[STEPS-1, s]: products only.
-    // For each t, y[r] = sum_{s<r} dA[t,s] k[s] D[r-1,s] runs up r (y[t+1] is
-    // dq[t]), then D[t,r] runs down r.
+    // with dcum[t] = dqc[t] q[t] (+ da at t = STEPS-1) and dw[s] = dkw[s] k[s]:
+    // products only. For each t, y[r] = sum_{s<r} dA[t,s] k[s] D[r-1,s] runs
+    // up r (y[t+1] is dq[t]'s first part), then D[t,r] runs down r.
     const int M = q_shape[0];
     const int K = q_shape[2];
     const int tid = THREAD_ID;
@@ -244,6 +273,7 @@ CHANNEL_SCORES_GRAD = Source(
         dk_sum[t] = 0.0f;
         dg_sum[t] = 0.0f;
     }
+    float cum = 1.0f;
     #pragma unroll
     for (int t = 0; t < STEPS; ++t) {
         const float qt = q[first + t * K];
@@ -253,7 +283,8 @@ CHANNEL_SCORES_GRAD = Source(
         for (int r = 0; r <= t; ++r) {
             y[r + 1] = gate[r] * y[r] + dscores[row0 + t * STEPS + r] * k[first + r * K];
         }
-        dq[first + t * K] = y[t + 1];
+        cum *= gate[t];
+        dq[first + t * K] = y[t + 1] + dqc[first + t * K] * cum;
         float d = 1.0f;  // D[t, r]
         #pragma unroll
         for (int r = t; r >= 0; --r) {
@@ -268,8 +299,8 @@ CHANNEL_SCORES_GRAD = Source(
     float w = 1.0f;
     #pragma unroll
     for (int r = STEPS - 1; r >= 0; --r) {
-        e = dcum[first + r * K] + e;
-        dk[first + r * K] = dk_sum[r];
+        e += dqc[first + r * K] * q[first + r * K] + (r == STEPS - 1 ? da[m * K + tid % K] : 0.0f);
+        dk[first + r * K] = dk_sum[r] + dkw[first + r * K] * w;
         dk_sum[r] = e;
         to_end[r] = w;
         e *= gate[r];
@@ -281,7 +312,7 @@ CHANNEL_SCORES_GRAD = Source(
     for (int r = 0; r < STEPS; ++r) {
         dg[first + r * K] = dg_sum[r] + before * dk_sum[r] + to_end[r] * f;
         before *= gate[r];
-        f = gate[r] * f + dw[first + r * K];
+        f = gate[r] * f + dkw[first + r * K] * k[first + r * K];
     }
 """,
 )
@@ -393,29 +424,35 @@ def gate_grad(g, full, dw, dcum, da, cum) -> mx.array:
 
 
 
-def channel_scores(q: mx.array, k: mx.array, g: mx.array) -> mx.array:
+def channel_scores(q: mx.array, k: mx.array, g: mx.array):
     """``q, k, g [..., T, K]`` -> the within-chunk scores ``A [..., T, T]``,
-    ``A[t, s] = sum_k q[t,k] k[s,k] prod_{s<r<=t} g[r,k]`` (0 for ``s > t``)."""
+    ``A[t, s] = sum_k q[t,k] k[s,k] prod_{s<r<=t} g[r,k]`` (0 for ``s > t``),
+    and the chunk's products ``q * cum``, ``k * w`` (channel-major,
+    ``[..., K, T]``) and ``a = cum[T-1]`` (``[..., K]``), where ``cum[t] =
+    prod_{r<=t} g[r]`` and ``w[s] = prod_{s<r<T} g[r]``."""
     *lead, steps, dk = q.shape
     rows = math.prod(lead)
     q, k, g = (mx.contiguous(mx.swapaxes(x.reshape(rows, steps, dk), 1, 2)) for x in (q, k, g))
-    (scores,) = launch(CHANNEL_SCORES, (q, k, g),
-                       {"scores": ((rows, steps, steps), mx.float32)},
-                       threads=lanes(rows * steps), template={"STEPS": steps})
-    return scores.reshape(*lead, steps, steps)
+    channel_major = ((rows, dk, steps), mx.float32)
+    scores, qc, kw, a = launch(
+        CHANNEL_SCORES, (q, k, g),
+        {"scores": ((rows, steps, steps), mx.float32), "qc": channel_major,
+         "kw": channel_major, "a": ((rows, dk), mx.float32)},
+        threads=lanes(rows * steps), template={"STEPS": steps})
+    return (scores.reshape(*lead, steps, steps), qc.reshape(*lead, dk, steps),
+            kw.reshape(*lead, dk, steps), a.reshape(*lead, dk))
 
 
-def channel_scores_grad(q, k, g, dscores, dcum, dw) -> tuple[mx.array, mx.array, mx.array]:
-    """The backward of ``channel_scores`` and of the chunk's gate products:
-    ``(dq, dk, dg)`` (``[..., T, K]``) from ``dscores [..., T, T]`` and the
-    gradients of ``cum[t] = prod_{r<=t} g[r]`` (``dcum``) and of
-    ``w[s] = prod_{s<r<T} g[r]`` (``dw``), both ``[..., T, K]``."""
+def channel_scores_grad(q, k, g, dscores, dqc, dkw, da) -> tuple[mx.array, mx.array, mx.array]:
+    """The backward of ``channel_scores``: ``(dq, dk, dg)`` (``[..., T, K]``)
+    from the gradients of the scores (``dscores [..., T, T]``), of ``q * cum``
+    and ``k * w`` (``dqc``, ``dkw``, ``[..., T, K]``) and of ``a`` (``da [..., K]``)."""
     *lead, steps, dk = q.shape
     rows = math.prod(lead)
     flat = tuple(x.reshape(rows, steps, dk) for x in (q, k, g))
     grads = launch(CHANNEL_SCORES_GRAD,
-                   (*flat, dscores.reshape(rows, steps, steps),
-                    dcum.reshape(rows, steps, dk), dw.reshape(rows, steps, dk)),
+                   (*flat, dscores.reshape(rows, steps, steps), dqc.reshape(rows, steps, dk),
+                    dkw.reshape(rows, steps, dk), da.reshape(rows, dk)),
                    {name: ((rows, steps, dk), mx.float32) for name in ("dq", "dk", "dg")},
                    threads=lanes(rows * dk), template={"STEPS": steps})
     return tuple(x.reshape(q.shape) for x in grads)
