@@ -20,6 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_paths import assert_gradients_match, assert_matches_spec
 
+import recurops
 from recurops.fallback import scalar_chunked
 from recurops.kernels import chunked
 from recurops.testing import executor, simulate
@@ -170,3 +171,34 @@ def test_fused_channel_scores_match_mlx(dialect, lead, steps, keys, seed):
         assert x.shape == y.shape, name
         np.testing.assert_allclose(np.array(x), y, rtol=1e-5, atol=1e-5 * np.abs(y).max(),
                                    err_msg=name)
+
+
+@pytest.mark.parametrize("dialect", ["cuda", "metal"])
+def test_per_channel_lengths_compile_few_kernels(dialect, monkeypatch):
+    """The per-channel kernels bake the chunk length in: a call shorter than
+    a chunk takes the power of two at or above its length, so after a short
+    and a long call new lengths compile nothing."""
+    from recurops.kernels.chassis import COMPILED
+
+    if executor.available() is not None:
+        pytest.skip(executor.available())
+    monkeypatch.setattr(scalar_chunked, "_on_gpu", lambda: True)
+    monkeypatch.setattr(scalar_chunked, "_fused", chunked.takes)
+    rng = np.random.default_rng(0)
+
+    def train(length):
+        q, k, v = (_normal(rng, 1, length, 1, 4) for _ in range(3))
+        g = _gates(rng, (1, length, 1, 4))
+        loss = lambda *a: recurops.scan("gla", *a, impl="fallback")[0].sum()  # noqa: E731
+        mx.eval(mx.grad(loss, (0, 1, 2, 3))(q, k, v, g))
+
+    with simulate(dialect):
+        train(5)
+        train(40)
+        compiled = set(COMPILED)
+        for length in (6, 7, 8, 33, 64, 100, 257):
+            train(length)
+    assert COMPILED == compiled
+    steps = {dict(template)["STEPS"] for name, template in compiled
+             if name == chunked.CHANNEL_SCORES.name}
+    assert {8, 32} <= steps

@@ -10,7 +10,8 @@ block that the state passing reads and writes without transposes. This is the fo
 ``"gla"`` kind with per-head gates and the ``"ssd"`` kind with ``A [H]`` take
 (``scalar_gate_chunked_scan``); gates per key channel (``"gla"`` with
 ``g [..., L, H, K]``, ``"ssd"`` with ``A [H, N]``) take the same form with
-per-channel decays (``channel_gate_chunked_scan``, at the end).
+per-channel decays (``channel_gate_chunked_scan``, at the end), whose
+within-chunk scores and their backward are fused kernels on a GPU.
 
 The sequence is cut into chunks of ``T`` steps. Inside a chunk
 
@@ -323,8 +324,10 @@ def _block(channel: bool, exact_fp32: bool):
     return _checkpointed(functools.partial(forward, mm), functools.partial(backward, mm))
 
 
-# Chunk lengths, chosen by measurement (benchmarks/chunk_sweep.py): per-head
-# gates by device type, per-channel gates ([K, T, T] decays per chunk) short.
+# Chunk lengths, chosen by measurement (benchmarks/chunk_sweep.py for per-head
+# gates; an H100 A/B of 16, 32 and 64 steps for per-channel gates on a GPU). On
+# the CPU per-channel gates keep short chunks: their MLX code builds [K, T, T]
+# decays a chunk.
 CHUNK = {"cpu": 32, "gpu": 64}
 CHANNEL_CHUNK = {"cpu": 8, "gpu": 32}
 
@@ -359,7 +362,10 @@ def scalar_gate_chunked_scan(q, k, v, g, h0, chunk: int | None = None, exact_fp3
 
 
 # --------------------------------------------------------------------------
-# one gate per key channel (GLA with g [..., L, H, K]); R = 1, short chunks
+# one gate per key channel (GLA with g [..., L, H, K]); R = 1. The chunk's scores
+# need a decay per channel, D[k, t, s]: on a GPU two kernels build them as
+# running products in registers (kernels.chunked.channel_scores and its
+# backward); the MLX code materializes them, [K, T, T] a chunk.
 
 
 def _channel_decays(g: mx.array) -> tuple[mx.array, mx.array]:
@@ -450,12 +456,15 @@ def channel_gate_chunked_scan(q, k, v, g, h0, chunk: int | None = None, exact_fp
 
     q, k, g: [Z, L, K]; v: [Z, L, V]; h0: [Z, K, V]. Returns y [Z, L, V]
     and the final state [Z, K, V]. Same chunked form and hand-written
-    backward as the scalar case with the decays kept per channel
-    (``[K, T, T]`` per chunk, so chunks are short).
+    backward as the scalar case with the decays kept per channel;
+    ``chunk`` defaults to ``CHANNEL_CHUNK`` for the device.
     """
     z, length, dk = q.shape
     dv = v.shape[-1]
-    steps = min(chunk or CHANNEL_CHUNK["gpu" if _on_gpu() else "cpu"], length)
+    # short calls take the power of two at or above their length: the GPU's
+    # kernels bake the chunk length in, so a new short length compiles nothing
+    shortest = 1 << (length - 1).bit_length()
+    steps = min(chunk or CHANNEL_CHUNK["gpu" if _on_gpu() else "cpu"], shortest)
     pad = -length % steps
     if pad:
         widths = [(0, 0), (0, pad), (0, 0)]
