@@ -252,11 +252,11 @@ CHANNEL_SCORES_GRAD = Source(
     // of qc, kw and a:
     //   dq[t] = sum_{s<=t} dA[t,s] k[s] D[t,s] + dqc[t] cum[t]
     //   dk[s] = sum_{t>=s} dA[t,s] q[t] D[t,s] + dkw[s] w[s]
-    //   dg[r] = sum_{s<r<=t} dA[t,s] q[t] k[s] D[t,r] D[r-1,s]
-    //         + cum[r-1] sum_{t>=r} dcum[t] D[t,r] + w[r] sum_{s<r} dw[s] D[r-1,s]
+    //   dg[r] = cum[r-1] sum_{t>=r} dcum[t] D[t,r]
+    //         + sum_{s<r<=t} dA[t,s] q[t] k[s] D[t,r] D[r-1,s]
+    //         + w[r] sum_{s<r} dw[s] D[r-1,s]
     // with dcum[t] = dqc[t] q[t] (+ da at t = STEPS-1) and dw[s] = dkw[s] k[s]:
-    // products only. For each t, y[r] = sum_{s<r} dA[t,s] k[s] D[r-1,s] runs
-    // up r (y[t+1] is dq[t]'s first part), then D[t,r] runs down r.
+    // products only, each sum by a running product up or down the chunk.
     const int M = q_shape[0];
     const int K = q_shape[2];
     const int tid = THREAD_ID;
@@ -265,15 +265,26 @@ CHANNEL_SCORES_GRAD = Source(
     const int first = m * STEPS * K + tid % K;  // element (t, c) at first + t * K
     const int row0 = m * STEPS * STEPS;  // dA[t, s] at row0 + t * STEPS + s
     float gate[STEPS];
-    float dk_sum[STEPS];
     float dg_sum[STEPS];
     #pragma unroll
-    for (int t = 0; t < STEPS; ++t) {
-        gate[t] = g[first + t * K];
-        dk_sum[t] = 0.0f;
-        dg_sum[t] = 0.0f;
+    for (int t = 0; t < STEPS; ++t) gate[t] = g[first + t * K];
+    // dg through cum: sum_{t>=r} dcum[t] D[t,r] down r, then times cum[r-1] up r
+    float e = da[m * K + tid % K];
+    #pragma unroll
+    for (int r = STEPS - 1; r >= 0; --r) {
+        e += dqc[first + r * K] * q[first + r * K];
+        dg_sum[r] = e;
+        e *= gate[r];
     }
     float cum = 1.0f;
+    #pragma unroll
+    for (int r = 0; r < STEPS; ++r) {
+        dg_sum[r] *= cum;
+        cum *= gate[r];
+    }
+    // dq and dg through the scores: for each t, y[r] = sum_{s<r} dA[t,s] k[s]
+    // D[r-1,s] up r (y[t+1] is dq[t]'s first part), then D[t,r] down r
+    cum = 1.0f;
     #pragma unroll
     for (int t = 0; t < STEPS; ++t) {
         const float qt = q[first + t * K];
@@ -285,34 +296,28 @@ CHANNEL_SCORES_GRAD = Source(
         }
         cum *= gate[t];
         dq[first + t * K] = y[t + 1] + dqc[first + t * K] * cum;
-        float d = 1.0f;  // D[t, r]
+        float d = qt;  // q[t] D[t, r]
         #pragma unroll
         for (int r = t; r >= 0; --r) {
-            dg_sum[r] += qt * d * y[r];
-            dk_sum[r] += qt * d * dscores[row0 + t * STEPS + r];
+            dg_sum[r] += d * y[r];
             d *= gate[r];
         }
     }
-    // the chunk's products: down r the sums over dcum and w[r], up r those over dw
-    float to_end[STEPS];  // w[r]
-    float e = 0.0f;  // sum_{t>=r} dcum[t] D[t,r]
-    float w = 1.0f;
+    // dk with D[t,s] up t (ending at w[s]), and dg through w: f = sum_{s<r} dw[s] D[r-1,s] up r
+    float f = 0.0f;
     #pragma unroll
-    for (int r = STEPS - 1; r >= 0; --r) {
-        e += dqc[first + r * K] * q[first + r * K] + (r == STEPS - 1 ? da[m * K + tid % K] : 0.0f);
-        dk[first + r * K] = dk_sum[r] + dkw[first + r * K] * w;
-        dk_sum[r] = e;
-        to_end[r] = w;
-        e *= gate[r];
-        w *= gate[r];
-    }
-    float before = 1.0f;  // cum[r-1]
-    float f = 0.0f;  // sum_{s<r} dw[s] D[r-1,s]
-    #pragma unroll
-    for (int r = 0; r < STEPS; ++r) {
-        dg[first + r * K] = dg_sum[r] + before * dk_sum[r] + to_end[r] * f;
-        before *= gate[r];
-        f = gate[r] * f + dkw[first + r * K] * k[first + r * K];
+    for (int s = 0; s < STEPS; ++s) {
+        float d = 1.0f;  // D[t, s]
+        float sum = 0.0f;
+        #pragma unroll
+        for (int t = s; t < STEPS; ++t) {
+            if (t > s) d *= gate[t];
+            sum += dscores[row0 + t * STEPS + s] * q[first + t * K] * d;
+        }
+        const float dkw_s = dkw[first + s * K];
+        dk[first + s * K] = sum + dkw_s * d;
+        dg[first + s * K] = dg_sum[s] + d * f;
+        f = gate[s] * f + dkw_s * k[first + s * K];
     }
 """,
 )
