@@ -64,12 +64,29 @@ BF16_CASES = [
 ]
 
 
-def _compare(dialect, kind, batch, length, dims, per_channel, dtype, side_by_side=False):
-    """Kernel against fallback; ``side_by_side`` runs the spans of ``ssd`` and
-    ``gla`` side by side wherever there are several (kernels/spans.py),
-    otherwise one after another."""
+def _slow_decays(kind, host):
+    """``kernel_inputs`` with every decay in [0.96, 1]: products over a span
+    of 32 steps stay near 1, so what one span hands the next matters."""
+    host = list(host)
+    if kind in ("rglru", "rotlru"):
+        host[0] = 0.98 + 0.02 * host[0] / np.abs(host[0]).max()
+    elif kind == "gla":
+        host[3] = 0.96 + 0.04 * host[3]
+    else:  # ssd and s6: exp(dt * A) with A in [-1, 0]
+        host[1] = 0.04 * host[1]
+    return tuple(x.astype(np.float32) for x in host)
+
+
+def _compare(dialect, kind, batch, length, dims, per_channel, dtype, side_by_side=False,
+             slow_decays=False):
+    """Kernel against fallback; ``side_by_side`` runs the spans of the kinds
+    in ``SIDE_BY_SIDE`` side by side wherever there are several
+    (kernels/spans.py), otherwise one after another; ``slow_decays`` keeps
+    every decay near 1."""
     rng = np.random.default_rng(zlib.crc32(f"{kind}{batch}{length}{dims}".encode()))
     host = kernel_inputs(kind, rng, batch, length, dims, per_channel)
+    if slow_decays:
+        host = _slow_decays(kind, host)
     arrays = tuple(mx.array(x).astype(dtype) for x in host)
     state, wy, ws = probe(kind, arrays, rng)
 
@@ -127,6 +144,15 @@ def test_longer_spans_side_by_side(kind, batch, length, dims, per_channel, span,
     32 steps these small launches get."""
     monkeypatch.setattr(spans, "SPANS", (span,))
     _compare("cuda", kind, batch, length, dims, per_channel, mx.float32, side_by_side=True)
+
+
+@pytest.mark.parametrize("kind,batch,length,dims,per_channel",
+                         [case for case in CASES if case[0] in SIDE_BY_SIDE and case[2] > 64])
+def test_spans_side_by_side_with_slow_decays(kind, batch, length, dims, per_channel):
+    """Decays near 1, so each span's product of decays and the state (or the
+    carry) it hands the next span weigh on every output and gradient."""
+    _compare("cuda", kind, batch, length, dims, per_channel, mx.float32, side_by_side=True,
+             slow_decays=True)
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
