@@ -9,9 +9,26 @@ import recurops
 from recurops._kind import STEP_FORM_STEPS
 
 
-def kernel_inputs(kind, rng, batch, length, dims, per_channel=False):
+def kernel_inputs(kind, rng, batch, length, dims, per_channel=False, slow_decays=False):
     """Float32 NumPy inputs of ``kind`` across its domain: exact 0 and 1 decays
-    and gates, negative and >1 ``a`` for the diagonal kinds."""
+    and gates, negative and >1 ``a`` for the diagonal kinds; or, with
+    ``slow_decays``, every decay in [0.96, 1], so that products over a span
+    of 32 steps stay near 1 and what one span hands the next weighs on the
+    results."""
+    host = _inputs(kind, rng, batch, length, dims, per_channel)
+    if not slow_decays:
+        return host
+    host = list(host)
+    if kind in ("rglru", "rotlru"):
+        host[0] = 0.98 + 0.02 * host[0] / max(np.abs(host[0]).max(), 1e-30)
+    elif kind == "gla":
+        host[3] = 0.96 + 0.04 * host[3]
+    else:  # ssd and s6: exp(dt * A) with A in [-1, 0]
+        host[1] = 0.04 * host[1]
+    return tuple(x.astype(np.float32) for x in host)
+
+
+def _inputs(kind, rng, batch, length, dims, per_channel):
     def normal(*shape):
         return rng.standard_normal((*batch, *shape)).astype(np.float32)
 

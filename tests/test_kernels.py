@@ -69,6 +69,27 @@ def test_gpu_path_matches_reference(kind, batch, length, dims, per_channel, impl
     assert max(errors.values()) < TOLERANCE[dtype], errors
 
 
+@pytest.mark.parametrize("kind,batch,length,dims,per_channel",
+                         [case for case in CASES if case[0] in spans.SMALL_LAUNCH and case[2] > 64])
+def test_spans_side_by_side_with_slow_decays(kind, batch, length, dims, per_channel, monkeypatch):
+    """Spans side by side with every decay near 1 (``kernel_inputs(...,
+    slow_decays=True)``), so each span's decay product and the state or carry
+    it hands on weigh on every output and gradient; float32 against float64."""
+    monkeypatch.setattr(spans, "MIN_LENGTH", 0)
+    rng = np.random.default_rng(zlib.crc32(f"{kind}-{length}-slow".encode()))
+    host = kernel_inputs(kind, rng, batch, length, dims, per_channel, slow_decays=True)
+    arrays = tuple(mx.array(x) for x in host)
+    state, wy, ws = probe(kind, arrays, rng)
+    got = value_and_grads(kind, arrays, state, "kernel", wy, ws)
+    with mx.stream(mx.cpu):
+        exact = value_and_grads(
+            kind, tuple(x.astype(mx.float64) for x in arrays), state.astype(mx.float64),
+            "reference", wy.astype(mx.float64), ws.astype(mx.float64),
+        )
+    errors = relative_errors(kind, got, exact)
+    assert max(errors.values()) < TOLERANCE[mx.float32], errors
+
+
 @pytest.mark.parametrize("kind,dims", [("ssd", {"H": 2, "P": 32, "N": 16, "G": 1}),
                                         ("gla", {"H": 2, "K": 16, "V": 32})])
 def test_new_batch_or_length_compiles_no_new_kernel(kind, dims):
