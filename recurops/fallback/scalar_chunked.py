@@ -373,26 +373,19 @@ def _channel_decays(g: mx.array) -> tuple[mx.array, mx.array]:
     return _decays(mx.swapaxes(g, -1, -2))
 
 
-def _channel_products(g: mx.array) -> tuple[mx.array, mx.array]:
-    """``g [..., T, K]`` -> ``cum[t] = prod_{r<=t} g[r]`` and ``w[s] =
-    prod_{s<r<T} g[r]`` (the decay to the chunk's end), both ``[..., T, K]``."""
-    return (_flush(mx.cumprod(g, axis=-2)),
-            _flush(mx.cumprod(g, axis=-2, reverse=True, inclusive=False)))
-
-
 def _channel_scores(q, k, g):
     """The chunk's scores ``A[t, s] = sum_k q[t,k] k[s,k] D[k,t,s]``
-    (``[Z,C,T,T]``), ``q * cum`` and ``k * w`` (``[Z,C,T,K]``, see
-    ``_channel_products``) and ``a = cum[T-1]`` (``[Z,C,K,1]``): one kernel on
-    a GPU, else from the decays ``D [Z,C,K,T,T]``."""
+    (``[Z,C,T,T]``), ``q * cum`` and ``k * w`` (``[Z,C,T,K]``; ``cum[t] =
+    prod_{r<=t} g[r]``, ``w[s] = D[T-1, s]``) and ``a = cum[T-1]``
+    (``[Z,C,K,1]``): one kernel on a GPU, else from the decays ``D [Z,C,K,T,T]``."""
     z, c, t, dk = q.shape
     if _fused(q, k, g, extent=z * c * t * max(t, dk)):
         scores, qc, kw, a = chunked.channel_scores(q, k, g)
         return scores, _tr(qc), _tr(kw), a[..., None]
-    decay, _ = _channel_decays(g)
+    decay, cum = _channel_decays(g)  # [Z,C,K,T,T], [Z,C,K,T]
     qk = mx.swapaxes(q, -1, -2)[..., :, None] * mx.swapaxes(k, -1, -2)[..., None, :]
-    cum, w = _channel_products(g)
-    return (qk * decay).sum(axis=2), q * cum, k * w, _tr(cum[:, :, -1:])
+    return ((qk * decay).sum(axis=2), q * _tr(cum), k * _tr(decay[..., -1, :]),
+            cum[..., -1:])
 
 
 def _channel_scores_grad(mm, q, k, g, d_scores, dqc, dkw, da):
@@ -403,14 +396,13 @@ def _channel_scores_grad(mm, q, k, g, d_scores, dqc, dkw, da):
     z, c, t, dk = q.shape
     if _fused(q, k, g, d_scores, dqc, dkw, da, extent=z * c * t * max(t, dk)):
         return chunked.channel_scores_grad(q, k, g, d_scores, dqc, dkw, da[..., 0])
-    cum, w = _channel_products(g)
+    decay, cum = _channel_decays(g)  # [Z,C,K,T,T], [Z,C,K,T]
     dcum = dqc * q
     dcum = mx.concatenate([dcum[:, :, :-1], dcum[:, :, -1:] + _tr(da)], axis=2)
-    decay, _ = _channel_decays(g)  # [Z,C,K,T,T]
     weighted = d_scores[:, :, None] * decay
     q_k, k_k = mx.swapaxes(q, -1, -2), mx.swapaxes(k, -1, -2)  # [Z,C,K,T]
-    dq = _tr((weighted * k_k[..., None, :]).sum(-1)) + dqc * cum
-    dk_ = _tr((weighted * q_k[..., :, None]).sum(-2)) + dkw * w
+    dq = _tr((weighted * k_k[..., None, :]).sum(-1)) + dqc * _tr(cum)
+    dk_ = _tr((weighted * q_k[..., :, None]).sum(-2)) + dkw * _tr(decay[..., -1, :])
     d_decay = d_scores[:, :, None] * (q_k[..., :, None] * k_k[..., None, :])  # [Z,C,K,T,T]
     # the gates, as in _gate_grad, one channel at a time; w = D[T-1, :]
     d_decay = mx.concatenate(
@@ -420,7 +412,6 @@ def _channel_scores_grad(mm, q, k, g, d_scores, dqc, dkw, da):
     shifted_t = mx.concatenate(
         [mx.zeros((*lead, t, 1), decay.dtype), _tr(decay[..., :-1, :])], axis=-1
     )
-    cum = _tr(cum)
     cum_shift = mx.concatenate([mx.ones((*lead, 1), cum.dtype), cum[..., :-1]], axis=-1)
     m = mm(d_decay, shifted_t, add=_tr(dcum)[..., :, None] * cum_shift[..., None, :])
     return dq, dk_, _tr((decay * m).sum(-2))
