@@ -5,13 +5,18 @@ The state of a channel ``d`` is ``h[d, :]`` (``N`` values), split over
 ``n = i * NSPLIT + j`` (``NL = N / NSPLIT`` values, in registers). Sums over
 ``n`` (``y``, ``du``, ``ddelta``) are ``LANE_SUM``s over those lanes; the
 gradients of ``B`` and ``C`` (sums over ``d``) are ``LANE_SUM``s over the
-other lane bits, added atomically into their outputs.
+other lane bits, added atomically into their outputs. Small launches over
+long sequences run spans of steps side by side (``kernels/spans.py``): each
+span's end from zero and its product of decays, the state entering each span,
+then the forward, one set of threads a span; the backward likewise, from each
+span's carry.
 """
 
 import math
 
 import mlx.core as mx
 
+from . import spans
 from .chassis import (
     KernelPath,
     Source,
@@ -30,34 +35,42 @@ from .chassis import (
 )
 
 _PROLOGUE = """
-    const int B = u_shape[0];
-    const int L = u_shape[1];
-    const int D = u_shape[2];
+    const int B = delta_shape[0];
+    const int L = delta_shape[1];
+    const int D = delta_shape[2];
     const int NL = N / NSPLIT;  // state values per lane: n = i * NSPLIT + j
     const int DP = (D * NSPLIT + 31) / 32 * 32 / NSPLIT;  // a batch row's lanes fill whole warps
     const int NS = (L + SEG - 1) / SEG;
-    const int tid = THREAD_ID;
+    const int NC = plan[1];  // spans side by side (kernels/spans.py), or 1
+    const int CH = (NC == 1) ? L : plan[0];  // steps a span, a multiple of SEG
+    const int ROWS = B * DP * NSPLIT;  // threads a span: whole warps
+    const int chunk = THREAD_ID / ROWS;
+    const int tid = THREAD_ID % ROWS;
     const int j = tid % NSPLIT;
     const int d = (tid / NSPLIT) % DP;
     const int b = tid / (NSPLIT * DP);
     const bool active = d < D;
+    const int t_first = chunk * CH;
+    const int t_end = (t_first + CH < L) ? t_first + CH : L;
+    // a [B, NC, D, N] array's value n = i * NSPLIT + j of the span's row: span_row + i * NSPLIT
+    const int span_row = ((b * NC + chunk) * D + d) * N + j;
 """
 
 _BC_FWD, _BC_BWD = selective_tile("s"), selective_tile("e")
 
 FORWARD = Source(
     "s6_fwd",
-    inputs=("u", "delta", "A", "Bm", "Cm", "h0"),
+    inputs=("u", "delta", "A", "Bm", "Cm", "starts", "plan"),
     outputs=("y", "ckpt"),
     body=_PROLOGUE + """
-    if (b >= B) return;  // whole warps only
+    if (chunk >= NC) return;  // whole warps only
     float h[NL];
     float an[NL];  // the lane's values of A's row d
     for (int i = 0; i < NL; ++i) {
         const int n = i * NSPLIT + j;
         an[i] = active ? A[d * N + n] : 0.0f;
-        h[i] = active ? h0[(b * D + d) * N + n] : 0.0f;
-        if (active) ckpt[((b * (NS + 1)) * D + d) * N + n] = h[i];
+        h[i] = active ? starts[span_row + i * NSPLIT] : 0.0f;
+        if (active && chunk == 0) ckpt[((b * (NS + 1)) * D + d) * N + n] = h[i];
     }
 """ + tiled_steps(
         tile="""
@@ -80,25 +93,105 @@ FORWARD = Source(
                 const int k = ((b * (NS + 1) + (t + SEG) / SEG) * D + d) * N + j;
                 for (int i = 0; i < NL; ++i) ckpt[k + i * NSPLIT] = h[i];
             }""",
+        first="t_first", end="t_end",
     ),
+)
+
+_BC_ENDS = selective_tile("s", arrays="B")
+
+# Each span's end from zero and its product of decays (spans side by side).
+ENDS = Source(
+    "s6_ends",
+    inputs=("u", "delta", "A", "Bm", "plan"),
+    outputs=("ends", "decays"),
+    body=_PROLOGUE + """
+    if (chunk >= NC) return;  // whole warps only
+    float h[NL];
+    float an[NL];
+    float decay[NL];
+    for (int i = 0; i < NL; ++i) {
+        an[i] = active ? A[d * N + i * NSPLIT + j] : 0.0f;
+        h[i] = 0.0f;
+        decay[i] = 1.0f;
+    }
+""" + tiled_steps(
+        tile="""
+        float dl_t[TILE];
+        float u_t[TILE];""" + _BC_ENDS[0],
+        load="""
+            const int at = (b * L + t) * D + d;
+            const int r = (b * L + t) * N + j;
+            dl_t[s] = active ? static_cast<float>(delta[at]) : 0.0f;
+            u_t[s] = active ? static_cast<float>(u[at]) : 0.0f;""" + _BC_ENDS[1],
+        step="""
+            for (int i = 0; i < NL; ++i) {
+                const float e = EXP(dl_t[s] * an[i]);
+                h[i] = e * h[i] + dl_t[s] * bs[s * NL + i] * u_t[s];
+                decay[i] *= e;
+            }""",
+        first="t_first", end="t_end",
+    ) + """
+    if (active) {
+        for (int i = 0; i < NL; ++i) {
+            ends[span_row + i * NSPLIT] = h[i];
+            decays[span_row + i * NSPLIT] = decay[i];
+        }
+    }
+""",
+)
+
+# Each span's adjoint carry from zero at its end, and its product of decays
+# (spans side by side).
+CARRIES = Source(
+    "s6_carries",
+    inputs=("delta", "A", "Cm", "dy", "plan"),
+    outputs=("carries", "decays"),
+    body=_PROLOGUE + """
+    if (chunk >= NC) return;  // whole warps only
+    float carry[NL];
+    float an[NL];
+    float decay[NL];
+    for (int i = 0; i < NL; ++i) {
+        an[i] = active ? A[d * N + i * NSPLIT + j] : 0.0f;
+        carry[i] = 0.0f;
+        decay[i] = 1.0f;
+    }
+    for (int t = t_end - 1; t >= t_first; --t) {
+        const int at = (b * L + t) * D + d;
+        const int r = (b * L + t) * N + j;
+        const float dl = active ? static_cast<float>(delta[at]) : 0.0f;
+        const float g_out = active ? static_cast<float>(dy[at]) : 0.0f;
+        for (int i = 0; i < NL; ++i) {
+            const float e = EXP(dl * an[i]);
+            carry[i] = e * (carry[i] + static_cast<float>(Cm[r + i * NSPLIT]) * g_out);
+            decay[i] *= e;
+        }
+    }
+    if (active) {
+        for (int i = 0; i < NL; ++i) {
+            carries[span_row + i * NSPLIT] = carry[i];
+            decays[span_row + i * NSPLIT] = decay[i];
+        }
+    }
+""",
 )
 
 BACKWARD = Source(
     "s6_bwd",
-    inputs=("u", "delta", "A", "Bm", "Cm", "ckpt", "dy", "dfinal"),
+    inputs=("u", "delta", "A", "Bm", "Cm", "ckpt", "dy", "dend", "plan"),
     outputs=("du", "ddelta", "dA", "dB", "dC", "dh0"),
     body=_PROLOGUE + """
-    if (b >= B) return;  // whole warps only
+    if (chunk >= NC) return;  // whole warps only
     float carry[NL];   // dLoss/dh[t] from steps after t
     float dA_acc[NL];
     float an[NL];  // the lane's values of A's row d
     for (int i = 0; i < NL; ++i) {
         an[i] = active ? A[d * N + i * NSPLIT + j] : 0.0f;
-        carry[i] = active ? dfinal[(b * D + d) * N + i * NSPLIT + j] : 0.0f;
+        carry[i] = active ? dend[span_row + i * NSPLIT] : 0.0f;
         dA_acc[i] = 0.0f;
     }
     float before[SEG * NL];  // h[t-1] for each step t of the segment
-    for (int s = NS - 1; s >= 0; --s) {
+    for (int s = (t_end + SEG - 1) / SEG - 1; s >= t_first / SEG; --s) {
         const int t0 = s * SEG;
         const int t1 = (t0 + SEG < L) ? t0 + SEG : L;
         float h[NL];
@@ -151,8 +244,8 @@ BACKWARD = Source(
     ) + """    }
     if (active) {
         for (int i = 0; i < NL; ++i) {
-            dh0[(b * D + d) * N + i * NSPLIT + j] = carry[i];
-            dA[(b * D + d) * N + i * NSPLIT + j] = dA_acc[i];
+            if (chunk == 0) dh0[(b * D + d) * N + i * NSPLIT + j] = carry[i];
+            dA[span_row + i * NSPLIT] = dA_acc[i];  // the span's part
         }
     }
 """,
@@ -173,17 +266,34 @@ def _template(dtype, n, tile):
     return {"T": dtype, "N": n, "NSPLIT": lane_split(n), "SEG": _seg(n), "TILE": tile}
 
 
+def _plan(u, n, state):
+    """The forward's spans (``spans.plan``), which the backward follows:
+    ``(threads a span, spans, plan)``."""
+    rows = u.shape[0] * lanes(u.shape[2] * lane_split(n))
+    span, chunks = spans.plan("s6", rows, u.shape[1], state.size)
+    return rows, chunks, spans.plan_array(span, chunks)
+
+
 def _forward(u, delta, A, B, C, state):
     batch, length, width = u.shape
     n, seg = A.shape[1], _seg(A.shape[1])
     dtype, (u, delta, B, C) = in_one_dtype(u, delta, B, C)
+    A = A.astype(mx.float32)
+    rows, chunks, plan = _plan(u, n, state)
+    template = _template(dtype, n, tile_steps(n))
+    starts = state[:, None]
+    if chunks > 1:
+        per_span = ((batch, chunks, width, n), mx.float32)
+        ends, decays = launch(ENDS, (u, delta, A, B, plan), {"ends": per_span, "decays": per_span},
+                              threads=rows * chunks, template=template)
+        starts = spans.entering_states(decays, ends, state)
     return launch(
         FORWARD,
-        (u, delta, A.astype(mx.float32), B, C, state),
+        (u, delta, A, B, C, starts, plan),
         {"y": (u.shape, dtype),
          "ckpt": ((batch, segments(length, seg) + 1, width, n), mx.float32)},
-        threads=batch * lanes(width * lane_split(n)),
-        template=_template(dtype, n, tile_steps(n)),
+        threads=rows * chunks,
+        template=template,
     )
 
 
@@ -192,16 +302,27 @@ def _backward(dy, dfinal, ckpt, u, delta, A, B, C, state):
     n = A.shape[1]
     dtype, (u_, delta_, B_, C_) = in_one_dtype(u, delta, B, C)
     f32 = mx.float32
+    A_ = A.astype(f32)
+    rows, chunks, plan = _plan(u, n, state)
+    template = _template(dtype, n, BACKWARD_TILE)
+    dend = dfinal[:, None]
+    if chunks > 1:
+        per_span = ((batch, chunks, width, n), f32)
+        carries, decays = launch(CARRIES, (delta_, A_, C_, dy, plan),
+                                 {"carries": per_span, "decays": per_span},
+                                 threads=rows * chunks, template=template)
+        dend = spans.leaving_carries(decays, carries, dfinal)
     du, ddelta, dA, dB, dC, dh0 = launch(
         BACKWARD,
-        (u_, delta_, A.astype(f32), B_, C_, ckpt, dy, dfinal),
-        {"du": (u.shape, f32), "ddelta": (u.shape, f32), "dA": ((batch, width, n), f32),
+        (u_, delta_, A_, B_, C_, ckpt, dy, dend, plan),
+        {"du": (u.shape, f32), "ddelta": (u.shape, f32),
+         "dA": ((batch, chunks, width, n), f32),
          "dB": (B.shape, f32), "dC": (C.shape, f32), "dh0": (state.shape, f32)},
-        threads=batch * lanes(width * lane_split(n)),
-        template=_template(dtype, n, BACKWARD_TILE),
+        threads=rows * chunks,
+        template=template,
         init_value=0.0,
     )
-    return du, ddelta, dA.sum(0), dB, dC, dh0
+    return du, ddelta, dA.sum((0, 1)), dB, dC, dh0
 
 
 def _unsupported(bound, arrays, backend):

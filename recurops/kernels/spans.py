@@ -1,4 +1,4 @@
-"""Spans side by side: the ``ssd``, ``gla`` and ``rglru`` kernels at small launches.
+"""Spans side by side: the ``ssd``, ``gla``, ``rglru`` and ``s6`` kernels at small launches.
 
 A kernel gives each lane of a state one thread that walks every step, one
 after another. With few heads and batch rows that leaves most of
@@ -43,7 +43,8 @@ from .chassis import SPAN, segments
 #   32768 neither gains;
 # - rglru, whose step is a single multiply-add: 1.7-2.4x at 2048 threads
 #   (B=1 L=4096 D=2048, B=2 L=8192 D=1024), slower at 8192 and more.
-SMALL_LAUNCH = {"ssd": 2**14, "gla": 2**14, "rglru": 2**11}
+# - s6: not measured yet; provisionally rglru's threshold.
+SMALL_LAUNCH = {"ssd": 2**14, "gla": 2**14, "rglru": 2**11, "s6": 2**11}
 MIN_LENGTH = 512
 FILL = 2**17
 SPANS = (SPAN, 128, 64, 32)
