@@ -45,9 +45,10 @@ CASES = [
 def test_gpu_path_matches_reference(kind, batch, length, dims, per_channel, impl, dtype,
                                     monkeypatch):
     """Outputs, final state and every gradient on the GPU against float64.
-    The first kernel row runs the spans of ``ssd``, ``gla`` and ``rglru``
-    side by side (kernels/spans.py; these small launches would over long
-    sequences), the second one after another, as large launches do."""
+    The first kernel row runs the spans of the kinds in
+    ``spans.SMALL_LAUNCH`` side by side (kernels/spans.py; these small
+    launches would over long sequences), the second one after another, as
+    large launches do."""
     if impl == "kernel":
         monkeypatch.setattr(spans, "MIN_LENGTH", 0)
     if impl == "kernel, spans one after another":

@@ -43,8 +43,11 @@ from .chassis import SPAN, segments
 #   32768 neither gains;
 # - rglru, whose step is a single multiply-add: 1.7-2.4x at 2048 threads
 #   (B=1 L=4096 D=2048, B=2 L=8192 D=1024), slower at 8192 and more.
-# - s6: not measured yet; provisionally rglru's threshold.
-SMALL_LAUNCH = {"ssd": 2**14, "gla": 2**14, "rglru": 2**11, "s6": 2**11}
+# - s6: 3.3-4.4x at 6144 and 12288 threads (B=1 D=768 L=4096, B=1 D=1536
+#   L=8192; N=16), 1.6-1.9x at 24576 (B=2 D=1536 L=2048) with the forward
+#   gaining too; at 49152 (B=4) forward+backward gains 1.1-1.25x but the
+#   forward loses 5-15%.
+SMALL_LAUNCH = {"ssd": 2**14, "gla": 2**14, "rglru": 2**11, "s6": 2**15}
 MIN_LENGTH = 512
 FILL = 2**17
 SPANS = (SPAN, 128, 64, 32)
