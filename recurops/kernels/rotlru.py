@@ -2,11 +2,17 @@
 
 One thread per channel pair; the adjoint of the rotation-scale ``M`` is its
 transpose, ``a (cos - i sin)``. The kernels read the sines as ``sn``
-(``s`` is the tile entry of ``chassis.tiled_steps``).
+(``s`` is the tile entry of ``chassis.tiled_steps``). Small launches over
+long sequences run spans of steps side by side (``kernels/spans.py``): each
+span's end from zero and its product of rotation-scales, the state entering
+each span (a complex scan over the spans), then the forward, one thread a
+span and pair; the backward likewise, from each span's carry.
 """
 
 import mlx.core as mx
 
+from ..fallback.scan import linear_scan
+from . import spans
 from .chassis import (
     KernelPath,
     Source,
@@ -24,34 +30,46 @@ _PROLOGUE = """
     const int L = a_shape[1];
     const int P = a_shape[2];
     const int NS = (L + SEG - 1) / SEG;
-    const int tid = THREAD_ID;
-    if (tid >= B * P) return;
+    const int NC = plan[1];  // spans side by side (kernels/spans.py), or 1
+    const int CH = (NC == 1) ? L : plan[0];  // steps a span, a multiple of SEG
+    const int ROWS = (B * P + 31) / 32 * 32;
+    const int chunk = THREAD_ID / ROWS;
+    const int tid = THREAD_ID % ROWS;
+    if (chunk >= NC || tid >= B * P) return;
     const int b = tid / P;
     const int p = tid % P;
+    const int t_first = chunk * CH;
+    const int t_end = (t_first + CH < L) ? t_first + CH : L;
+    const int span_pair = (b * NC + chunk) * P + p;  // the span's pair of a [B, NC, P, 2] array
 """
 
-FORWARD = Source(
-    "rotlru_fwd",
-    inputs=("a", "c", "sn", "x", "h0"),
-    outputs=("y", "ckpt"),
-    body=_PROLOGUE + """
-    float u = h0[2 * tid];
-    float w = h0[2 * tid + 1];
-    int k = (b * (NS + 1)) * P + p;
-    ckpt[2 * k] = u;
-    ckpt[2 * k + 1] = w;
-""" + tiled_steps(
-        tile="""
+_TILE = """
         float ac_t[TILE];  // a cos
         float as_t[TILE];  // a sin
         float xu_t[TILE];
-        float xw_t[TILE];""",
-        load="""
+        float xw_t[TILE];"""
+_LOAD = """
             const int i = (b * L + t) * P + p;
             ac_t[s] = static_cast<float>(a[i]) * static_cast<float>(c[i]);
             as_t[s] = static_cast<float>(a[i]) * static_cast<float>(sn[i]);
             xu_t[s] = static_cast<float>(x[2 * i]);
-            xw_t[s] = static_cast<float>(x[2 * i + 1]);""",
+            xw_t[s] = static_cast<float>(x[2 * i + 1]);"""
+
+FORWARD = Source(
+    "rotlru_fwd",
+    inputs=("a", "c", "sn", "x", "starts", "plan"),
+    outputs=("y", "ckpt"),
+    body=_PROLOGUE + """
+    float u = starts[2 * span_pair];
+    float w = starts[2 * span_pair + 1];
+    int k = (b * (NS + 1)) * P + p;
+    if (chunk == 0) {
+        ckpt[2 * k] = u;
+        ckpt[2 * k + 1] = w;
+    }
+""" + tiled_steps(
+        tile=_TILE,
+        load=_LOAD,
         step="""
             const int i = (b * L + t) * P + p;
             const float nu = ac_t[s] * u - as_t[s] * w + xu_t[s];
@@ -64,17 +82,72 @@ FORWARD = Source(
                 ckpt[2 * k] = u;
                 ckpt[2 * k + 1] = w;
             }""",
+        first="t_first", end="t_end",
     ),
+)
+
+# Each span's end from zero and its product of rotation-scales (spans side by side).
+ENDS = Source(
+    "rotlru_ends",
+    inputs=("a", "c", "sn", "x", "plan"),
+    outputs=("ends", "decays"),
+    body=_PROLOGUE + """
+    float u = 0.0f;
+    float w = 0.0f;
+    float mu = 1.0f;  // the product of a (cos + i sin) so far
+    float mw = 0.0f;
+""" + tiled_steps(tile=_TILE, load=_LOAD, step="""
+            const float nu = ac_t[s] * u - as_t[s] * w + xu_t[s];
+            w = as_t[s] * u + ac_t[s] * w + xw_t[s];
+            u = nu;
+            const float nmu = ac_t[s] * mu - as_t[s] * mw;
+            mw = as_t[s] * mu + ac_t[s] * mw;
+            mu = nmu;""", first="t_first", end="t_end") + """
+    ends[2 * span_pair] = u;
+    ends[2 * span_pair + 1] = w;
+    decays[2 * span_pair] = mu;
+    decays[2 * span_pair + 1] = mw;
+""",
+)
+
+# Each span's adjoint carry from zero at its end, and its product of
+# rotation-scales (spans side by side).
+CARRIES = Source(
+    "rotlru_carries",
+    inputs=("a", "c", "sn", "dy", "plan"),
+    outputs=("carries", "decays"),
+    body=_PROLOGUE + """
+    float cu = 0.0f;
+    float cw = 0.0f;
+    float mu = 1.0f;
+    float mw = 0.0f;
+    for (int t = t_end - 1; t >= t_first; --t) {
+        const int i = (b * L + t) * P + p;
+        const float ac = static_cast<float>(a[i]) * static_cast<float>(c[i]);
+        const float as = static_cast<float>(a[i]) * static_cast<float>(sn[i]);
+        const float gu = static_cast<float>(dy[2 * i]) + cu;
+        const float gw = static_cast<float>(dy[2 * i + 1]) + cw;
+        cu = ac * gu + as * gw;
+        cw = ac * gw - as * gu;
+        const float nmu = ac * mu - as * mw;
+        mw = as * mu + ac * mw;
+        mu = nmu;
+    }
+    carries[2 * span_pair] = cu;
+    carries[2 * span_pair + 1] = cw;
+    decays[2 * span_pair] = mu;
+    decays[2 * span_pair + 1] = mw;
+""",
 )
 
 BACKWARD = Source(
     "rotlru_bwd",
-    inputs=("a", "c", "sn", "x", "ckpt", "dy", "dfinal"),
+    inputs=("a", "c", "sn", "x", "ckpt", "dy", "dend", "plan"),
     outputs=("da", "dc", "ds", "dx", "dh0"),
     body=_PROLOGUE + """
-    float cu = dfinal[2 * tid];      // dLoss/d(u, w)[t] from steps after t
-    float cw = dfinal[2 * tid + 1];
-    for (int sg = NS - 1; sg >= 0; --sg) {
+    float cu = dend[2 * span_pair];      // dLoss/d(u, w)[t] from steps after t
+    float cw = dend[2 * span_pair + 1];
+    for (int sg = (t_end + SEG - 1) / SEG - 1; sg >= t_first / SEG; --sg) {
         const int t0 = sg * SEG;
         float before_u[SEG];  // (u, w)[t-1] for each step t of the segment
         float before_w[SEG];
@@ -129,8 +202,10 @@ BACKWARD = Source(
             }
         }
     }
-    dh0[2 * tid] = cu;
-    dh0[2 * tid + 1] = cw;
+    if (chunk == 0) {
+        dh0[2 * tid] = cu;
+        dh0[2 * tid + 1] = cw;
+    }
 """,
 )
 
@@ -141,29 +216,69 @@ FORWARD_TILE = 16
 BACKWARD_TILE = 8
 
 
+def _plan(a, state):
+    """The forward's spans (``spans.plan``), which the backward follows:
+    ``(threads a span, spans, plan)``."""
+    rows = lanes(a.shape[0] * a.shape[2])
+    span, chunks = spans.plan("rotlru", rows, a.shape[1], state.size)
+    return rows, chunks, spans.plan_array(span, chunks)
+
+
+def _pass(decays, parts, first):
+    """``h[s] = m[s] h[s-1] + parts[s]`` over the spans (complex, as ``(re,
+    im)`` pairs on the last axis) from ``h[-1] = first``: the state before
+    each span, ``[B, NS, P, 2]``."""
+    m, e = (decays[..., 0], decays[..., 1]), (parts[..., 0], parts[..., 1])
+    h = linear_scan(m, e, (first[..., 0], first[..., 1]))
+    after = mx.stack(h, axis=-1)
+    return mx.concatenate([first[:, None], after[:, :-1]], axis=1)
+
+
 def _forward(a, c, s, x, state):
     batch, length, pairs = a.shape
     dtype, inputs = in_one_dtype(a, c, s, x)
+    rows, chunks, plan = _plan(a, state)
+    template = {"T": dtype, "SEG": SEG, "TILE": FORWARD_TILE}
+    starts = state[:, None]
+    if chunks > 1:
+        per_span = ((batch, chunks, pairs, 2), mx.float32)
+        ends, decays = launch(ENDS, (*inputs, plan), {"ends": per_span, "decays": per_span},
+                              threads=rows * chunks, template=template)
+        starts = _pass(decays, ends, state.reshape(batch, pairs, 2))
     return launch(
         FORWARD,
-        (*inputs, state),
+        (*inputs, starts, plan),
         {"y": (x.shape, dtype),
          "ckpt": ((batch, segments(length, SEG) + 1, 2 * pairs), mx.float32)},
-        threads=lanes(batch * pairs),
-        template={"T": dtype, "SEG": SEG, "TILE": FORWARD_TILE},
+        threads=rows * chunks,
+        template=template,
     )
 
 
 def _backward(dy, dfinal, ckpt, a, c, s, x, state):
+    batch, _, pairs = a.shape
     dtype, inputs = in_one_dtype(a, c, s, x)
     f32 = mx.float32
+    rows, chunks, plan = _plan(a, state)
+    template = {"T": dtype, "SEG": SEG, "TILE": BACKWARD_TILE}
+    dend = dfinal[:, None]
+    if chunks > 1:
+        per_span = ((batch, chunks, pairs, 2), f32)
+        carries, decays = launch(CARRIES, (*inputs[:3], dy, plan),
+                                 {"carries": per_span, "decays": per_span},
+                                 threads=rows * chunks, template=template)
+        # the carry leaving span s: that of span s + 1 from zero, plus span
+        # s + 1's rotation-scale transposed (its conjugate) times its own
+        rev = slice(None, None, -1)
+        conj = decays * mx.array([1.0, -1.0])
+        dend = _pass(conj[:, rev], carries[:, rev], dfinal.reshape(batch, pairs, 2))[:, rev]
     return launch(
         BACKWARD,
-        (*inputs, ckpt, dy, dfinal),
+        (*inputs, ckpt, dy, dend, plan),
         {"da": (a.shape, f32), "dc": (a.shape, f32), "ds": (a.shape, f32),
          "dx": (x.shape, f32), "dh0": (state.shape, f32)},
-        threads=lanes(a.shape[0] * a.shape[2]),
-        template={"T": dtype, "SEG": SEG, "TILE": BACKWARD_TILE},
+        threads=rows * chunks,
+        template=template,
     )
 
 
