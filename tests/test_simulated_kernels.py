@@ -88,9 +88,8 @@ def _compare(dialect, kind, batch, length, dims, per_channel, dtype, side_by_sid
     # passes of spans side by side where there are several
     launched = {f"{kind}_fwd", f"{kind}_bwd"}
     if side_by_side and kind in SIDE_BY_SIDE and length > spans.SPANS[-1]:
-        launched |= {f"{kind}_ends", f"{kind}_carries"}
-        if kind != "rotlru":  # whose complex states pass by an MLX scan
-            launched.add("chunk_states")
+        launched |= {f"{kind}_ends", f"{kind}_carries",
+                     "rotlru_pass" if kind == "rotlru" else "chunk_states"}
     assert {launch.name for launch in sim.launches} == launched
     assert all(launch.wrapped.dialect == dialect for launch in sim.launches)
 

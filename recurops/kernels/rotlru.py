@@ -5,13 +5,12 @@ transpose, ``a (cos - i sin)``. The kernels read the sines as ``sn``
 (``s`` is the tile entry of ``chassis.tiled_steps``). Small launches over
 long sequences run spans of steps side by side (``kernels/spans.py``): each
 span's end from zero and its product of rotation-scales, the state entering
-each span (a complex scan over the spans), then the forward, one thread a
+each span (one thread a pair walking the spans), then the forward, one thread a
 span and pair; the backward likewise, from each span's carry.
 """
 
 import mlx.core as mx
 
-from ..fallback.scan import linear_scan
 from . import spans
 from .chassis import (
     KernelPath,
@@ -140,6 +139,36 @@ CARRIES = Source(
 """,
 )
 
+# The state entering each span from the spans' ends and rotation-scales,
+# one thread a pair walking the spans (with ADJOINT, the carries leaving
+# each span: newest first, conjugate rotation-scales).
+PASS = Source(
+    "rotlru_pass",
+    inputs=("m", "e", "first"),
+    outputs=("before",),
+    body="""
+    const int B = e_shape[0];
+    const int NC = e_shape[1];
+    const int P = e_shape[2];
+    const int tid = THREAD_ID;
+    if (tid >= B * P) return;
+    const float sign = ADJOINT ? -1.0f : 1.0f;
+    float u = first[2 * tid];
+    float w = first[2 * tid + 1];
+    for (int r = 0; r < NC; ++r) {
+        const int chunk = ADJOINT ? NC - 1 - r : r;
+        const int i = 2 * ((tid / P * NC + chunk) * P + tid % P);
+        before[i] = u;
+        before[i + 1] = w;
+        const float mu = m[i];
+        const float mw = sign * m[i + 1];
+        const float nu = mu * u - mw * w + e[i];
+        w = mw * u + mu * w + e[i + 1];
+        u = nu;
+    }
+""",
+)
+
 BACKWARD = Source(
     "rotlru_bwd",
     inputs=("a", "c", "sn", "x", "ckpt", "dy", "dend", "plan"),
@@ -224,14 +253,16 @@ def _plan(a, state):
     return rows, chunks, spans.plan_array(span, chunks)
 
 
-def _pass(decays, parts, first):
+def _pass(decays, parts, first, adjoint):
     """``h[s] = m[s] h[s-1] + parts[s]`` over the spans (complex, as ``(re,
-    im)`` pairs on the last axis) from ``h[-1] = first``: the state before
-    each span, ``[B, NS, P, 2]``."""
-    m, e = (decays[..., 0], decays[..., 1]), (parts[..., 0], parts[..., 1])
-    h = linear_scan(m, e, (first[..., 0], first[..., 1]))
-    after = mx.stack(h, axis=-1)
-    return mx.concatenate([first[:, None], after[:, :-1]], axis=1)
+    im)`` pairs on the last axis, ``m = decays``) from ``h[-1] = first``: the
+    state before each span, ``[B, NS, P, 2]``. ``adjoint`` walks the spans
+    newest first with the conjugates of ``m`` (the carries leaving each span)."""
+    batch, chunks, pairs, _ = parts.shape
+    (before,) = launch(PASS, (decays, parts, first.reshape(batch, pairs, 2)),
+                       {"before": (parts.shape, mx.float32)},
+                       threads=lanes(batch * pairs), template={"ADJOINT": int(adjoint)})
+    return before
 
 
 def _forward(a, c, s, x, state):
@@ -244,7 +275,7 @@ def _forward(a, c, s, x, state):
         per_span = ((batch, chunks, pairs, 2), mx.float32)
         ends, decays = launch(ENDS, (*inputs, plan), {"ends": per_span, "decays": per_span},
                               threads=rows * chunks, template=template)
-        starts = _pass(decays, ends, state.reshape(batch, pairs, 2))
+        starts = _pass(decays, ends, state, adjoint=False)
     return launch(
         FORWARD,
         (*inputs, starts, plan),
@@ -269,9 +300,7 @@ def _backward(dy, dfinal, ckpt, a, c, s, x, state):
                                  threads=rows * chunks, template=template)
         # the carry leaving span s: that of span s + 1 from zero, plus span
         # s + 1's rotation-scale transposed (its conjugate) times its own
-        rev = slice(None, None, -1)
-        conj = decays * mx.array([1.0, -1.0])
-        dend = _pass(conj[:, rev], carries[:, rev], dfinal.reshape(batch, pairs, 2))[:, rev]
+        dend = _pass(decays, carries, dfinal, adjoint=True)
     return launch(
         BACKWARD,
         (*inputs, ckpt, dy, dend, plan),
