@@ -36,7 +36,7 @@ def test_spans_run_side_by_side_only_at_small_launches():
     side by side, the longest that give ``FILL`` threads (down to 32
     steps), when the checkpoints stay within 32-bit indexing."""
     assert (spans.SMALL_LAUNCH, spans.MIN_LENGTH, spans.FILL) == (
-        {"ssd": 2**14, "gla": 2**14, "rglru": 2**11, "s6": 2**15, "rotlru": 2**11},
+        {"ssd": 2**14, "gla": 2**14, "rglru": 2**11, "s6": 2**15, "rotlru": 2**12},
         512, 2**17)
     plan = functools.partial(spans.plan, "ssd")
     assert plan(2**14 + 32, 4096, 1) == (256, 1)

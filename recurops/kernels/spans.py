@@ -47,8 +47,11 @@ from .chassis import SPAN, segments
 #   L=8192; N=16), 1.6-1.9x at 24576 (B=2 D=1536 L=2048) with the forward
 #   gaining too; at 49152 (B=4) forward+backward gains 1.1-1.25x but the
 #   forward loses 5-15%.
-# - rotlru: not measured yet; provisionally rglru's threshold.
-SMALL_LAUNCH = {"ssd": 2**14, "gla": 2**14, "rglru": 2**11, "s6": 2**15, "rotlru": 2**11}
+# - rotlru: 2.1-3.2x at 512 and 1024 threads (B=1 L=4096 P=512, B=2 L=8192
+#   P=512), 1.35-1.6x at 4096 (B=4 L=2048 P=1024) with the forward even; at
+#   8192 forward+backward gains 1.1-1.2x but the forward loses 2-5%, and at
+#   16384 both lose.
+SMALL_LAUNCH = {"ssd": 2**14, "gla": 2**14, "rglru": 2**11, "s6": 2**15, "rotlru": 2**12}
 MIN_LENGTH = 512
 FILL = 2**17
 SPANS = (SPAN, 128, 64, 32)
