@@ -32,12 +32,12 @@ def reference(q, k, v, g, state):
 
 def fallback(q, k, v, g, state):
     exact = needs_exact_fp32(q, k, v, g)
-    q, k, v, g = (t.astype(state.dtype) for t in (q, k, v, g))
     b, length, h, dk = q.shape
     dv = v.shape[-1]
 
-    def heads_first(x):  # [B, L, H, X] -> [B*H, L, X]
-        return x.transpose(0, 2, 1, 3).reshape(b * h, length, x.shape[-1])
+    def heads_first(x):  # [B, L, H, X] -> [B*H, L, X] in float32, moved before the cast
+        x = x.transpose(0, 2, 1, 3) if x.ndim == 4 else x.transpose(0, 2, 1)
+        return x.reshape(b * h, length, -1).astype(state.dtype)
 
     if g.ndim == 4:  # one gate per key channel
         y, final = channel_gate_chunked_scan(
@@ -49,7 +49,7 @@ def fallback(q, k, v, g, state):
 
     y, final = scalar_gate_chunked_scan(
         heads_first(q), heads_first(k), heads_first(v)[:, None],
-        g.transpose(0, 2, 1).reshape(b * h, 1, length),
+        heads_first(g).reshape(b * h, 1, length),
         state.reshape(b * h, 1, dk, dv), exact_fp32=exact,
     )
     y = y.reshape(b, h, length, dv).transpose(0, 2, 1, 3)

@@ -25,6 +25,14 @@ def _per_head(groups: mx.array, heads: int) -> mx.array:
     return mx.repeat(groups, heads // groups.shape[2], axis=2)
 
 
+def _by_head(groups: mx.array, heads: int) -> mx.array:
+    """[B, L, G, N] -> [B, H, L, N]: head h reads group h // (H // G)."""
+    b, length, count, n = groups.shape
+    by_group = mx.swapaxes(groups, 1, 2)[:, :, None]  # [B, G, 1, L, N]
+    repeated = mx.broadcast_to(by_group, (b, count, heads // count, length, n))
+    return repeated.reshape(b, heads, length, n)
+
+
 def _prepare(x, dt, A, B, C, state):
     x, dt, A, B, C = (t.astype(state.dtype) for t in (x, dt, A, B, C))
     heads = x.shape[2]
@@ -46,17 +54,21 @@ def fallback(x, dt, A, B, C, state):
     exact = needs_exact_fp32(x, dt, A, B, C)
     if A.ndim == 1 or A.shape[-1] == 1:
         return _fallback_per_head(x, dt, A.reshape(-1), B, C, state, exact)
-    # A [H, N]: one gate per head and state channel, the per-channel chunked form
-    x, dt, A, B, C = _prepare(x, dt, A, B, C, state)
+    # A [H, N]: one gate per head and state channel, the per-channel chunked
+    # form. The inputs move heads-first before x's cast, and the keys and gates
+    # are made heads-first: each takes one pass over [B, H, L, X].
     b, length, h, p = x.shape
     n = A.shape[-1]
+    dt, A, B, C = (t.astype(state.dtype) for t in (dt, A, B, C))
+    dt = mx.swapaxes(dt, 1, 2)[..., None]  # [B, H, L, 1]
 
-    def heads_first(t):  # [B, L, H, X] -> [B*H, L, X]
-        return t.transpose(0, 2, 1, 3).reshape(b * h, length, t.shape[-1])
+    def heads_first(t):  # [B, H, L, X] -> [B*H, L, X]
+        return t.reshape(b * h, length, t.shape[-1])
 
     y, final = channel_gate_chunked_scan(
-        heads_first(C), heads_first(dt[..., None] * B), heads_first(x),
-        heads_first(mx.exp(dt[..., None] * A)),
+        heads_first(_by_head(C, h)), heads_first(dt * _by_head(B, h)),
+        heads_first(mx.swapaxes(x, 1, 2)).astype(state.dtype),
+        heads_first(mx.exp(dt * A[:, None])),
         mx.swapaxes(state, -1, -2).reshape(b * h, n, p), exact_fp32=exact,
     )
     y = y.reshape(b, h, length, p).transpose(0, 2, 1, 3)
