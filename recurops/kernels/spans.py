@@ -8,16 +8,18 @@ elementwise, so a run of steps from state ``h`` ends in ``P * h + e``,
 where ``P`` is the product of the run's decays and ``e`` where it ends from
 zero. The spans between checkpoints then run side by side in three passes:
 
-1. each span from a zero state (``chassis.chunk_ends``): ``e[s]``;
+1. each span from a zero state (each kind's ``ENDS`` kernel; ``ssd`` and
+   ``gla`` build theirs with ``chassis.chunk_ends``): ``e[s]``;
 2. the states entering the spans, ``h[s] = P[s-1] h[s-1] + e[s-1]`` from the
-   initial state (one thread per state element, ``chunked.pass_states``);
+   initial state (one thread per state element, ``chunked.pass_states``;
+   ``rotlru``, whose ``P`` are complex, has its own ``PASS``);
 3. the kernel's forward, each span from its entering state.
 
 The backward does the same with the adjoint, whose recurrence,
 ``carry[t-1] = a[t] (carry[t] + dh[t])``, needs no states: each span's
-carry from zero at its end (``chassis.chunk_carries``), the carries
-entering each span from the gradient of the final state, then the
-backward kernel, each span from its carry.
+carry from zero at its end (``CARRIES``; ``chassis.chunk_carries`` for
+``ssd`` and ``gla``), the carries entering each span from the gradient of
+the final state, then the backward kernel, each span from its carry.
 
 That is about 1.5x the work for ``NS``-fold threads. ``plan`` chooses it
 for small launches over long sequences, with spans short enough (down to
