@@ -18,7 +18,7 @@ import pytest
 import recurops
 import recurops.testing.wrap
 from recurops.fallback import scalar_chunked
-from recurops.kernels import chassis, chunked
+from recurops.kernels import chassis, chunked, rotlru, spans
 from recurops.testing import Kernel, MetalSourceError, check_metal, simulate
 from recurops.testing.executor import syntax_check
 
@@ -58,14 +58,26 @@ def _grads(kind, arrays, impl="kernel"):
     return mx.grad(loss, tuple(range(len(arrays))))(*arrays)
 
 
+def _longer(sizes, length):
+    """``sizes`` with ``length`` steps (axis 1 of every input that has a time axis)."""
+    return {name: shape[:1] + (length,) + shape[2:] if len(shape) >= 3 else shape
+            for name, shape in sizes.items()}
+
+
 def _launches(dialect):
-    """Every kernel launch (forward and backward) of the calls above, unexecuted,
+    """Every kernel launch (forward and backward) of the calls above, unexecuted;
+    those of spans side by side (kernels/spans.py) at 65 steps, three spans;
     and those of the chunked fallback's fused pieces (float32, as on a GPU)."""
     with simulate(dialect, execute=False) as sim, pytest.MonkeyPatch.context() as patch:
         for kind, variants in _SIZES.items():
             for sizes in variants:
                 for dtype in DTYPES:
                     mx.eval(_grads(kind, _call(kind, sizes, dtype)))
+        patch.setattr(spans, "SMALL_LAUNCH", dict.fromkeys(spans.SMALL_LAUNCH, 2**62))
+        patch.setattr(spans, "MIN_LENGTH", 0)
+        for kind, variants in _SIZES.items():
+            for dtype in DTYPES:
+                mx.eval(_grads(kind, _call(kind, _longer(variants[0], 65), dtype)))
         patch.setattr(scalar_chunked, "_fused", chunked.takes)
         for kind in ("ssd", "gla"):
             for sizes in _SIZES[kind]:
@@ -85,9 +97,9 @@ _CHUNKED_PIECES = (chunked.PASS_STATES, chunked.PASS_COTANGENTS, chunked.DECAYS,
 
 def test_every_kernel_and_dtype_is_covered():
     seen = {(launch.name, str(dict(launch.wrapped.template).get("T"))) for launch in METAL}
-    assert seen == {(f"{kind}_{direction}", str(dtype)) for kind in _SIZES
-                    for direction in ("fwd", "bwd") for dtype in DTYPES} | {
-        (source.name, "None") for source in _CHUNKED_PIECES}
+    assert seen == {(f"{kind}_{part}", str(dtype)) for kind in _SIZES
+                    for part in ("fwd", "bwd", "ends", "carries") for dtype in DTYPES} | {
+        (source.name, "None") for source in (*_CHUNKED_PIECES, rotlru.PASS)}
 
 
 @pytest.mark.parametrize("launch", METAL, ids=lambda launch: launch.wrapped.kernel_name[14:70])
