@@ -98,7 +98,8 @@ def _compare(dialect, kind, batch, length, dims, per_channel, dtype, side_by_sid
 
 
 def _with_spans(cases):
-    """Each case, and each ``ssd`` and ``gla`` case once more with its spans side by side."""
+    """Each case, and each case of a kind in ``SIDE_BY_SIDE`` once more with
+    its spans side by side."""
     return [(*case, False) for case in cases] + [
         (*case, True) for case in cases if case[0] in SIDE_BY_SIDE]
 
@@ -124,6 +125,8 @@ def test_kernel_matches_fallback_bfloat16(dialect, kind, batch, length, dims, pe
     ("ssd", (1,), 300, {"H": 2, "P": 8, "N": 16, "G": 1}, False),  # pieces of 32 steps
     ("gla", (1,), 300, {"H": 1, "K": 17, "V": 8}, True),  # pieces of 4 steps
     ("rglru", (1,), 300, {"D": 33}, False),
+    ("s6", (1,), 300, {"D": 12, "N": 16}, False),
+    ("rotlru", (1,), 300, {"P": 19}, False),
 ])
 def test_longer_spans_side_by_side(kind, batch, length, dims, per_channel, span, monkeypatch):
     """Spans side by side of every length the plan may take, not only the
