@@ -292,10 +292,14 @@ def run_case(case, repeats, rounds=3, peers=True):
                 rows[label] = (f, t, torch.cuda.synchronize, None)
     times = {label: {"fwd": [], "fwd_bwd": []} for label in rows}
     errors = {label: {} for label in rows}  # label -> {part: why it failed}
-    for _ in range(rounds):
+    for r in range(rounds):
         for label, (f, t, sync, _peak) in rows.items():
             for part, fn in (("fwd", f), ("fwd_bwd", t)):
                 times[label][part].append(_time_or_nan(fn, repeats, sync, part, errors[label]))
+            # progress on stderr, so a run cut short by a time limit still shows what it measured
+            last = {part: runs[-1] * 1e3 for part, runs in times[label].items()}
+            print(f"    round {r + 1}: {label:42s} fwd {last['fwd']:9.3f} ms  "
+                  f"fwd+bwd {last['fwd_bwd']:9.3f} ms", file=sys.stderr, flush=True)
     result = {"case": name, "kind": kind, "floor_fwd_ms": floor_f * 1e3,
               "floor_fwd_bwd_ms": floor_t * 1e3, "rounds": rounds, "rows": []}
     for label, (*_, peak) in rows.items():
