@@ -256,7 +256,7 @@ def _plan(a, state):
 def _pass(decays, parts, first, adjoint):
     """``h[s] = m[s] h[s-1] + parts[s]`` over the spans (complex, as ``(re,
     im)`` pairs on the last axis, ``m = decays``) from ``h[-1] = first``: the
-    state before each span, ``[B, NS, P, 2]``. ``adjoint`` walks the spans
+    state before each span, ``[B, NC, P, 2]``. ``adjoint`` walks the spans
     newest first with the conjugates of ``m`` (the carries leaving each span)."""
     batch, chunks, pairs, _ = parts.shape
     (before,) = launch(PASS, (decays, parts, first.reshape(batch, pairs, 2)),
