@@ -205,13 +205,14 @@ SPAN = 256  # steps between stored checkpoints of the two-level kernels (ssd, gl
 
 
 def chunk_prologue(rows: str) -> str:
-    """Body text mapping a thread of a two-level kernel to its chunk of
+    """Body text mapping a thread of any kind's kernels to its chunk of
     spans. ``rows`` is the thread count of one chunk (whole warps). The
-    input ``plan`` holds ``[SPAN, NC]``: the steps between checkpoints and
-    how many chunks run side by side, 1 (every span, one after another) or
-    one a span (``kernels/spans.py``). Defines ``SPAN``, ``NC``, ``NS`` (the
-    spans), ``chunk``, ``tid`` (the thread within its chunk) and the chunk's
-    spans ``s_first .. s_end - 1`` and steps ``t_first .. t_end - 1``."""
+    input ``plan`` holds ``[SPAN, NC]``: the steps of a span (for ``ssd``
+    and ``gla`` the steps between checkpoints) and how many chunks run side
+    by side, 1 (every span, one after another) or one a span
+    (``kernels/spans.py``). Defines ``SPAN``, ``NC``, ``NS`` (the spans),
+    ``chunk``, ``tid`` (the thread within its chunk) and the chunk's spans
+    ``s_first .. s_end - 1`` and steps ``t_first .. t_end - 1``."""
     return f"""
     const int SPAN = plan[0];
     const int NC = plan[1];

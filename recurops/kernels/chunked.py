@@ -428,7 +428,6 @@ def gate_grad(g, full, dw, dcum, da, cum) -> mx.array:
     return dg.reshape(da.shape + (steps,))
 
 
-
 def channel_scores(q: mx.array, k: mx.array, g: mx.array):
     """``q, k, g [..., T, K]`` -> the within-chunk scores ``A [..., T, T]``,
     ``A[t, s] = sum_k q[t,k] k[s,k] prod_{s<r<=t} g[r,k]`` (0 for ``s > t``),

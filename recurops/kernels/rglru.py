@@ -16,6 +16,7 @@ from .chassis import (
     KernelPath,
     Source,
     checkpointed,
+    chunk_prologue,
     common_unsupported,
     in_one_dtype,
     lanes,
@@ -28,17 +29,11 @@ _PROLOGUE = """
     const int B = a_shape[0];
     const int L = a_shape[1];
     const int D = a_shape[2];
-    const int NS = (L + SEG - 1) / SEG;
-    const int NC = plan[1];  // chunks of steps side by side (kernels/spans.py), or 1
-    const int CH = (NC == 1) ? L : plan[0];  // steps a chunk, a multiple of SEG
-    const int ROWS = (B * D + 31) / 32 * 32 > 0 ? (B * D + 31) / 32 * 32 : 32;
-    const int chunk = THREAD_ID / ROWS;
-    const int tid = THREAD_ID % ROWS;
+    const int NSEG = (L + SEG - 1) / SEG;
+""" + chunk_prologue("(B * D + 31) / 32 * 32") + """
     if (chunk >= NC || tid >= B * D) return;
     const int b = tid / D;
     const int d = tid % D;
-    const int t_first = chunk * CH;
-    const int t_end = (t_first + CH < L) ? t_first + CH : L;
     const int k = (b * NC + chunk) * D + d;  // the chunk's entry of a [B, NC, D] array
 """
 
@@ -56,7 +51,7 @@ FORWARD = Source(
     outputs=("y", "ckpt"),
     body=_PROLOGUE + """
     float h = starts[k];
-    if (chunk == 0) ckpt[(b * (NS + 1)) * D + d] = h;
+    if (chunk == 0) ckpt[(b * (NSEG + 1)) * D + d] = h;
 """ + tiled_steps(
         tile=_TILE,
         load=_LOAD,
@@ -64,7 +59,7 @@ FORWARD = Source(
             h = a_t[s] * h + x_t[s];
             y[(b * L + t) * D + d] = static_cast<T>(h);
             if ((t + 1) % SEG == 0 || t == L - 1) {
-                ckpt[(b * (NS + 1) + (t + SEG) / SEG) * D + d] = h;
+                ckpt[(b * (NSEG + 1) + (t + SEG) / SEG) * D + d] = h;
             }""",
         first="t_first", end="t_end",
     ),
@@ -119,7 +114,7 @@ BACKWARD = Source(
         float before[SEG];  // h[t-1] for each step t of the segment
         float a_s[SEG];
         float dy_s[SEG];
-        float h = ckpt[(b * (NS + 1) + sg) * D + d];
+        float h = ckpt[(b * (NSEG + 1) + sg) * D + d];
         for (int s = 0; s < SEG; ++s) {
             const int i = (b * L + ((t0 + s < L) ? t0 + s : L - 1)) * D + d;
             a_s[s] = static_cast<float>(a[i]);

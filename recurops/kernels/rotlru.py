@@ -16,6 +16,7 @@ from .chassis import (
     KernelPath,
     Source,
     checkpointed,
+    chunk_prologue,
     common_unsupported,
     in_one_dtype,
     lanes,
@@ -28,17 +29,11 @@ _PROLOGUE = """
     const int B = a_shape[0];
     const int L = a_shape[1];
     const int P = a_shape[2];
-    const int NS = (L + SEG - 1) / SEG;
-    const int NC = plan[1];  // spans side by side (kernels/spans.py), or 1
-    const int CH = (NC == 1) ? L : plan[0];  // steps a span, a multiple of SEG
-    const int ROWS = (B * P + 31) / 32 * 32;
-    const int chunk = THREAD_ID / ROWS;
-    const int tid = THREAD_ID % ROWS;
+    const int NSEG = (L + SEG - 1) / SEG;
+""" + chunk_prologue("(B * P + 31) / 32 * 32") + """
     if (chunk >= NC || tid >= B * P) return;
     const int b = tid / P;
     const int p = tid % P;
-    const int t_first = chunk * CH;
-    const int t_end = (t_first + CH < L) ? t_first + CH : L;
     const int span_pair = (b * NC + chunk) * P + p;  // the span's pair of a [B, NC, P, 2] array
 """
 
@@ -61,7 +56,7 @@ FORWARD = Source(
     body=_PROLOGUE + """
     float u = starts[2 * span_pair];
     float w = starts[2 * span_pair + 1];
-    int k = (b * (NS + 1)) * P + p;
+    int k = (b * (NSEG + 1)) * P + p;
     if (chunk == 0) {
         ckpt[2 * k] = u;
         ckpt[2 * k + 1] = w;
@@ -77,7 +72,7 @@ FORWARD = Source(
             y[2 * i] = static_cast<T>(u);
             y[2 * i + 1] = static_cast<T>(w);
             if ((t + 1) % SEG == 0 || t == L - 1) {
-                k = (b * (NS + 1) + (t + SEG) / SEG) * P + p;
+                k = (b * (NSEG + 1) + (t + SEG) / SEG) * P + p;
                 ckpt[2 * k] = u;
                 ckpt[2 * k + 1] = w;
             }""",
@@ -180,7 +175,7 @@ BACKWARD = Source(
         const int t0 = sg * SEG;
         float before_u[SEG];  // (u, w)[t-1] for each step t of the segment
         float before_w[SEG];
-        const int k = (b * (NS + 1) + sg) * P + p;
+        const int k = (b * (NSEG + 1) + sg) * P + p;
         float u = ckpt[2 * k];
         float w = ckpt[2 * k + 1];
         for (int r = 0; r < SEG; ++r) {  // steps past L repeat the last one, unused

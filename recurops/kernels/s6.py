@@ -21,6 +21,7 @@ from .chassis import (
     KernelPath,
     Source,
     checkpointed,
+    chunk_prologue,
     common_unsupported,
     in_one_dtype,
     lane_split,
@@ -40,23 +41,31 @@ _PROLOGUE = """
     const int D = delta_shape[2];
     const int NL = N / NSPLIT;  // state values per lane: n = i * NSPLIT + j
     const int DP = (D * NSPLIT + 31) / 32 * 32 / NSPLIT;  // a batch row's lanes fill whole warps
-    const int NS = (L + SEG - 1) / SEG;
-    const int NC = plan[1];  // spans side by side (kernels/spans.py), or 1
-    const int CH = (NC == 1) ? L : plan[0];  // steps a span, a multiple of SEG
-    const int ROWS = B * DP * NSPLIT;  // threads a span: whole warps
-    const int chunk = THREAD_ID / ROWS;
-    const int tid = THREAD_ID % ROWS;
+    const int NSEG = (L + SEG - 1) / SEG;
+""" + chunk_prologue("B * DP * NSPLIT") + """
     const int j = tid % NSPLIT;
     const int d = (tid / NSPLIT) % DP;
     const int b = tid / (NSPLIT * DP);
     const bool active = d < D;
-    const int t_first = chunk * CH;
-    const int t_end = (t_first + CH < L) ? t_first + CH : L;
     // a [B, NC, D, N] array's value n = i * NSPLIT + j of the span's row: span_row + i * NSPLIT
     const int span_row = ((b * NC + chunk) * D + d) * N + j;
 """
 
-_BC_FWD, _BC_BWD = selective_tile("s"), selective_tile("e")
+_BC_BWD = selective_tile("e")
+
+
+def _forward_tile(arrays: str) -> dict:
+    """Tile declarations and loads of the forward passes: ``delta``, ``u``
+    and the lane's values of ``B`` and ``C`` (those named in ``arrays``), as
+    ``tile`` and ``load`` body texts."""
+    declare, load = selective_tile("s", arrays)
+    return dict(tile="""
+        float dl_t[TILE];
+        float u_t[TILE];""" + declare, load="""
+            const int at = (b * L + t) * D + d;
+            const int r = (b * L + t) * N + j;
+            dl_t[s] = active ? static_cast<float>(delta[at]) : 0.0f;
+            u_t[s] = active ? static_cast<float>(u[at]) : 0.0f;""" + load)
 
 FORWARD = Source(
     "s6_fwd",
@@ -70,17 +79,10 @@ FORWARD = Source(
         const int n = i * NSPLIT + j;
         an[i] = active ? A[d * N + n] : 0.0f;
         h[i] = active ? starts[span_row + i * NSPLIT] : 0.0f;
-        if (active && chunk == 0) ckpt[((b * (NS + 1)) * D + d) * N + n] = h[i];
+        if (active && chunk == 0) ckpt[((b * (NSEG + 1)) * D + d) * N + n] = h[i];
     }
 """ + tiled_steps(
-        tile="""
-        float dl_t[TILE];
-        float u_t[TILE];""" + _BC_FWD[0],
-        load="""
-            const int at = (b * L + t) * D + d;
-            const int r = (b * L + t) * N + j;
-            dl_t[s] = active ? static_cast<float>(delta[at]) : 0.0f;
-            u_t[s] = active ? static_cast<float>(u[at]) : 0.0f;""" + _BC_FWD[1],
+        **_forward_tile("BC"),
         step="""
             float out = 0.0f;
             for (int i = 0; i < NL; ++i) {
@@ -90,14 +92,12 @@ FORWARD = Source(
             out = LANE_SUM(out, 1, NSPLIT / 2);
             if (active && j == 0) y[(b * L + t) * D + d] = static_cast<T>(out);
             if (active && ((t + 1) % SEG == 0 || t == L - 1)) {
-                const int k = ((b * (NS + 1) + (t + SEG) / SEG) * D + d) * N + j;
+                const int k = ((b * (NSEG + 1) + (t + SEG) / SEG) * D + d) * N + j;
                 for (int i = 0; i < NL; ++i) ckpt[k + i * NSPLIT] = h[i];
             }""",
         first="t_first", end="t_end",
     ),
 )
-
-_BC_ENDS = selective_tile("s", arrays="B")
 
 # Each span's end from zero and its product of decays (spans side by side).
 ENDS = Source(
@@ -115,14 +115,7 @@ ENDS = Source(
         decay[i] = 1.0f;
     }
 """ + tiled_steps(
-        tile="""
-        float dl_t[TILE];
-        float u_t[TILE];""" + _BC_ENDS[0],
-        load="""
-            const int at = (b * L + t) * D + d;
-            const int r = (b * L + t) * N + j;
-            dl_t[s] = active ? static_cast<float>(delta[at]) : 0.0f;
-            u_t[s] = active ? static_cast<float>(u[at]) : 0.0f;""" + _BC_ENDS[1],
+        **_forward_tile("B"),
         step="""
             for (int i = 0; i < NL; ++i) {
                 const float e = EXP(dl_t[s] * an[i]);
@@ -195,7 +188,7 @@ BACKWARD = Source(
         const int t0 = s * SEG;
         const int t1 = (t0 + SEG < L) ? t0 + SEG : L;
         float h[NL];
-        const int k = ((b * (NS + 1) + s) * D + d) * N + j;
+        const int k = ((b * (NSEG + 1) + s) * D + d) * N + j;
         for (int i = 0; i < NL; ++i) h[i] = active ? ckpt[k + i * NSPLIT] : 0.0f;
         for (int t = t0; t < t1; ++t) {
             const int at = (b * L + t) * D + d;

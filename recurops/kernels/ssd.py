@@ -70,8 +70,6 @@ def _prologue(group_inputs: str) -> str:
 """
 
 
-
-
 def _adjoint_tile(arrays: str, with_x: bool) -> dict:
     """Tile declarations and loads of the backward passes: ``dt``, ``dy``,
     ``x`` if ``with_x``, and the lane's values of ``B`` and ``C`` (those
@@ -99,8 +97,6 @@ def _store_per_span(name: str, values: str) -> str:
         for (int i = 0; i < NL; ++i) {name}[k + i * NSPLIT] = {values}[i];
     }}
 """
-
-
 
 
 def _forward_tile(arrays: str) -> dict:
