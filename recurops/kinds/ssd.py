@@ -20,11 +20,6 @@ from ..fallback.scalar_chunked import (
 from ..kernels.ssd import KERNEL
 
 
-def _per_head(groups: mx.array, heads: int) -> mx.array:
-    """[B, L, G, N] -> [B, L, H, N]: head h reads group h // (H // G)."""
-    return mx.repeat(groups, heads // groups.shape[2], axis=2)
-
-
 def _by_head(groups: mx.array, heads: int) -> mx.array:
     """[B, L, G, N] -> [B, H, L, N]: head h reads group h // (H // G)."""
     b, length, count, n = groups.shape
@@ -36,7 +31,8 @@ def _by_head(groups: mx.array, heads: int) -> mx.array:
 def _prepare(x, dt, A, B, C, state):
     x, dt, A, B, C = (t.astype(state.dtype) for t in (x, dt, A, B, C))
     heads = x.shape[2]
-    return x, dt, (A if A.ndim == 2 else A[:, None]), _per_head(B, heads), _per_head(C, heads)
+    B, C = (mx.swapaxes(_by_head(t, heads), 1, 2) for t in (B, C))  # [B, L, H, N]
+    return x, dt, (A if A.ndim == 2 else A[:, None]), B, C
 
 
 def reference(x, dt, A, B, C, state):
@@ -60,15 +56,15 @@ def fallback(x, dt, A, B, C, state):
     b, length, h, p = x.shape
     n = A.shape[-1]
     dt, A, B, C = (t.astype(state.dtype) for t in (dt, A, B, C))
-    dt = mx.swapaxes(dt, 1, 2)[..., None]  # [B, H, L, 1]
+    dt_heads = mx.swapaxes(dt, 1, 2)[..., None]  # [B, H, L, 1]
 
     def heads_first(t):  # [B, H, L, X] -> [B*H, L, X]
         return t.reshape(b * h, length, t.shape[-1])
 
     y, final = channel_gate_chunked_scan(
-        heads_first(_by_head(C, h)), heads_first(dt * _by_head(B, h)),
+        heads_first(_by_head(C, h)), heads_first(dt_heads * _by_head(B, h)),
         heads_first(mx.swapaxes(x, 1, 2)).astype(state.dtype),
-        heads_first(mx.exp(dt * A[:, None])),
+        heads_first(mx.exp(dt_heads * A[:, None])),
         mx.swapaxes(state, -1, -2).reshape(b * h, n, p), exact_fp32=exact,
     )
     y = y.reshape(b, h, length, p).transpose(0, 2, 1, 3)
