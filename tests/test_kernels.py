@@ -70,15 +70,10 @@ def test_gpu_path_matches_reference(kind, batch, length, dims, per_channel, impl
     assert max(errors.values()) < TOLERANCE[dtype], errors
 
 
-@pytest.mark.parametrize("kind,batch,length,dims,per_channel",
-                         [case for case in CASES if case[0] in spans.SMALL_LAUNCH and case[2] > 64])
-def test_spans_side_by_side_with_slow_decays(kind, batch, length, dims, per_channel, monkeypatch):
-    """Spans side by side with every decay near 1 (``kernel_inputs(...,
-    slow_decays=True)``), so each span's decay product and the state or carry
-    it hands on weigh on every output and gradient; float32 against float64."""
-    monkeypatch.setattr(spans, "MIN_LENGTH", 0)
-    rng = np.random.default_rng(zlib.crc32(f"{kind}-{length}-slow".encode()))
-    host = kernel_inputs(kind, rng, batch, length, dims, per_channel, slow_decays=True)
+def _kernel_matches_reference_fp32(kind, batch, length, dims, per_channel, seed, slow=False):
+    """The kernel path's outputs, final state and gradients in float32 against float64."""
+    rng = np.random.default_rng(zlib.crc32(seed.encode()))
+    host = kernel_inputs(kind, rng, batch, length, dims, per_channel, slow_decays=slow)
     arrays = tuple(mx.array(x) for x in host)
     state, wy, ws = probe(kind, arrays, rng)
     got = value_and_grads(kind, arrays, state, "kernel", wy, ws)
@@ -89,6 +84,34 @@ def test_spans_side_by_side_with_slow_decays(kind, batch, length, dims, per_chan
         )
     errors = relative_errors(kind, got, exact)
     assert max(errors.values()) < TOLERANCE[mx.float32], errors
+
+
+@pytest.mark.parametrize("kind,batch,length,dims,per_channel",
+                         [case for case in CASES if case[0] in spans.SMALL_LAUNCH and case[2] > 64])
+def test_spans_side_by_side_with_slow_decays(kind, batch, length, dims, per_channel, monkeypatch):
+    """Spans side by side with every decay near 1 (``kernel_inputs(...,
+    slow_decays=True)``), so each span's decay product and the state or carry
+    it hands on weigh on every output and gradient."""
+    monkeypatch.setattr(spans, "MIN_LENGTH", 0)
+    _kernel_matches_reference_fp32(kind, batch, length, dims, per_channel,
+                                   f"{kind}-{length}-slow", slow=True)
+
+
+@pytest.mark.parametrize("span", [256, 128, 64])
+@pytest.mark.parametrize("kind,batch,length,dims,per_channel", [
+    ("ssd", (1,), 600, {"H": 2, "P": 32, "N": 64, "G": 1}, False),
+    ("gla", (1,), 600, {"H": 2, "K": 64, "V": 32}, True),
+    ("rglru", (2,), 700, {"D": 45}, False),
+    ("s6", (1,), 650, {"D": 40, "N": 16}, False),
+    ("rotlru", (1,), 650, {"P": 33}, False),
+])
+def test_longer_spans_side_by_side(kind, batch, length, dims, per_channel, span, monkeypatch):
+    """Spans side by side of every length the plan takes at large shapes
+    (up to 256 steps), not only the 32 steps of the small cases above."""
+    monkeypatch.setattr(spans, "MIN_LENGTH", 0)
+    monkeypatch.setattr(spans, "SPANS", (span,))
+    _kernel_matches_reference_fp32(kind, batch, length, dims, per_channel,
+                                   f"{kind}-{length}-{span}")
 
 
 @pytest.mark.parametrize("kind,dims", [("ssd", {"H": 2, "P": 32, "N": 16, "G": 1}),
