@@ -67,10 +67,32 @@ def _time(fn, repeats=5):
     return (time.perf_counter() - start) / repeats * 1e3
 
 
+# Below this, MLX's CPU matmuls are the reference BLAS of its Linux wheel (about 3
+# GFLOP/s on one core; an optimized BLAS gives 15-150).
+SLOW_MATMUL_GFLOPS = 8.0
+
+
+def _cpu_matmul_gflops(size: int = 384) -> float:
+    """float32 GFLOP/s of one ``size``-cubed matmul on the CPU (best of three)."""
+    a = mx.random.normal((size, size), stream=mx.cpu)
+    mx.eval(a)
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        mx.eval(mx.matmul(a, a, stream=mx.cpu))
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
 def main() -> int:
     backend = gpu_backend()
     print(f"recurops {__version__} on MLX {mx.__version__}: default device "
           f"{mx.default_device()}, kernels: {backend or 'none (no Metal/CUDA GPU)'}")
+    if mx.default_device() == mx.cpu and sys.platform.startswith("linux"):
+        gflops = _cpu_matmul_gflops()
+        hint = (" (MLX's reference BLAS: preloading OpenBLAS makes `gla` and `ssd` about 4x"
+                " faster, docs/benchmarks.md)" if gflops < SLOW_MATMUL_GFLOPS else "")
+        print(f"CPU float32 matmul: {gflops:.1f} GFLOP/s{hint}")
     print(f"{'kind':8s} {'path':9s} {'max rel err':>12s} {'fwd ms':>8s} {'fwd+bwd ms':>11s}  shape")
     rng = np.random.default_rng(0)
     worst = 0.0
