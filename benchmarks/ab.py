@@ -99,14 +99,14 @@ def run(packages: dict, cases, impl: str, rounds: int, repeats: int) -> list[dic
         for label, package in packages.items():
             row = times[label]
             diff = _largest_difference(_gradients(package, kind, inputs, impl), want)
-            print(f"  {label:8s} fwd {_span(row['fwd_ms'])} ms  fwd+bwd "
-                  f"{_span(row['fwd_bwd_ms'])} ms  gradients off the tree's by {diff:.1e}",
+            print(f"  {label:8s} fwd {_rounds_text(row['fwd_ms'])} ms  fwd+bwd "
+                  f"{_rounds_text(row['fwd_bwd_ms'])} ms  gradients off the tree's by {diff:.1e}",
                   flush=True)
             results.append({"case": name, "tree": label, **row, "gradient_difference": diff})
     return results
 
 
-def _span(values: list[float]) -> str:
+def _rounds_text(values: list[float]) -> str:
     low, high = min(values), max(values)
     return f"{low:7.3f}" if high - low < 5e-4 else f"{low:.3f}-{high:.3f}"
 

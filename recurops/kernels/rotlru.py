@@ -80,41 +80,41 @@ FORWARD = Source(
     ),
 )
 
-# Each span's end from zero and its product of rotation-scales (spans side by side).
-ENDS = Source(
-    "rotlru_ends",
-    inputs=("a", "c", "sn", "x", "plan"),
-    outputs=("ends", "decays"),
-    body=_PROLOGUE + """
-    float u = 0.0f;
-    float w = 0.0f;
+def _span_kernel(name: str, inputs: tuple, pair: tuple, output: str, sweep: str) -> Source:
+    """A kernel of spans side by side: each span's sweep (``sweep``) from a
+    zero complex value (the names in ``pair``), storing it as ``output`` and
+    the span's product of rotation-scales (``mu + i mw``, which the sweep
+    updates) as ``decays``."""
+    re, im = pair
+    return Source(
+        f"rotlru_{name}",
+        inputs=(*inputs, "plan"),
+        outputs=(output, "decays"),
+        body=_PROLOGUE + f"""
+    float {re} = 0.0f;
+    float {im} = 0.0f;
     float mu = 1.0f;  // the product of a (cos + i sin) so far
-    float mw = 0.0f;
-""" + tiled_steps(tile=_TILE, load=_LOAD, step="""
+    float mw = 0.0f;""" + sweep + f"""
+    {output}[2 * span_pair] = {re};
+    {output}[2 * span_pair + 1] = {im};
+    decays[2 * span_pair] = mu;
+    decays[2 * span_pair + 1] = mw;
+""",
+    )
+
+
+# Each span's end from zero and its product of rotation-scales.
+ENDS = _span_kernel("ends", ("a", "c", "sn", "x"), ("u", "w"), "ends", tiled_steps(
+    tile=_TILE, load=_LOAD, step="""
             const float nu = ac_t[s] * u - as_t[s] * w + xu_t[s];
             w = as_t[s] * u + ac_t[s] * w + xw_t[s];
             u = nu;
             const float nmu = ac_t[s] * mu - as_t[s] * mw;
             mw = as_t[s] * mu + ac_t[s] * mw;
-            mu = nmu;""", first="t_first", end="t_end") + """
-    ends[2 * span_pair] = u;
-    ends[2 * span_pair + 1] = w;
-    decays[2 * span_pair] = mu;
-    decays[2 * span_pair + 1] = mw;
-""",
-)
+            mu = nmu;""", first="t_first", end="t_end"))
 
-# Each span's adjoint carry from zero at its end, and its product of
-# rotation-scales (spans side by side).
-CARRIES = Source(
-    "rotlru_carries",
-    inputs=("a", "c", "sn", "dy", "plan"),
-    outputs=("carries", "decays"),
-    body=_PROLOGUE + """
-    float cu = 0.0f;
-    float cw = 0.0f;
-    float mu = 1.0f;
-    float mw = 0.0f;
+# Each span's adjoint carry from zero at its end, and its product of rotation-scales.
+CARRIES = _span_kernel("carries", ("a", "c", "sn", "dy"), ("cu", "cw"), "carries", """
     for (int t = t_end - 1; t >= t_first; --t) {
         const int i = (b * L + t) * P + p;
         const float ac = static_cast<float>(a[i]) * static_cast<float>(c[i]);
@@ -126,13 +126,7 @@ CARRIES = Source(
         const float nmu = ac * mu - as * mw;
         mw = as * mu + ac * mw;
         mu = nmu;
-    }
-    carries[2 * span_pair] = cu;
-    carries[2 * span_pair + 1] = cw;
-    decays[2 * span_pair] = mu;
-    decays[2 * span_pair + 1] = mw;
-""",
-)
+    }""")
 
 # The state entering each span from the spans' ends and rotation-scales,
 # one thread a pair walking the spans (with ADJOINT, the carries leaving

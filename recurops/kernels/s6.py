@@ -99,56 +99,48 @@ FORWARD = Source(
     ),
 )
 
-# Each span's end from zero and its product of decays (spans side by side).
-ENDS = Source(
-    "s6_ends",
-    inputs=("u", "delta", "A", "Bm", "plan"),
-    outputs=("ends", "decays"),
-    body=_PROLOGUE + """
+def _span_kernel(name: str, inputs: tuple, value: str, output: str, sweep: str) -> Source:
+    """A kernel of spans side by side: each span's sweep (``sweep``) from a
+    zero ``value`` array, storing it as ``output`` and the span's product of
+    decays (the sweep multiplies each step's into ``decay``) as ``decays``."""
+    return Source(
+        f"s6_{name}",
+        inputs=(*inputs, "plan"),
+        outputs=(output, "decays"),
+        body=_PROLOGUE + f"""
     if (chunk >= NC) return;  // whole warps only
-    float h[NL];
+    float {value}[NL];
     float an[NL];
     float decay[NL];
-    for (int i = 0; i < NL; ++i) {
+    for (int i = 0; i < NL; ++i) {{
         an[i] = active ? A[d * N + i * NSPLIT + j] : 0.0f;
-        h[i] = 0.0f;
+        {value}[i] = 0.0f;
         decay[i] = 1.0f;
-    }
-""" + tiled_steps(
-        **_forward_tile("B"),
-        step="""
+    }}""" + sweep + f"""
+    if (active) {{
+        for (int i = 0; i < NL; ++i) {{
+            {output}[span_row + i * NSPLIT] = {value}[i];
+            decays[span_row + i * NSPLIT] = decay[i];
+        }}
+    }}
+""",
+    )
+
+
+# Each span's end from zero and its product of decays.
+ENDS = _span_kernel("ends", ("u", "delta", "A", "Bm"), "h", "ends", tiled_steps(
+    **_forward_tile("B"),
+    step="""
             for (int i = 0; i < NL; ++i) {
                 const float e = EXP(dl_t[s] * an[i]);
                 h[i] = e * h[i] + dl_t[s] * bs[s * NL + i] * u_t[s];
                 decay[i] *= e;
             }""",
-        first="t_first", end="t_end",
-    ) + """
-    if (active) {
-        for (int i = 0; i < NL; ++i) {
-            ends[span_row + i * NSPLIT] = h[i];
-            decays[span_row + i * NSPLIT] = decay[i];
-        }
-    }
-""",
-)
+    first="t_first", end="t_end",
+))
 
-# Each span's adjoint carry from zero at its end, and its product of decays
-# (spans side by side).
-CARRIES = Source(
-    "s6_carries",
-    inputs=("delta", "A", "Cm", "dy", "plan"),
-    outputs=("carries", "decays"),
-    body=_PROLOGUE + """
-    if (chunk >= NC) return;  // whole warps only
-    float carry[NL];
-    float an[NL];
-    float decay[NL];
-    for (int i = 0; i < NL; ++i) {
-        an[i] = active ? A[d * N + i * NSPLIT + j] : 0.0f;
-        carry[i] = 0.0f;
-        decay[i] = 1.0f;
-    }
+# Each span's adjoint carry from zero at its end, and its product of decays.
+CARRIES = _span_kernel("carries", ("delta", "A", "Cm", "dy"), "carry", "carries", """
     for (int t = t_end - 1; t >= t_first; --t) {
         const int at = (b * L + t) * D + d;
         const int r = (b * L + t) * N + j;
@@ -159,15 +151,7 @@ CARRIES = Source(
             carry[i] = e * (carry[i] + static_cast<float>(Cm[r + i * NSPLIT]) * g_out);
             decay[i] *= e;
         }
-    }
-    if (active) {
-        for (int i = 0; i < NL; ++i) {
-            carries[span_row + i * NSPLIT] = carry[i];
-            decays[span_row + i * NSPLIT] = decay[i];
-        }
-    }
-""",
-)
+    }""")
 
 BACKWARD = Source(
     "s6_bwd",
