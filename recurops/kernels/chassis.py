@@ -210,12 +210,14 @@ def chunk_prologue(rows: str) -> str:
     input ``plan`` holds ``[SPAN, NC]``: the steps of a span (for ``ssd``
     and ``gla`` the steps between checkpoints) and how many chunks run side
     by side, 1 (every span, one after another) or one a span
-    (``kernels/spans.py``). Defines ``SPAN``, ``NC``, ``NS`` (the spans),
+    (``kernels/spans.py``); the template constant ``SIDE_BY_SIDE``
+    (``spans.baked``) is 0 for the latter, whose ``SPAN`` and ``NC`` are then
+    compile-time constants. Defines ``SPAN``, ``NC``, ``NS`` (the spans),
     ``chunk``, ``tid`` (the thread within its chunk) and the chunk's spans
     ``s_first .. s_end - 1`` and steps ``t_first .. t_end - 1``."""
     return f"""
-    const int SPAN = plan[0];
-    const int NC = plan[1];
+    const int SPAN = SIDE_BY_SIDE ? plan[0] : {SPAN};
+    const int NC = SIDE_BY_SIDE ? plan[1] : 1;
     const int NS = (L + SPAN - 1) / SPAN;
     const int SPC = (NS + NC - 1) / NC;  // spans a chunk
     const int ROWS = ({rows}) > 0 ? ({rows}) : 1;

@@ -291,7 +291,7 @@ def _forward(q, k, v, g, state):
     split = lane_split(dk)
     rows = _threads(q, v, split)
     span, chunks, plan = _plan(q, v, state)
-    template = _template(dtype, q, v, gates, split)
+    template = _template(dtype, q, v, gates, split) | spans.baked(chunks)
     starts = state[:, None]
     if chunks > 1:
         (ends,) = launch(ENDS, (k, v, gates, plan),
@@ -315,7 +315,7 @@ def _backward(dy, dfinal, ckpt, q, k, v, g, state):
     span, chunks, plan = _plan(q, v, state)
     split = backward_split(dk, functools.partial(_threads, q, v))
     rows = _threads(q, v, split)
-    template = _template(dtype, q_, v_, gates, split)
+    template = _template(dtype, q_, v_, gates, split) | spans.baked(chunks)
     dend = dfinal[:, None]
     if chunks > 1:
         (carries,) = launch(CARRIES, (q_, gates, dy, plan),

@@ -154,7 +154,7 @@ def _forward(a, x, state):
     batch, length, width = a.shape
     dtype, inputs = in_one_dtype(a, x)
     rows, chunks, plan = _plan(a, state)
-    template = {"T": dtype, "SEG": SEG, "TILE": TILE}
+    template = {"T": dtype, "SEG": SEG, "TILE": TILE} | spans.baked(chunks)
     starts = state[:, None]
     if chunks > 1:
         per_chunk = ((batch, chunks, width), mx.float32)
@@ -175,7 +175,7 @@ def _backward(dy, dfinal, ckpt, a, x, state):
     batch, _, width = a.shape
     dtype, inputs = in_one_dtype(a, x)
     rows, chunks, plan = _plan(a, state)
-    template = {"T": dtype, "SEG": SEG, "TILE": TILE}
+    template = {"T": dtype, "SEG": SEG, "TILE": TILE} | spans.baked(chunks)
     dend = dfinal[:, None]
     if chunks > 1:
         per_chunk = ((batch, chunks, width), mx.float32)

@@ -258,7 +258,7 @@ def _forward(a, c, s, x, state):
     batch, length, pairs = a.shape
     dtype, inputs = in_one_dtype(a, c, s, x)
     rows, chunks, plan = _plan(a, state)
-    template = {"T": dtype, "SEG": SEG, "TILE": FORWARD_TILE}
+    template = {"T": dtype, "SEG": SEG, "TILE": FORWARD_TILE} | spans.baked(chunks)
     starts = state[:, None]
     if chunks > 1:
         per_span = ((batch, chunks, pairs, 2), mx.float32)
@@ -280,7 +280,7 @@ def _backward(dy, dfinal, ckpt, a, c, s, x, state):
     dtype, inputs = in_one_dtype(a, c, s, x)
     f32 = mx.float32
     rows, chunks, plan = _plan(a, state)
-    template = {"T": dtype, "SEG": SEG, "TILE": BACKWARD_TILE}
+    template = {"T": dtype, "SEG": SEG, "TILE": BACKWARD_TILE} | spans.baked(chunks)
     dend = dfinal[:, None]
     if chunks > 1:
         per_span = ((batch, chunks, pairs, 2), f32)

@@ -257,7 +257,7 @@ def _forward(u, delta, A, B, C, state):
     dtype, (u, delta, B, C) = in_one_dtype(u, delta, B, C)
     A = A.astype(mx.float32)
     rows, chunks, plan = _plan(u, n, state)
-    template = _template(dtype, n, tile_steps(n))
+    template = _template(dtype, n, tile_steps(n)) | spans.baked(chunks)
     starts = state[:, None]
     if chunks > 1:
         per_span = ((batch, chunks, width, n), mx.float32)
@@ -281,7 +281,7 @@ def _backward(dy, dfinal, ckpt, u, delta, A, B, C, state):
     f32 = mx.float32
     A_ = A.astype(f32)
     rows, chunks, plan = _plan(u, n, state)
-    template = _template(dtype, n, BACKWARD_TILE)
+    template = _template(dtype, n, BACKWARD_TILE) | spans.baked(chunks)
     dend = dfinal[:, None]
     if chunks > 1:
         per_span = ((batch, chunks, width, n), f32)

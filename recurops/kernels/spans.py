@@ -78,6 +78,14 @@ def plan_array(span: int, chunks: int) -> mx.array:
     return mx.array([span, chunks], dtype=mx.int32)
 
 
+def baked(chunks: int) -> dict:
+    """The kernels' template constant for a plan of ``chunks``:
+    ``SIDE_BY_SIDE`` is 0 for the spans one after another, whose span
+    (``SPAN``) and chunk count (1) ``chassis.chunk_prologue`` then bakes in,
+    so the piece loops of the two-level kernels have constant bounds."""
+    return {"SIDE_BY_SIDE": int(chunks > 1)}
+
+
 def per_span(x: mx.array, span: int, reduce, fill: float) -> mx.array:
     """``reduce(axis=2)`` over each span of ``x [B, L, ...]`` in float32 (the
     last span padded with ``fill``): ``[B, NS, ...]``."""

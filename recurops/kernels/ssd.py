@@ -295,7 +295,7 @@ def _forward(x, dt, A, B, C, state):
     split = lane_split(n)
     rows = _threads(batch, heads, width, split)
     span, chunks, plan = _plan(x, B, state)
-    template = _template(x, rates, B, dtype, split)
+    template = _template(x, rates, B, dtype, split) | spans.baked(chunks)
     starts = state[:, None]
     if chunks > 1:
         (ends,) = launch(ENDS, (x, dt, rates, B, plan),
@@ -320,7 +320,7 @@ def _backward(dy, dfinal, ckpt, x, dt, A, B, C, state):
     span, chunks, plan = _plan(x, B, state)
     split = backward_split(n, functools.partial(_threads, batch, heads, width))
     rows = _threads(batch, heads, width, split)
-    template = _template(x, rates, B, dtype, split)
+    template = _template(x, rates, B, dtype, split) | spans.baked(chunks)
     f32 = mx.float32
     dend = dfinal[:, None]
     if chunks > 1:
