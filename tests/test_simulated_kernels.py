@@ -144,6 +144,30 @@ def test_spans_side_by_side_with_slow_decays(kind, batch, length, dims, per_chan
              slow_decays=True)
 
 
+@pytest.mark.parametrize("kind,dims", [("ssd", {"H": 2, "P": 8, "N": 16, "G": 1}),
+                                        ("s6", {"D": 12, "N": 16})])
+def test_new_lengths_compile_no_new_kernel(kind, dims):
+    """Spans one after another and side by side are two variants of each
+    kernel (``spans.baked``): once a short and a long call ran, new batches
+    and lengths, in either mode, compile nothing."""
+    rng = np.random.default_rng(0)
+
+    def train(batch, length):
+        arrays = tuple(mx.array(t) for t in kernel_inputs(kind, rng, batch, length, dims))
+        mx.eval(mx.grad(lambda *a: recurops.scan(kind, *a, impl="kernel")[0].sum())(*arrays))
+
+    with simulate("cuda"):
+        train((1,), 5)
+        train((1,), 600)
+        compiled = set(chassis.COMPILED)
+        for batch, length in (((3,), 17), ((2,), 1100), ((4,), 64), ((1,), 700)):
+            train(batch, length)
+    assert chassis.COMPILED == compiled
+    modes = {dict(template)["SIDE_BY_SIDE"] for name, template in compiled
+             if name == f"{kind}_bwd"}
+    assert modes == {0, 1}
+
+
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_length_one_and_single_segment(dialect):
     """Decoding shapes: L = 1 (one partial segment), no batch dimension."""
