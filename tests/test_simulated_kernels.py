@@ -273,10 +273,10 @@ def test_kernel_breaking_the_whole_warp_invariant_fails(dialect, monkeypatch):
 
     from recurops.kernels import ssd
 
-    guard = "if (chunk >= NC || bh >= B * H) return;"
+    guard = "if (idle || bh >= B * H) return;"
     assert guard in ssd.BACKWARD.body
     broken = replace(ssd.BACKWARD, body=ssd.BACKWARD.body.replace(
-        guard, "if (chunk >= NC || bh >= B * H || !active) return;"))
+        guard, "if (idle || bh >= B * H || !active) return;"))
     monkeypatch.setattr(ssd, "BACKWARD", broken)
     rng = np.random.default_rng(0)
     dims = {"H": 2, "P": 40, "N": 3, "G": 1}

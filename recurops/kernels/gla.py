@@ -180,7 +180,7 @@ BACKWARD = Source(
     inputs=("q", "k", "v", "g", "ckpt", "dy", "dend", "plan"),
     outputs=("dq", "dk", "dv", "dg", "dh0"),
     body=_prologue("q") + """
-    if (chunk >= NC || bh >= B * H) return;  // whole warps only
+    if (idle || bh >= B * H) return;  // whole warps only
     float carry[KL];  // dLoss/dS[t][i, j] from steps after t
     for (int c = 0; c < KL; ++c) {
         carry[c] = active ? dend[(((b * NC + chunk) * H + hh) * K + c * KSPLIT + u) * V + j]

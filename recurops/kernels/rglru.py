@@ -31,7 +31,7 @@ _PROLOGUE = """
     const int D = a_shape[2];
     const int NSEG = (L + SEG - 1) / SEG;
 """ + chunk_prologue("(B * D + 31) / 32 * 32") + """
-    if (chunk >= NC || tid >= B * D) return;
+    if (idle || tid >= B * D) return;
     const int b = tid / D;
     const int d = tid % D;
     const int k = (b * NC + chunk) * D + d;  // the chunk's entry of a [B, NC, D] array

@@ -31,7 +31,7 @@ _PROLOGUE = """
     const int P = a_shape[2];
     const int NSEG = (L + SEG - 1) / SEG;
 """ + chunk_prologue("(B * P + 31) / 32 * 32") + """
-    if (chunk >= NC || tid >= B * P) return;
+    if (idle || tid >= B * P) return;
     const int b = tid / P;
     const int p = tid % P;
     const int span_pair = (b * NC + chunk) * P + p;  // the span's pair of a [B, NC, P, 2] array

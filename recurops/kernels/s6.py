@@ -72,7 +72,7 @@ FORWARD = Source(
     inputs=("u", "delta", "A", "Bm", "Cm", "starts", "plan"),
     outputs=("y", "ckpt"),
     body=_PROLOGUE + """
-    if (chunk >= NC) return;  // whole warps only
+    if (idle) return;  // whole warps only
     float h[NL];
     float an[NL];  // the lane's values of A's row d
     for (int i = 0; i < NL; ++i) {
@@ -108,7 +108,7 @@ def _span_kernel(name: str, inputs: tuple, value: str, output: str, sweep: str) 
         inputs=(*inputs, "plan"),
         outputs=(output, "decays"),
         body=_PROLOGUE + f"""
-    if (chunk >= NC) return;  // whole warps only
+    if (idle) return;  // whole warps only
     float {value}[NL];
     float an[NL];
     float decay[NL];
@@ -158,7 +158,7 @@ BACKWARD = Source(
     inputs=("u", "delta", "A", "Bm", "Cm", "ckpt", "dy", "dend", "plan"),
     outputs=("du", "ddelta", "dA", "dB", "dC", "dh0"),
     body=_PROLOGUE + """
-    if (chunk >= NC) return;  // whole warps only
+    if (idle) return;  // whole warps only
     float carry[NL];   // dLoss/dh[t] from steps after t
     float dA_acc[NL];
     float an[NL];  // the lane's values of A's row d

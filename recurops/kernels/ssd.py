@@ -195,7 +195,7 @@ BACKWARD = Source(
     inputs=("x", "dt", "A", "Bm", "Cm", "ckpt", "dy", "dend", "plan"),
     outputs=("dx", "ddt", "dA", "dB", "dC", "dh0"),
     body=_prologue("Bm") + """
-    if (chunk >= NC || bh >= B * H) return;  // whole warps only
+    if (idle || bh >= B * H) return;  // whole warps only
     const int NDA = (NA == 1) ? 1 : NL;  // dA partials per lane
     float carry[NL];  // dLoss/dh[t] from steps after t
     float dA_acc[NDA];
