@@ -257,10 +257,18 @@ def test_whole_warp_returning_is_fine(dialect):
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
-def test_out_of_bounds_write_is_an_error(dialect):
-    body = "const int tid = THREAD_ID; out[tid + 1] = inp[tid];"
+@pytest.mark.parametrize("statement,access", [
+    ("out[tid + 1] = inp[tid];", r"thread \(31, 0, 0\) accessed out\[32\]"),
+    ("out[tid] = inp[tid + 100000];", r"thread \(0, 0, 0\) accessed inp\[100000\]"),
+    ("out[tid] = inp[tid - 1];", r"thread \(0, 0, 0\) accessed inp\[-1\]"),
+    ("out[tid * 1000] = 1.0f;", r"thread \(1, 0, 0\) accessed out\[1000\]"),
+])
+def test_out_of_bounds_access_is_an_error(dialect, statement, access):
+    """Reads and writes outside a buffer, near its ends or far away (past any
+    guard bytes), name the buffer, the index and the thread."""
+    body = "const int tid = THREAD_ID; " + statement
     x = np.ones(32, np.float32)
-    with pytest.raises(SimulationError, match="wrote outside output 'out'"):
+    with pytest.raises(SimulationError, match=access + ", outside its 32 elements"):
         _kernel(body, dialect)(inputs=[x], output_shapes=[(32,)],
                                output_dtypes=[np.float32], grid=(32, 1, 1),
                                threadgroup=(32, 1, 1))

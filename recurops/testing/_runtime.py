@@ -40,6 +40,38 @@ enum {
   RECUROPS_SIM_SHFL_IDX = 7,  // arg: source lane | (width << 8)
   RECUROPS_SIM_SYNC = 8,      // __syncwarp / simdgroup_barrier
 };
+namespace recurops_sim {
+// The first out-of-bounds access of a launch: hit (0 or 1), the buffer's
+// position among the kernel's inputs and outputs, the index, the buffer's
+// element count and the accessing thread's position in the grid.
+struct access_report { long long hit, buffer, index, size, thread[3]; };
+// A buffer argument as the executor passes it (wrap(checked=True)): every
+// index is checked against the buffer's element count. An access outside it
+// is reported and goes to a scratch element, so the launch can finish.
+template <class T> struct checked {
+  T* data;
+  long long size;
+  long long buffer;
+  access_report* report;
+  template <class I> T& operator[](I i) const {
+    const long long k = static_cast<long long>(i);
+    return (k >= 0 && k < size) ? data[k] : outside(k);
+  }
+  T& operator*() const { return (*this)[0]; }
+  operator T*() const { return data; }  // for helpers taking raw pointers (unchecked)
+  T& outside(long long k) const {
+    if (__atomic_exchange_n(&report->hit, 1LL, __ATOMIC_RELAXED) == 0) {
+      const recurops_sim_thread* t = recurops_sim_self();
+      report->buffer = buffer;
+      report->index = k;
+      report->size = size;
+      for (int d = 0; d < 3; ++d) report->thread[d] = t->grid_pos[d];
+    }
+    alignas(16) static thread_local unsigned char scratch[16];
+    return *reinterpret_cast<T*>(scratch);
+  }
+};
+}  // namespace recurops_sim
 """
 
 RUNTIME = r"""

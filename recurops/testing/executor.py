@@ -17,8 +17,11 @@ source), and runs the launch grid on CPU threads:
   returns while others of its warp wait in one is an error
   (:class:`SimulationError`), not a hang;
 * buffers are NumPy copies with guard bytes either side; inputs' guards hold
-  NaN, outputs start as NaN (so an element a kernel never writes shows up),
-  and a write past either end of an output is an error.
+  NaN, outputs start as NaN (so an element a kernel never writes shows up);
+  the kernel gets them as bounds-checked pointers, so an index outside a
+  buffer, read or write, is an error naming the buffer, index and thread
+  (a helper handed a raw pointer is not checked; its writes past an
+  output's ends still show in the guards).
 
 It is a functional simulation, not a GPU: see docs/kernel-simulation.md.
 """
@@ -197,16 +200,19 @@ def build(text: str) -> str:
 
 
 def _entry(w: wrap.Wrapped) -> str:
-    """C++ that calls the kernel of ``w`` with the buffers and extras the executor passes."""
+    """C++ that calls the kernel of ``w`` (wrapped with ``checked=True``) with
+    the buffers and extras the executor passes: after the shapes, strides and
+    ranks, the buffers' element counts and the launch's access report."""
     args, extra = [], 0
     for p in w.params:
-        if p.kind == "input":
-            base = p.ctype.replace("const ", "").replace("device ", "").replace(
-                "constant ", "").rstrip("*&").strip()
-            ptr = f"static_cast<const {base}*>(bufs[{p.index}])"
-            args.append(f"*{ptr}" if p.ctype.endswith("&") else ptr)
-        elif p.kind == "output":
-            args.append(f"static_cast<{p.ctype}>(bufs[NIN + {p.index}])")
+        if p.kind in ("input", "output"):
+            slot = p.index if p.kind == "input" else f"NIN + {p.index}"
+            if p.ctype.endswith("&"):  # a Metal scalar input
+                args.append(f"*static_cast<{p.ctype[:-1]}*>(bufs[{slot}])")
+            else:
+                pointee = p.ctype[len("::recurops_sim::checked<"):-1]
+                args.append(f"{p.ctype}{{static_cast<{pointee}*>(bufs[{slot}]), "
+                            f"sizes[{slot}], {slot}, report}}")
         elif p.kind in ("shape", "strides", "ndim"):
             if w.dialect == "cuda":
                 conv = {"shape": "::recurops_sim_cuda::shape(extras[{}])",
@@ -230,7 +236,11 @@ def _entry(w: wrap.Wrapped) -> str:
         "\n// ---- recurops simulator entry ----\n"
         'extern "C" void recurops_sim_entry(void* const* bufs, const void* const* extras) {\n'
         f"  constexpr int NIN = {nin};\n"
-        "  (void)NIN; (void)extras;\n"
+        "  (void)NIN;\n"
+        f"  const long long* sizes = static_cast<const long long*>(extras[{extra}]);\n"
+        "  auto* report = static_cast<::recurops_sim::access_report*>(\n"
+        f"      const_cast<void*>(extras[{extra + 1}]));\n"
+        "  (void)sizes; (void)report;\n"
         "  const recurops_sim_thread* t = recurops_sim_self();\n"
         "  (void)t;\n"
         f"  {call}(\n      " + ",\n      ".join(args) + ");\n}\n"
@@ -364,12 +374,14 @@ class Kernel:
         host = [_host(x) for x in inputs]
         out_names = [wrap.dtype_name(d) for d in output_dtypes]
         args = [wrap.Arg(n, dt, a.ndim, a.size) for n, (a, dt) in zip(self.input_names, host)]
-        w = wrap.wrap(self.dialect, self.name, self.input_names, self.output_names,
-                      self.source, self.header, args, out_names, template)
+        parts = (self.dialect, self.name, self.input_names, self.output_names, self.source,
+                 self.header, args, out_names, template)
+        w = wrap.wrap(*parts)
         self.last = w
         if verbose:
             print(w.text)
-        lib = _load(build(w.text + _entry(w)))
+        run = wrap.wrap(*parts, checked=True)
+        lib = _load(build(run.text + _entry(run)))
 
         ins = [_Buffer(a, output=False) for a, _ in host]
         outs = []
@@ -395,6 +407,10 @@ class Kernel:
                 else:
                     v = np.array([a.ndim], np.int32)
                 extras.append(v)
+        sizes = np.array([a.size for a, _ in host] + [int(np.prod(s)) for s in output_shapes],
+                         np.int64)
+        report = np.zeros(7, np.int64)  # recurops_sim::access_report
+        extras += [sizes, report]
         bufs = (ctypes.c_void_p * max(len(ins) + len(outs), 1))(*[b.ptr for b in ins + outs])
         extra_ptrs = (ctypes.c_void_p * max(len(extras), 1))(*[e.ctypes.data for e in extras])
 
@@ -433,6 +449,11 @@ class Kernel:
         for rc, msg in results:
             if rc:
                 raise SimulationError(f"{self.name} ({self.dialect}): {msg}")
+        if report[0]:
+            names = self.input_names + self.output_names
+            raise SimulationError(
+                f"{self.name} ({self.dialect}): thread {tuple(int(x) for x in report[4:])} "
+                f"accessed {names[report[1]]}[{report[2]}], outside its {report[3]} elements")
         for name, b in zip(self.output_names, outs):
             if not b.guards_intact():
                 raise SimulationError(f"{self.name} ({self.dialect}): the kernel wrote outside "

@@ -8,7 +8,9 @@ functions reproduce that text (MLX 0.32: ``write_signature`` in
 ``mlx/backend/cuda/custom_kernel.cpp``) so the simulator and the Metal check
 see exactly what the GPU compiler would, with two substitutions: MLX's Metal
 prelude (``metal::utils()``) and its CUDA device headers become the small stubs
-in ``recurops.testing._stubs``.
+in ``recurops.testing._stubs``. With ``checked=True`` (the executor's
+builds) the buffer parameters become the simulator's bounds-checked
+``recurops_sim::checked`` pointers instead; the body is unchanged.
 """
 
 from __future__ import annotations
@@ -135,8 +137,13 @@ def _template_kind(value) -> str:
     return "typename"
 
 
+def _buffer(pointee: str, checked: bool) -> str:
+    """A buffer parameter's C++ type: a pointer to ``pointee``, or its checked form."""
+    return f"::recurops_sim::checked<{pointee}>" if checked else f"{pointee}*"
+
+
 def metal(name, input_names, output_names, source, header, inputs, output_dtypes,
-          template=()) -> Wrapped:
+          template=(), checked=False) -> Wrapped:
     """The Metal library source ``mx.fast.metal_kernel`` builds for this call.
 
     ``inputs`` are :class:`Arg` (dtype, rank, size); ``template`` is the list of
@@ -168,8 +175,8 @@ def metal(name, input_names, output_names, source, header, inputs, output_dtypes
     index = 0
     for i, arg in enumerate(inputs):
         location = "constant" if arg.size < MAX_CONSTANT_ARRAY_SIZE else "device"
-        ref = "&" if arg.ndim == 0 else "*"
-        ctype = f"const {location} {TYPES[arg.dtype][0]}{ref}"
+        pointee = f"const {location} {TYPES[arg.dtype][0]}"
+        ctype = f"{pointee}&" if arg.ndim == 0 else _buffer(pointee, checked)
         text += f"  {ctype} {arg.name} [[buffer({index})]],\n"
         params.append(Param("input", arg.name, ctype, i))
         index += 1
@@ -188,7 +195,7 @@ def metal(name, input_names, output_names, source, header, inputs, output_dtypes
                 params.append(Param("ndim", arg.name, "const constant int&", i))
                 index += 1
     for i, (out, dtype) in enumerate(zip(output_names, output_dtypes)):
-        ctype = f"device {TYPES[dtype_name(dtype)][0]}*"
+        ctype = _buffer(f"device {TYPES[dtype_name(dtype)][0]}", checked)
         text += f"  {ctype} {out} [[buffer({index})]]"
         params.append(Param("output", out, ctype, i))
         # MLX's own condition, quirk included (index counts shape buffers too)
@@ -210,7 +217,7 @@ def metal(name, input_names, output_names, source, header, inputs, output_dtypes
 
 
 def cuda(name, input_names, output_names, source, header, inputs, output_dtypes,
-         template=()) -> Wrapped:
+         template=(), checked=False) -> Wrapped:
     """The CUDA source ``mx.fast.cuda_kernel`` builds (and NVRTC compiles) for this call."""
     template = tuple(template)
     shape_infos = _shape_infos(source, input_names)
@@ -229,7 +236,7 @@ def cuda(name, input_names, output_names, source, header, inputs, output_dtypes,
     text += "namespace mlx::core::cu {\n\nnamespace cg = cooperative_groups;\n\n"
     text += f"__global__ void {kernel_name}(\n"
     for i, arg in enumerate(inputs):
-        ctype = f"const {TYPES[arg.dtype][1]}*"
+        ctype = _buffer(f"const {TYPES[arg.dtype][1]}", checked)
         text += f"    {ctype} {arg.name},\n"
         params.append(Param("input", arg.name, ctype, i))
         if arg.ndim > 0:
@@ -244,7 +251,7 @@ def cuda(name, input_names, output_names, source, header, inputs, output_dtypes,
                 text += f"    const __grid_constant__ int {arg.name}_ndim,\n"
                 params.append(Param("ndim", arg.name, "int", i))
     for i, (out, dtype) in enumerate(zip(output_names, output_dtypes)):
-        ctype = f"{TYPES[dtype_name(dtype)][1]}*"
+        ctype = _buffer(TYPES[dtype_name(dtype)][1], checked)
         text += f"    {ctype} {out}"
         params.append(Param("output", out, ctype, i))
         text += ",\n" if i < len(output_names) - 1 else ") {\n"
@@ -262,7 +269,7 @@ def cuda(name, input_names, output_names, source, header, inputs, output_dtypes,
 
 
 def wrap(dialect, name, input_names, output_names, source, header, inputs, output_dtypes,
-         template=()) -> Wrapped:
+         template=(), checked=False) -> Wrapped:
     make = metal if dialect == "metal" else cuda
     return make(name, input_names, output_names, source, header, inputs, output_dtypes,
-                template)
+                template, checked)
