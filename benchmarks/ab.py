@@ -8,9 +8,11 @@
 kernels named ``ab<hash>_*`` so that MLX never confuses them with the working tree's.
 ``run`` times every tree on the GPU benchmark's cases (``gpu.cases``; ``--quick`` for
 tiny ones) in alternating rounds, forward and forward+backward, and prints each
-tree's gradients' largest difference from the working tree's, relative to the
-largest gradient. Rounds alternate so that a slow stretch of the machine falls on
-every tree alike; the trees' own rounds show the noise.
+tree's training peak memory (``gpu.peak_training_bytes``, one forward+backward
+from a cleared cache) and its gradients' largest difference from the working
+tree's, relative to the largest gradient. Rounds alternate so that a slow
+stretch of the machine falls on every tree alike; the trees' own rounds show
+the noise.
 """
 
 from __future__ import annotations
@@ -98,11 +100,15 @@ def run(packages: dict, cases, impl: str, rounds: int, repeats: int) -> list[dic
         want = _gradients(packages["tree"], kind, inputs, impl)
         for label, package in packages.items():
             row = times[label]
+            _, train = gpu.mlx_pair(
+                lambda *a, p=package, k=kind: p.scan(k, *a, impl=impl)[0], inputs)
+            peak = gpu.peak_training_bytes(train)
             diff = _largest_difference(_gradients(package, kind, inputs, impl), want)
             print(f"  {label:8s} fwd {_rounds_text(row['fwd_ms'])} ms  fwd+bwd "
-                  f"{_rounds_text(row['fwd_bwd_ms'])} ms  gradients off the tree's by {diff:.1e}",
-                  flush=True)
-            results.append({"case": name, "tree": label, **row, "gradient_difference": diff})
+                  f"{_rounds_text(row['fwd_bwd_ms'])} ms  peak {peak / 1e6:.0f} MB  "
+                  f"gradients off the tree's by {diff:.1e}", flush=True)
+            results.append({"case": name, "tree": label, **row, "peak_bytes": peak,
+                            "gradient_difference": diff})
     return results
 
 
