@@ -91,18 +91,17 @@ def run(packages: dict, cases, impl: str, rounds: int, repeats: int) -> list[dic
         mx.eval(inputs)
         print(f"\n== {name}, impl={impl}", flush=True)
         times = {label: {"fwd_ms": [], "fwd_bwd_ms": []} for label in packages}
+        pairs = {label: gpu.mlx_pair(
+            lambda *a, p=package, k=kind: p.scan(k, *a, impl=impl)[0], inputs)
+            for label, package in packages.items()}
         for _ in range(rounds):
-            for label, package in packages.items():
-                fwd, train = gpu.mlx_pair(
-                    lambda *a, p=package, k=kind: p.scan(k, *a, impl=impl)[0], inputs)
+            for label, (fwd, train) in pairs.items():
                 times[label]["fwd_ms"].append(gpu.timed(fwd, repeats) * 1e3)
                 times[label]["fwd_bwd_ms"].append(gpu.timed(train, repeats) * 1e3)
         want = _gradients(packages["tree"], kind, inputs, impl)
         for label, package in packages.items():
             row = times[label]
-            _, train = gpu.mlx_pair(
-                lambda *a, p=package, k=kind: p.scan(k, *a, impl=impl)[0], inputs)
-            peak = gpu.peak_training_bytes(train)
+            peak = gpu.peak_training_bytes(pairs[label][1])
             diff = _largest_difference(_gradients(package, kind, inputs, impl), want)
             print(f"  {label:8s} fwd {_rounds_text(row['fwd_ms'])} ms  fwd+bwd "
                   f"{_rounds_text(row['fwd_bwd_ms'])} ms  peak {peak / 1e6:.0f} MB  "
