@@ -210,7 +210,7 @@ def _entry(w: wrap.Wrapped) -> str:
             if p.ctype.endswith("&"):  # a Metal scalar input
                 args.append(f"*static_cast<{p.ctype[:-1]}*>(bufs[{slot}])")
             else:
-                pointee = p.ctype[len("::recurops_sim::checked<"):-1]
+                pointee = p.ctype[len(wrap.CHECKED) + 1:-1]
                 args.append(f"{p.ctype}{{static_cast<{pointee}*>(bufs[{slot}]), "
                             f"sizes[{slot}], {slot}, report}}")
         elif p.kind in ("shape", "strides", "ndim"):

@@ -137,9 +137,12 @@ def _template_kind(value) -> str:
     return "typename"
 
 
+CHECKED = "::recurops_sim::checked"  # the simulator's bounds-checked pointer template
+
+
 def _buffer(pointee: str, checked: bool) -> str:
     """A buffer parameter's C++ type: a pointer to ``pointee``, or its checked form."""
-    return f"::recurops_sim::checked<{pointee}>" if checked else f"{pointee}*"
+    return f"{CHECKED}<{pointee}>" if checked else f"{pointee}*"
 
 
 def metal(name, input_names, output_names, source, header, inputs, output_dtypes,
