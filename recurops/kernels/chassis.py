@@ -23,7 +23,8 @@ Neutral tokens: ``THREAD_ID`` (global thread index along x), ``LANE_ID``
 32 lanes; every lane of the warp must reach it), ``LANE_SUM(v, first, last)``
 (sum over the lanes whose index differs from this lane's only in the bits
 ``first`` to ``last``, powers of two; nothing when ``first > last``; every
-lane must reach it), ``EXP(v)``, and
+lane must reach it), ``SHUFFLE_XOR(v, mask)`` (``v`` of the lane whose
+index is this lane's xor ``mask``; every lane must reach it), ``EXP(v)``, and
 ``ATOMIC_ADD(&out[i], v)`` (a relaxed atomic float add into an output that
 ``launch`` was asked to zero, ``init_value=0``).
 Kernels are launched with whole warps only: a warp either returns as a whole
@@ -60,6 +61,9 @@ __device__ __forceinline__ float recurops_warp_sum(float v) {
   }
   return v;
 }
+__device__ __forceinline__ float recurops_shuffle_xor(float v, int mask) {
+  return __shfl_xor_sync(0xffffffffu, v, mask);
+}
 __device__ __forceinline__ float recurops_lane_sum(float v, int first, int last) {
   for (int offset = first; offset <= last; offset <<= 1) {
     v += __shfl_xor_sync(0xffffffffu, v, offset);
@@ -72,6 +76,7 @@ __device__ __forceinline__ float recurops_lane_sum(float v, int first, int last)
         "LANE_ID": "((int)(threadIdx.x & 31u))",
         "WARP_SUM": "recurops_warp_sum",
         "LANE_SUM": "recurops_lane_sum",
+        "SHUFFLE_XOR": "recurops_shuffle_xor",
         "EXP": "expf",
         "ATOMIC_ADD": "atomicAdd",
     },
@@ -82,6 +87,9 @@ METAL = Dialect(
     header="""
 inline void recurops_atomic_add(device float* out, float v) {
   atomic_fetch_add_explicit((device atomic_float*)out, v, memory_order_relaxed);
+}
+inline float recurops_shuffle_xor(float v, int mask) {
+  return simd_shuffle_xor(v, (ushort)mask);
 }
 inline float recurops_lane_sum(float v, int first, int last) {
   for (int offset = first; offset <= last; offset <<= 1) {
@@ -95,6 +103,7 @@ inline float recurops_lane_sum(float v, int first, int last) {
         "LANE_ID": "((int)thread_index_in_simdgroup)",
         "WARP_SUM": "simd_sum",
         "LANE_SUM": "recurops_lane_sum",
+        "SHUFFLE_XOR": "recurops_shuffle_xor",
         "EXP": "metal::exp",
         "ATOMIC_ADD": "recurops_atomic_add",
     },
@@ -381,7 +390,7 @@ def selective_tile(entry: str, arrays: str = "BC") -> tuple[str, str]:
                     }}"""
 
 
-def selective_adjoint(step: str, signal: str, rows: str) -> str:
+def selective_adjoint(step: str, signal: str) -> str:
     """Body text of the adjoint of one state value of Mamba's selective scan
     (``s6``, ``ssd``): ``h = decay h + step B signal``, read out as ``C . h``.
 
@@ -390,21 +399,63 @@ def selective_adjoint(step: str, signal: str, rows: str) -> str:
     ``carry[i]``, the output gradient ``g_out`` and the tile entry ``e``
     (``bs`` and ``cs`` hold ``B`` and ``C``, ``NL`` values an entry): defines
     ``bn``, ``cn``, ``ht`` (the state after the step) and ``gt`` (its
-    cotangent), and adds the ``B`` and ``C`` gradients, summed over the
-    warp's ``rows``, into ``dB`` and ``dC`` atomically.
+    cotangent), and keeps the lane's parts of the ``C`` and ``B`` gradients
+    in ``dcs[i]`` and ``dbs[i]`` for ``selective_sums``.
     """
     return f"""
                 const float bn = bs[e * NL + i];
                 const float cn = cs[e * NL + i];
                 const float ht = decay * prev + {step} * bn * {signal};
                 const float gt = carry[i] + cn * g_out;
-                // sums over the warp's {rows} (lanes with the same j)
-                const float dC_n = LANE_SUM(ht * g_out, NSPLIT, 16);
-                const float dB_n = LANE_SUM(gt * {step} * {signal}, NSPLIT, 16);
-                if (LANE_ID < NSPLIT) {{
-                    ATOMIC_ADD(&dC[r + i * NSPLIT], dC_n);
-                    ATOMIC_ADD(&dB[r + i * NSPLIT], dB_n);
-                }}"""
+                dcs[i] = ht * g_out;
+                dbs[i] = gt * {step} * {signal};"""
+
+
+def selective_sums(rows: str) -> str:
+    """Body text adding the step's ``dcs`` and ``dbs`` (``NL`` values a
+    lane, from ``selective_adjoint``), summed over the warp's ``rows`` (the
+    lanes with the same ``j``), into ``dC`` and ``dB`` at offset ``r``.
+
+    A reduce-scatter: over each lane bit above ``NSPLIT``'s, while the lane
+    holds an even count of values, it keeps one half (by that bit), adds
+    its partner's part of that half and hands over the other (half the
+    shuffles of a sum per value); an odd count is summed whole there and
+    only the lanes with that bit clear write it. Every lane then adds the
+    values it holds, so the warp's atomics are spread over all its lanes.
+    """
+    return f"""
+                    // sums over the warp's {rows} (lanes with the same j)
+                    int kept = NL;  // values this lane still holds: dcs[0 .. kept - 1]
+                    int first = 0;  // the value index of dcs[0]
+                    bool writer = true;
+                    for (int o = NSPLIT; o < 32; o <<= 1) {{
+                        if (kept % 2 == 0) {{
+                            const int half = kept / 2;
+                            const bool upper = (LANE_ID & o) != 0;
+                            for (int m = 0; m < half; ++m) {{
+                                const float give_c = upper ? dcs[m] : dcs[m + half];
+                                const float give_b = upper ? dbs[m] : dbs[m + half];
+                                const float keep_c = upper ? dcs[m + half] : dcs[m];
+                                const float keep_b = upper ? dbs[m + half] : dbs[m];
+                                dcs[m] = keep_c + SHUFFLE_XOR(give_c, o);
+                                dbs[m] = keep_b + SHUFFLE_XOR(give_b, o);
+                            }}
+                            if (upper) first += half;
+                            kept = half;
+                        }} else {{
+                            for (int m = 0; m < kept; ++m) {{
+                                dcs[m] += SHUFFLE_XOR(dcs[m], o);
+                                dbs[m] += SHUFFLE_XOR(dbs[m], o);
+                            }}
+                            if ((LANE_ID & o) != 0) writer = false;
+                        }}
+                    }}
+                    if (writer) {{
+                        for (int m = 0; m < kept; ++m) {{
+                            ATOMIC_ADD(&dC[r + (first + m) * NSPLIT], dcs[m]);
+                            ATOMIC_ADD(&dB[r + (first + m) * NSPLIT], dbs[m]);
+                        }}
+                    }}"""
 
 
 def lanes(n: int) -> int:

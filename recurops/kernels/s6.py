@@ -29,6 +29,7 @@ from .chassis import (
     launch,
     segments,
     selective_adjoint,
+    selective_sums,
     selective_tile,
     tile_steps,
     tiled_adjoint,
@@ -201,17 +202,19 @@ BACKWARD = Source(
                     const float dl = dls[e];
                     const float uu = us[e];
                     const float g_out = gs[e];
+                    float dcs[NL];  // the lane's parts of the step's C and B gradients
+                    float dbs[NL];
                     float du_t = 0.0f;
                     float ddl = 0.0f;
                     for (int i = 0; i < NL; ++i) {
                         const float decay = EXP(dl * an[i]);
                         const float prev = before[(t - t0) * NL + i];""" + selective_adjoint(
-                            "dl", "uu", "channels d") + """
+                            "dl", "uu") + """
                         du_t += gt * dl * bn;
                         ddl += gt * (an[i] * decay * prev + bn * uu);
                         dA_acc[i] += gt * dl * decay * prev;
                         carry[i] = decay * gt;
-                    }
+                    }""" + selective_sums("channels d") + """
                     du_t = LANE_SUM(du_t, 1, NSPLIT / 2);
                     ddl = LANE_SUM(ddl, 1, NSPLIT / 2);
                     if (active && j == 0) {

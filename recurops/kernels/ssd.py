@@ -41,6 +41,7 @@ from .chassis import (
     launch,
     segments,
     selective_adjoint,
+    selective_sums,
     selective_tile,
     span_backward,
     tile_steps,
@@ -219,18 +220,20 @@ BACKWARD = Source(
                     const float xv = xs[e];
                     const float g_out = gs[e];
                     const float decay_head = EXP(dtv * A[hh * NA]);
+                    float dcs[NL];  // the lane's parts of the step's C and B gradients
+                    float dbs[NL];
                     float dx_t = 0.0f;
                     float ddt_t = 0.0f;
                     for (int i = 0; i < NL; ++i) {
                         const float an = A[hh * NA + ((NA == 1) ? 0 : i * NSPLIT + j)];
                         const float decay = (NA == 1) ? decay_head : EXP(dtv * an);
                         const float prev = before[(t - t0) * NL + i];""" + selective_adjoint(
-                            "dtv", "xv", "rows p") + """
+                            "dtv", "xv") + """
                         dx_t += gt * dtv * bn;
                         ddt_t += gt * (an * decay * prev + bn * xv);
                         dA_acc[(NA == 1) ? 0 : i] += gt * dtv * decay * prev;
                         carry[i] = decay * gt;
-                    }
+                    }""" + selective_sums("rows p") + """
                     dx_t = LANE_SUM(dx_t, 1, NSPLIT / 2);
                     const float ddt_sum = WARP_SUM(ddt_t);
                     if (LANE_ID == 0) ATOMIC_ADD(&ddt[row], ddt_sum);
