@@ -412,49 +412,60 @@ def selective_adjoint(step: str, signal: str) -> str:
 
 
 def selective_sums(rows: str) -> str:
-    """Body text adding the step's ``dcs`` and ``dbs`` (``NL`` values a
-    lane, from ``selective_adjoint``), summed over the warp's ``rows`` (the
-    lanes with the same ``j``), into ``dC`` and ``dB`` at offset ``r``.
+    """Body text adding the step's ``dcs`` and ``dbs`` (from
+    ``selective_adjoint``), summed over the warp's ``rows``, into ``dC`` and
+    ``dB`` at offset ``r`` (``scatter_sums``)."""
+    return scatter_sums(rows, "NL", "NSPLIT", (("dcs", "dC[r + {i} * NSPLIT]"),
+                                               ("dbs", "dB[r + {i} * NSPLIT]")))
 
-    A reduce-scatter: over each lane bit above ``NSPLIT``'s, while the lane
-    holds an even count of values, it keeps one half (by that bit), adds
-    its partner's part of that half and hands over the other (half the
-    shuffles of a sum per value); an odd count is summed whole there and
-    only the lanes with that bit clear write it. Every lane then adds the
-    values it holds, so the warp's atomics are spread over all its lanes.
+
+def scatter_sums(rows: str, width: str, split: str, sums) -> str:
+    """Body text adding local arrays of ``width`` values a lane, summed over
+    the lanes with the same index below ``split`` (the warp's ``rows``), into
+    outputs: ``sums`` pairs each array with its output element, a format
+    string of the value index ``{i}``. The arrays are overwritten.
+
+    A reduce-scatter: over each lane bit from ``split`` up, while the lane
+    holds an even count of values, it keeps one half (by that bit), adds its
+    partner's part of that half and hands over the other (half the shuffles
+    of a sum per value); an odd count is summed whole there and only the
+    lanes with that bit clear write it. Every lane then adds the values it
+    holds, so the warp's atomics are spread over all its lanes.
     """
+    first_array = sums[0][0]
+    halve = "".join(f"""
+                                const float give_{a} = upper ? {a}[m] : {a}[m + half];
+                                const float keep_{a} = upper ? {a}[m + half] : {a}[m];
+                                {a}[m] = keep_{a} + SHUFFLE_XOR(give_{a}, o);"""
+                    for a, _ in sums)
+    whole = "".join(f"""
+                                {a}[m] += SHUFFLE_XOR({a}[m], o);""" for a, _ in sums)
+    add = "".join(f"""
+                            ATOMIC_ADD(&{target.format(i="(first + m)")}, {a}[m]);"""
+                  for a, target in sums)
     return f"""
-                    // sums over the warp's {rows} (lanes with the same j)
-                    int kept = NL;  // values this lane still holds: dcs[0 .. kept - 1]
-                    int first = 0;  // the value index of dcs[0]
+                    {{  // sums over the warp's {rows} (lanes with the same index below {split})
+                    int kept = {width};  // values the lane holds: {first_array}[0 .. kept - 1]
+                    int first = 0;  // the value index of {first_array}[0]
                     bool writer = true;
-                    for (int o = NSPLIT; o < 32; o <<= 1) {{
+                    for (int o = {split}; o < 32; o <<= 1) {{
                         if (kept % 2 == 0) {{
                             const int half = kept / 2;
                             const bool upper = (LANE_ID & o) != 0;
-                            for (int m = 0; m < half; ++m) {{
-                                const float give_c = upper ? dcs[m] : dcs[m + half];
-                                const float give_b = upper ? dbs[m] : dbs[m + half];
-                                const float keep_c = upper ? dcs[m + half] : dcs[m];
-                                const float keep_b = upper ? dbs[m + half] : dbs[m];
-                                dcs[m] = keep_c + SHUFFLE_XOR(give_c, o);
-                                dbs[m] = keep_b + SHUFFLE_XOR(give_b, o);
+                            for (int m = 0; m < half; ++m) {{{halve}
                             }}
                             if (upper) first += half;
                             kept = half;
                         }} else {{
-                            for (int m = 0; m < kept; ++m) {{
-                                dcs[m] += SHUFFLE_XOR(dcs[m], o);
-                                dbs[m] += SHUFFLE_XOR(dbs[m], o);
+                            for (int m = 0; m < kept; ++m) {{{whole}
                             }}
                             if ((LANE_ID & o) != 0) writer = false;
                         }}
                     }}
                     if (writer) {{
-                        for (int m = 0; m < kept; ++m) {{
-                            ATOMIC_ADD(&dC[r + (first + m) * NSPLIT], dcs[m]);
-                            ATOMIC_ADD(&dB[r + (first + m) * NSPLIT], dbs[m]);
+                        for (int m = 0; m < kept; ++m) {{{add}
                         }}
+                    }}
                     }}"""
 
 

@@ -5,7 +5,8 @@ The state of a head is ``S [K, V]``. Each column ``S[:, j]`` is split over
 ``i = c * KSPLIT + u`` (``KL = K / KSPLIT`` values, in registers). Sums over
 ``i`` (the output ``y[j]``, ``dv[j]``) are ``LANE_SUM``s over those lanes;
 sums over ``j`` (the gradients of ``q``, ``k`` and the gates) are
-``LANE_SUM``s over the other lane bits, added atomically into their outputs.
+reduce-scattered over the other lane bits (``chassis.scatter_sums``; a
+``WARP_SUM`` for one gate per head) and added atomically into their outputs.
 ``GK`` is ``K`` for per-key-channel gates and 1 for one gate per head.
 Checkpoints every ``SPAN`` steps, recomputed in ``SEG``-step pieces, and
 spans side by side at small launches, as in the ``"ssd"`` kernel
@@ -34,6 +35,7 @@ from .chassis import (
     lanes,
     large_state_crossover,
     launch,
+    scatter_sums,
     segments,
     span_backward,
     tile_steps,
@@ -208,29 +210,27 @@ BACKWARD = Source(
                     const float g_out = gos[e];
                     float dv_t = 0.0f;
                     float dg_head = 0.0f;
+                    float dqs[KL];  // the lane's parts of the step's q, k and gate gradients
+                    float dks[KL];
+                    float dgs[KL];
                     for (int c = 0; c < KL; ++c) {
-                        const int i = c * KSPLIT + u;
                         const float gi = gs[e * KL + c];
                         const float ki = ks[e * KL + c];
                         const float qi = qs[e * KL + c];
                         const float prev = before[(t - t0) * KL + c];
                         const float st = gi * prev + ki * vj;
                         const float gt = carry[c] + qi * g_out;
-                        // sums over the warp's columns j (lanes with the same u)
-                        const float dq_i = LANE_SUM(st * g_out, KSPLIT, 16);
-                        const float dk_i = LANE_SUM(gt * vj, KSPLIT, 16);
-                        if (GK == 1) {
-                            dg_head += gt * prev;
-                        } else {
-                            const float dg_i = LANE_SUM(gt * prev, KSPLIT, 16);
-                            if (LANE_ID < KSPLIT) ATOMIC_ADD(&dg[row * GK + i], dg_i);
-                        }
-                        if (LANE_ID < KSPLIT) {
-                            ATOMIC_ADD(&dq[row * K + i], dq_i);
-                            ATOMIC_ADD(&dk[row * K + i], dk_i);
-                        }
+                        dqs[c] = st * g_out;
+                        dks[c] = gt * vj;
+                        dgs[c] = gt * prev;
+                        dg_head += gt * prev;
                         dv_t += gt * ki;
                         carry[c] = gi * gt;
+                    }""" + scatter_sums("columns j", "KL", "KSPLIT", (
+                        ("dqs", "dq[row * K + {i} * KSPLIT + u]"),
+                        ("dks", "dk[row * K + {i} * KSPLIT + u]"))) + """
+                    if (GK != 1) {""" + scatter_sums("columns j", "KL", "KSPLIT", (
+                        ("dgs", "dg[row * GK + {i} * KSPLIT + u]"),)) + """
                     }
                     if (GK == 1) {
                         const float dg_sum = WARP_SUM(dg_head);

@@ -4,8 +4,9 @@ The state of a channel ``d`` is ``h[d, :]`` (``N`` values), split over
 ``NSPLIT`` consecutive lanes: lane ``j`` holds ``h[d, n]`` for
 ``n = i * NSPLIT + j`` (``NL = N / NSPLIT`` values, in registers). Sums over
 ``n`` (``y``, ``du``, ``ddelta``) are ``LANE_SUM``s over those lanes; the
-gradients of ``B`` and ``C`` (sums over ``d``) are ``LANE_SUM``s over the
-other lane bits, added atomically into their outputs. Small launches over
+gradients of ``B`` and ``C`` (sums over ``d``) are reduce-scattered over the
+other lane bits (``chassis.scatter_sums``) and added atomically into their
+outputs. Small launches over
 long sequences run spans of steps side by side (``kernels/spans.py``): each
 span's end from zero and its product of decays, the state entering each span,
 then the forward, one set of threads a span; the backward likewise, from each

@@ -4,8 +4,9 @@ The state of a head is ``h [P, N]``. Each row ``h[p, :]`` is split over
 ``NSPLIT`` consecutive lanes: lane ``j`` holds ``h[p, n]`` for
 ``n = i * NSPLIT + j`` (``NL = N / NSPLIT`` values, in registers). Sums over
 ``n`` (the output ``y[p]``, ``dx[p]``) are ``LANE_SUM``s over those lanes;
-sums over ``p`` (the gradients of ``B`` and ``C``) are ``LANE_SUM``s over
-the other lane bits, added atomically into their outputs, as is ``dt``'s.
+sums over ``p`` (the gradients of ``B`` and ``C``) are reduce-scattered over
+the other lane bits (``chassis.scatter_sums``) and added atomically into
+their outputs; ``dt``'s is a ``WARP_SUM``, added likewise.
 
 The forward stores the state every ``SPAN`` steps (256, at most ``SEG *
 SUBS``; shorter when a small launch runs its spans side by side,
