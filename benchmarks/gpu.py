@@ -10,7 +10,8 @@ MLX, mlx-recurrence's token-loop references on the same GPU, mlx-lm's
 ``ssm_attn``, and, where PyTorch with CUDA is present, mamba_ssm's
 ``mamba_chunk_scan_combined`` and flash-linear-attention's Triton kernels
 (``simple_gla`` for one gate per head, ``gla`` for a gate per key channel).
-It also records MLX peak memory of a training step and the memory-traffic
+It also records MLX peak memory of a training step (as it runs, and under a
+tight memory limit: ``working_set_bytes``) and the memory-traffic
 floor of each case at 3 TB/s (the bytes a fused kernel must move: read
 every input once, write the outputs; for fwd+bwd also read them again with
 the output gradient and write every input gradient).
@@ -58,12 +59,31 @@ def mlx_pair(fwd, inputs):
 
 
 def peak_training_bytes(train):
+    """MLX's peak memory over one ``train()`` from a cleared cache."""
     mx.synchronize()
     mx.clear_cache()
     mx.reset_peak_memory()
     train()
     mx.synchronize()
     return mx.get_peak_memory()
+
+
+def working_set_bytes(train):
+    """``peak_training_bytes`` under a memory limit of 1 MB: what a training
+    step needs when memory is short.
+
+    With memory to spare, MLX allocates a graph's buffers as it queues the
+    work and frees each once the device has run its last reader, so the
+    peak comes near the sum of every buffer of the step. Above its memory
+    limit MLX waits for queued work before allocating more, so there a
+    buffer is gone before the next one is made and the peak is the largest
+    set of buffers alive at once in MLX's order of evaluation.
+    """
+    limit = mx.set_memory_limit(1 << 20)
+    try:
+        return peak_training_bytes(train)
+    finally:
+        mx.set_memory_limit(limit)
 
 
 # ---------------------------------------------------------------- cases
@@ -280,16 +300,16 @@ def run_case(case, repeats, rounds=3, peers=True):
     for impl in impls:
         fwd = lambda *a, impl=impl: recurops.scan(kind, *a, impl=impl)[0]  # noqa: E731
         f, t = mlx_pair(fwd, inputs)
-        rows[f"recurops {impl}"] = (f, t, mx.synchronize, peak_training_bytes(t))
+        rows[f"recurops {impl}"] = (f, t, mx.synchronize, _memory(t))
     if peers:
         for label, (fn, args) in peers_mlx(kind, inputs).items():
             f, t = mlx_pair(fn, args)
-            rows[label] = (f, t, mx.synchronize, peak_training_bytes(t))
+            rows[label] = (f, t, mx.synchronize, _memory(t))
         import importlib.util
         if importlib.util.find_spec("torch"):
             import torch
             for label, (f, t) in peers_torch(kind, inputs).items():
-                rows[label] = (f, t, torch.cuda.synchronize, None)
+                rows[label] = (f, t, torch.cuda.synchronize, (None, None))
     times = {label: {"fwd": [], "fwd_bwd": []} for label in rows}
     errors = {label: {} for label in rows}  # label -> {part: why it failed}
     for r in range(rounds):
@@ -302,22 +322,29 @@ def run_case(case, repeats, rounds=3, peers=True):
                   f"fwd+bwd {last['fwd_bwd']:9.3f} ms", file=sys.stderr, flush=True)
     result = {"case": name, "kind": kind, "floor_fwd_ms": floor_f * 1e3,
               "floor_fwd_bwd_ms": floor_t * 1e3, "rounds": rounds, "rows": []}
-    for label, (*_, peak) in rows.items():
+    for label, (*_, (peak, working)) in rows.items():
         t_f, t_t = (statistics.median(times[label][part]) for part in ("fwd", "fwd_bwd"))
         result["rows"].append({
             "impl": label, "fwd_ms": t_f * 1e3, "fwd_bwd_ms": t_t * 1e3,
             "fwd_ms_rounds": [t * 1e3 for t in times[label]["fwd"]],
             "fwd_bwd_ms_rounds": [t * 1e3 for t in times[label]["fwd_bwd"]],
             "peak_MB": None if peak is None else peak / 1e6,
+            "working_set_MB": None if working is None else working / 1e6,
             **({"error": "; ".join(errors[label].values())} if errors[label] else {})})
         floors = (f" ({t_f / floor_f:7.1f}x floor)", f" ({t_t / floor_t:7.1f}x floor)")
         if peak is None:  # a PyTorch peer: its memory is not MLX's to count
             floors = (" " * len(floors[0]), "")
-        peak_s = "" if peak is None else f"  peak {peak / 1e6:9.1f} MB"
+        peak_s = "" if peak is None else (f"  peak {peak / 1e6:9.1f} MB"
+                                          f"  working set {working / 1e6:9.1f} MB")
         print(f"  {label:42s} fwd {t_f * 1e3:9.3f} ms{floors[0]}  "
               f"fwd+bwd {t_t * 1e3:9.3f} ms{floors[1]}{peak_s}"
               + "".join(f"  ({e})" for e in errors[label].values()), flush=True)
     return result
+
+
+def _memory(train) -> tuple[int, int]:
+    """(peak, working set) bytes of one training step of an MLX row."""
+    return peak_training_bytes(train), working_set_bytes(train)
 
 
 def _time_or_nan(fn, repeats, sync, part, errors) -> float:

@@ -20,6 +20,11 @@ def _spread(values) -> str:
     return f"{min(values):.2f}-{max(values):.2f}" if len(values) > 1 else ""
 
 
+def _mb(value: float | None) -> str:
+    """Megabytes, blank where not measured (PyTorch peers, older runs)."""
+    return "" if value is None else f"{value:.0f}"
+
+
 def _ratio(value: float, floor: float) -> str:
     return "" if value is None or math.isnan(value) else f"{value / floor:.0f}x"
 
@@ -30,14 +35,14 @@ def case_table(case: dict) -> str:
     lines = [f"**{name}**: traffic floor {floor_f * 1e3:.1f} µs forward, "
              f"{floor_t * 1e3:.1f} µs forward+backward", "",
              "| implementation | fwd ms | fwd+bwd ms | fwd / floor | fwd+bwd / floor "
-             "| training peak MB | fwd+bwd ms over the rounds |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| training peak MB | working set MB | fwd+bwd ms over the rounds |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row in case["rows"]:
-        peak = row.get("peak_MB")
         lines.append(
             f"| {row['impl']} | {_ms(row['fwd_ms'])} | {_ms(row['fwd_bwd_ms'])} | "
             f"{_ratio(row['fwd_ms'], floor_f)} | {_ratio(row['fwd_bwd_ms'], floor_t)} | "
-            f"{'' if peak is None else f'{peak:.0f}'} | {_spread(row.get('fwd_bwd_ms_rounds'))} |")
+            f"{_mb(row.get('peak_MB'))} | {_mb(row.get('working_set_MB'))} | "
+            f"{_spread(row.get('fwd_bwd_ms_rounds'))} |")
     return "\n".join(lines)
 
 
