@@ -50,6 +50,21 @@ def test_spans_run_side_by_side_only_at_small_launches():
     assert spans.plan("rglru", 2**11, 2048, 1) == (32, 64)
 
 
+def test_backward_spans_plan_apart_only_where_checkpoints_allow():
+    """``spans.BACKWARD_LAUNCH``: rglru, rotlru and s6, whose checkpoints do
+    not depend on the spans, run their backward's spans side by side at
+    larger launches than their forward's; ssd and gla have no plan of their
+    own for the backward."""
+    assert spans.BACKWARD_LAUNCH == {"rglru": 2**11, "s6": 2**16, "rotlru": 2**13}
+    assert set(spans.BACKWARD_LAUNCH) == set(spans.SMALL_LAUNCH) - {"ssd", "gla"}
+    assert spans.plan("s6", 49152, 2048, 1) == (256, 1)  # s6 B=4 D=1536 N=16
+    assert spans.plan("s6", 49152, 2048, 1, backward=True) == (256, 8)
+    assert spans.plan("s6", 98304, 2048, 1, backward=True) == (256, 1)
+    assert spans.plan("rotlru", 8192, 2048, 1) == (256, 1)  # rotlru B=8 P=1024
+    assert spans.plan("rotlru", 8192, 2048, 1, backward=True) == (128, 16)
+    assert spans.plan("rglru", 2**12, 2048, 1, backward=True) == (256, 1)
+
+
 @pytest.mark.parametrize("dims,batch,per_channel,path", [
     ((64, 16), 64, False, "kernel"),
     ((64, 128), 37, False, "fallback"),  # 37 x 2 heads x 8192 x L=200 >= 1.2e8 updates

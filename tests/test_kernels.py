@@ -40,7 +40,8 @@ CASES = [
 
 
 @pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16])
-@pytest.mark.parametrize("impl", ["kernel", "kernel, spans one after another", "fallback"])
+@pytest.mark.parametrize("impl", ["kernel", "kernel, spans one after another",
+                                  "kernel, the backward's spans side by side", "fallback"])
 @pytest.mark.parametrize("kind,batch,length,dims,per_channel", CASES)
 def test_gpu_path_matches_reference(kind, batch, length, dims, per_channel, impl, dtype,
                                     monkeypatch):
@@ -48,11 +49,19 @@ def test_gpu_path_matches_reference(kind, batch, length, dims, per_channel, impl
     The first kernel row runs the spans of the kinds in
     ``spans.SMALL_LAUNCH`` side by side (kernels/spans.py; these small
     launches would over long sequences), the second one after another, as
-    large launches do."""
-    if impl == "kernel":
+    large launches do, the third the backward's side by side after a
+    forward one after another (the kinds of ``spans.BACKWARD_LAUNCH``)."""
+    if impl.startswith("kernel, the backward's") and kind not in spans.BACKWARD_LAUNCH:
+        pytest.skip(f"{kind}'s backward follows its forward's spans")
+    if impl != "fallback":
         monkeypatch.setattr(spans, "MIN_LENGTH", 0)
-    if impl == "kernel, spans one after another":
-        monkeypatch.setattr(spans, "SMALL_LAUNCH", dict.fromkeys(spans.SMALL_LAUNCH, -1))
+        forward = impl == "kernel"
+        backward = impl != "kernel, spans one after another"
+        if not forward:
+            monkeypatch.setattr(spans, "SMALL_LAUNCH", dict.fromkeys(spans.SMALL_LAUNCH, -1))
+        if not backward:
+            monkeypatch.setattr(spans, "BACKWARD_LAUNCH",
+                                dict.fromkeys(spans.BACKWARD_LAUNCH, -1))
         impl = "kernel"
     rng = np.random.default_rng(zlib.crc32(f"{kind}-{length}".encode()))
     host = kernel_inputs(kind, rng, batch, length, dims, per_channel)

@@ -68,8 +68,9 @@ def _compare(dialect, kind, batch, length, dims, per_channel, dtype, side_by_sid
              slow_decays=False):
     """Kernel against fallback; ``side_by_side`` runs the spans of the kinds
     in ``SIDE_BY_SIDE`` side by side wherever there are several
-    (kernels/spans.py), otherwise one after another; ``slow_decays`` keeps
-    every decay near 1."""
+    (kernels/spans.py), ``"backward"`` only the backward's (the kinds of
+    ``spans.BACKWARD_LAUNCH``), otherwise one after another; ``slow_decays``
+    keeps every decay near 1."""
     rng = np.random.default_rng(zlib.crc32(f"{kind}{batch}{length}{dims}".encode()))
     host = kernel_inputs(kind, rng, batch, length, dims, per_channel, slow_decays)
     arrays = tuple(mx.array(x).astype(dtype) for x in host)
@@ -77,19 +78,23 @@ def _compare(dialect, kind, batch, length, dims, per_channel, dtype, side_by_sid
 
     expected = value_and_grads(kind, arrays, state, "fallback", wy, ws)
     with simulate(dialect) as sim, pytest.MonkeyPatch.context() as patch:
-        if side_by_side:  # whatever the launch and length
-            patch.setattr(spans, "SMALL_LAUNCH", dict.fromkeys(spans.SMALL_LAUNCH, 2**62))
-            patch.setattr(spans, "MIN_LENGTH", 0)
-        else:
-            patch.setattr(spans, "SMALL_LAUNCH", dict.fromkeys(spans.SMALL_LAUNCH, -1))
+        forward, backward = (side_by_side is True), bool(side_by_side)
+        patch.setattr(spans, "MIN_LENGTH", 0)  # whatever the launch and length
+        patch.setattr(spans, "SMALL_LAUNCH", dict.fromkeys(spans.SMALL_LAUNCH,
+                                                           2**62 if forward else -1))
+        patch.setattr(spans, "BACKWARD_LAUNCH", dict.fromkeys(spans.BACKWARD_LAUNCH,
+                                                              2**62 if backward else -1))
         assert recurops.explain(kind, *arrays, state=state).path == auto_path(kind, length)
         got = value_and_grads(kind, arrays, state, "kernel", wy, ws)
     # the forward and backward kernel sources ran, in this dialect; and the
     # passes of spans side by side where there are several
     launched = {f"{kind}_fwd", f"{kind}_bwd"}
-    if side_by_side and kind in SIDE_BY_SIDE and length > spans.SPANS[-1]:
-        launched |= {f"{kind}_ends", f"{kind}_carries",
-                     "rotlru_pass" if kind == "rotlru" else "chunk_states"}
+    if kind in SIDE_BY_SIDE and length > spans.SPANS[-1]:
+        passes = "rotlru_pass" if kind == "rotlru" else "chunk_states"
+        if forward:
+            launched |= {f"{kind}_ends", passes}
+        if backward and (forward or kind in spans.BACKWARD_LAUNCH):
+            launched |= {f"{kind}_carries", passes}
     assert {launch.name for launch in sim.launches} == launched
     assert all(launch.wrapped.dialect == dialect for launch in sim.launches)
 
@@ -142,6 +147,18 @@ def test_spans_side_by_side_with_slow_decays(kind, batch, length, dims, per_chan
     carry) it hands the next span weigh on every output and gradient."""
     _compare("cuda", kind, batch, length, dims, per_channel, mx.float32, side_by_side=True,
              slow_decays=True)
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+@pytest.mark.parametrize("kind,batch,length,dims,per_channel",
+                         [case for case in CASES if case[0] in spans.BACKWARD_LAUNCH])
+def test_backward_spans_side_by_side_after_a_forward_one_after_another(
+        dialect, kind, batch, length, dims, per_channel):
+    """The kinds that checkpoint every ``SEG`` steps whatever the spans plan
+    their backward apart from their forward (``spans.BACKWARD_LAUNCH``): a
+    backward with spans side by side from a forward's checkpoints made one
+    span after another."""
+    _compare(dialect, kind, batch, length, dims, per_channel, mx.float32, side_by_side="backward")
 
 
 @pytest.mark.parametrize("kind,dims", [("ssd", {"H": 2, "P": 8, "N": 16, "G": 1}),

@@ -142,11 +142,11 @@ SEG = 32
 TILE = 16
 
 
-def _plan(a, state):
-    """The forward's chunks (``spans.plan``), which the backward follows:
+def _plan(a, state, backward=False):
+    """The chunks of the forward, or of the backward (``spans.plan``):
     ``(threads a chunk, chunks, plan)``."""
     rows = lanes(a.shape[0] * a.shape[2])
-    span, chunks = spans.plan("rglru", rows, a.shape[1], state.size)
+    span, chunks = spans.plan("rglru", rows, a.shape[1], state.size, backward)
     return rows, chunks, spans.plan_array(span, chunks)
 
 
@@ -174,7 +174,7 @@ def _forward(a, x, state):
 def _backward(dy, dfinal, ckpt, a, x, state):
     batch, _, width = a.shape
     dtype, inputs = in_one_dtype(a, x)
-    rows, chunks, plan = _plan(a, state)
+    rows, chunks, plan = _plan(a, state, backward=True)
     template = {"T": dtype, "SEG": SEG, "TILE": TILE} | spans.baked(chunks)
     dend = dfinal[:, None]
     if chunks > 1:

@@ -234,11 +234,11 @@ FORWARD_TILE = 16
 BACKWARD_TILE = 8
 
 
-def _plan(a, state):
-    """The forward's spans (``spans.plan``), which the backward follows:
+def _plan(a, state, backward=False):
+    """The spans of the forward, or of the backward (``spans.plan``):
     ``(threads a span, spans, plan)``."""
     rows = lanes(a.shape[0] * a.shape[2])
-    span, chunks = spans.plan("rotlru", rows, a.shape[1], state.size)
+    span, chunks = spans.plan("rotlru", rows, a.shape[1], state.size, backward)
     return rows, chunks, spans.plan_array(span, chunks)
 
 
@@ -279,7 +279,7 @@ def _backward(dy, dfinal, ckpt, a, c, s, x, state):
     batch, _, pairs = a.shape
     dtype, inputs = in_one_dtype(a, c, s, x)
     f32 = mx.float32
-    rows, chunks, plan = _plan(a, state)
+    rows, chunks, plan = _plan(a, state, backward=True)
     template = {"T": dtype, "SEG": SEG, "TILE": BACKWARD_TILE} | spans.baked(chunks)
     dend = dfinal[:, None]
     if chunks > 1:

@@ -247,11 +247,11 @@ def _template(dtype, n, tile):
     return {"T": dtype, "N": n, "NSPLIT": lane_split(n), "SEG": _seg(n), "TILE": tile}
 
 
-def _plan(u, n, state):
-    """The forward's spans (``spans.plan``), which the backward follows:
+def _plan(u, n, state, backward=False):
+    """The spans of the forward, or of the backward (``spans.plan``):
     ``(threads a span, spans, plan)``."""
     rows = u.shape[0] * lanes(u.shape[2] * lane_split(n))
-    span, chunks = spans.plan("s6", rows, u.shape[1], state.size)
+    span, chunks = spans.plan("s6", rows, u.shape[1], state.size, backward)
     return rows, chunks, spans.plan_array(span, chunks)
 
 
@@ -284,7 +284,7 @@ def _backward(dy, dfinal, ckpt, u, delta, A, B, C, state):
     dtype, (u_, delta_, B_, C_) = in_one_dtype(u, delta, B, C)
     f32 = mx.float32
     A_ = A.astype(f32)
-    rows, chunks, plan = _plan(u, n, state)
+    rows, chunks, plan = _plan(u, n, state, backward=True)
     template = _template(dtype, n, BACKWARD_TILE) | spans.baked(chunks)
     dend = dfinal[:, None]
     if chunks > 1:

@@ -54,18 +54,32 @@ from .chassis import SPAN, segments
 #   8192 forward+backward gains 1.1-1.2x but the forward loses 2-5%, and at
 #   16384 both lose.
 SMALL_LAUNCH = {"ssd": 2**14, "gla": 2**14, "rglru": 2**11, "s6": 2**15, "rotlru": 2**12}
+# rglru, rotlru and s6 checkpoint every SEG steps whatever the spans, so their
+# backward may run its spans side by side where their forward does not: up to
+# BACKWARD_LAUNCH[kind] threads. H100, bf16, kernel path, forward+backward,
+# backward side by side against the forward's plan (docs/kernels.md, "The
+# backward's own spans"): s6 B=4 L=2048 D=1536 N=16 (49152 threads) 2.66-3.32
+# against 3.34-4.11 ms, but at 98304 threads (B=8) 4.28-4.40 against
+# 4.04-4.28 and at N=64 or L=512 slower too; rotlru B=8 L=2048 P=1024 (8192)
+# 1.78-1.81 against 1.95-2.47 ms, level at 16384; rglru at 8192 and 16384
+# threads level or slower. ssd and gla checkpoint once a span, so their
+# backward follows their forward's plan.
+BACKWARD_LAUNCH = {"rglru": 2**11, "s6": 2**16, "rotlru": 2**13}
 MIN_LENGTH = 512
 FILL = 2**17
 SPANS = (SPAN, 128, 64, 32)
 
 
-def plan(kind: str, threads: int, length: int, state_size: int) -> tuple[int, int]:
+def plan(kind: str, threads: int, length: int, state_size: int,
+         backward: bool = False) -> tuple[int, int]:
     """``(span, chunks)`` for ``kind``'s launch of ``threads`` threads over
     ``length`` steps with ``state_size`` state elements in all: the steps of
     a span, and 1 (the spans one after another) or the span count (side by
     side, the longest spans that give ``FILL`` threads, down to 32 steps).
-    Checkpoints stay within 32-bit indexing."""
-    if threads <= SMALL_LAUNCH[kind] and length >= MIN_LENGTH:
+    Checkpoints stay within 32-bit indexing. ``backward`` plans the backward
+    of a kind in ``BACKWARD_LAUNCH``."""
+    small = BACKWARD_LAUNCH[kind] if backward else SMALL_LAUNCH[kind]
+    if threads <= small and length >= MIN_LENGTH:
         span = next((s for s in SPANS if threads * segments(length, s) >= FILL), SPANS[-1])
         chunks = segments(length, span)
         if chunks > 1 and state_size * (chunks + 1) < 2**31:
