@@ -51,18 +51,29 @@ def test_spans_run_side_by_side_only_at_small_launches():
 
 
 def test_backward_spans_plan_apart_only_where_checkpoints_allow():
-    """``spans.BACKWARD_LAUNCH``: rglru, rotlru and s6, whose checkpoints do
-    not depend on the spans, run their backward's spans side by side at
-    larger launches than their forward's; ssd and gla have no plan of their
-    own for the backward."""
-    assert spans.BACKWARD_LAUNCH == {"rglru": 2**11, "s6": 2**16, "rotlru": 2**13}
-    assert set(spans.BACKWARD_LAUNCH) == set(spans.SMALL_LAUNCH) - {"ssd", "gla"}
+    """``spans.BACKWARD_LAUNCH``: the backward may run its spans side by
+    side at larger launches than the forward; ssd and gla, whose checkpoints
+    follow the spans, keep the forward's span."""
+    assert spans.BACKWARD_LAUNCH == {"ssd": 2**15, "gla": 3 * 2**13, "rglru": 2**11,
+                                     "s6": 2**16, "rotlru": 2**13}
+    assert set(spans.BACKWARD_LAUNCH) == set(spans.SMALL_LAUNCH)
+    assert (spans.CHECKPOINT_A_SPAN, spans.BACKWARD_SPANS) == (("ssd", "gla"), 4)
     assert spans.plan("s6", 49152, 2048, 1) == (256, 1)  # s6 B=4 D=1536 N=16
     assert spans.plan("s6", 49152, 2048, 1, backward=True) == (256, 8)
     assert spans.plan("s6", 98304, 2048, 1, backward=True) == (256, 1)
     assert spans.plan("rotlru", 8192, 2048, 1) == (256, 1)  # rotlru B=8 P=1024
     assert spans.plan("rotlru", 8192, 2048, 1, backward=True) == (128, 16)
     assert spans.plan("rglru", 2**12, 2048, 1, backward=True) == (256, 1)
+    # ssd and gla: the forward's plan, or its 256-step spans side by side (4 or more)
+    assert spans.plan("ssd", 2**13, 2048, 1, backward=True) == (128, 16)
+    assert spans.plan("ssd", 2**15, 2048, 1) == (256, 1)
+    assert spans.plan("ssd", 2**15, 2048, 1, backward=True) == (256, 8)
+    assert spans.plan("ssd", 2**15, 769, 1, backward=True) == (256, 4)
+    assert spans.plan("ssd", 2**15, 768, 1, backward=True) == (256, 1)
+    assert spans.plan("ssd", 2**15 + 32, 2048, 1, backward=True) == (256, 1)
+    assert spans.plan("ssd", 2**15, 2048, 2**31 // 8, backward=True) == (256, 1)
+    assert spans.plan("gla", 18432, 2048, 1, backward=True) == (256, 8)
+    assert spans.plan("gla", 2**15, 2048, 1, backward=True) == (256, 1)
 
 
 @pytest.mark.parametrize("dims,batch,per_channel,path", [

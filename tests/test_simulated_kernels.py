@@ -84,17 +84,19 @@ def _compare(dialect, kind, batch, length, dims, per_channel, dtype, side_by_sid
                                                            2**62 if forward else -1))
         patch.setattr(spans, "BACKWARD_LAUNCH", dict.fromkeys(spans.BACKWARD_LAUNCH,
                                                               2**62 if backward else -1))
+        patch.setattr(spans, "BACKWARD_SPANS", 2)
         assert recurops.explain(kind, *arrays, state=state).path == auto_path(kind, length)
         got = value_and_grads(kind, arrays, state, "kernel", wy, ws)
     # the forward and backward kernel sources ran, in this dialect; and the
     # passes of spans side by side where there are several
     launched = {f"{kind}_fwd", f"{kind}_bwd"}
-    if kind in SIDE_BY_SIDE and length > spans.SPANS[-1]:
-        passes = "rotlru_pass" if kind == "rotlru" else "chunk_states"
-        if forward:
-            launched |= {f"{kind}_ends", passes}
-        if backward and (forward or kind in spans.BACKWARD_LAUNCH):
-            launched |= {f"{kind}_carries", passes}
+    passes = "rotlru_pass" if kind == "rotlru" else "chunk_states"
+    if forward and length > spans.SPANS[-1]:
+        launched |= {f"{kind}_ends", passes}
+    # a backward of its own keeps the forward's 256-step spans where checkpoints follow spans
+    own_spans = not forward and kind in spans.CHECKPOINT_A_SPAN
+    if backward and length > (spans.SPAN if own_spans else spans.SPANS[-1]):
+        launched |= {f"{kind}_carries", passes}
     assert {launch.name for launch in sim.launches} == launched
     assert all(launch.wrapped.dialect == dialect for launch in sim.launches)
 
@@ -150,14 +152,15 @@ def test_spans_side_by_side_with_slow_decays(kind, batch, length, dims, per_chan
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
-@pytest.mark.parametrize("kind,batch,length,dims,per_channel",
-                         [case for case in CASES if case[0] in spans.BACKWARD_LAUNCH])
+@pytest.mark.parametrize("kind,batch,length,dims,per_channel", [
+    case for case in CASES
+    if case[0] not in spans.CHECKPOINT_A_SPAN or case[2] > spans.SPAN])
 def test_backward_spans_side_by_side_after_a_forward_one_after_another(
         dialect, kind, batch, length, dims, per_channel):
-    """The kinds that checkpoint every ``SEG`` steps whatever the spans plan
-    their backward apart from their forward (``spans.BACKWARD_LAUNCH``): a
-    backward with spans side by side from a forward's checkpoints made one
-    span after another."""
+    """The backward plans its spans apart from the forward
+    (``spans.BACKWARD_LAUNCH``): a backward with spans side by side from a
+    forward's checkpoints made one span after another (for ``ssd`` and
+    ``gla``, whose checkpoints follow the spans, 256-step spans)."""
     _compare(dialect, kind, batch, length, dims, per_channel, mx.float32, side_by_side="backward")
 
 

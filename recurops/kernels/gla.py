@@ -277,11 +277,11 @@ def _span_decays(gates, span):
     return spans.per_span(gates, span, mx.prod, 1.0)[..., None]
 
 
-def _plan(q, v, state):
-    """The forward's spans (``spans.plan``), which the backward follows:
+def _plan(q, v, state, backward=False):
+    """The spans of the forward, or of the backward (``spans.plan``):
     ``(span, chunks, plan)``."""
     threads = _threads(q, v, lane_split(q.shape[-1]))
-    span, chunks = spans.plan("gla", threads, q.shape[1], state.size)
+    span, chunks = spans.plan("gla", threads, q.shape[1], state.size, backward)
     return span, chunks, spans.plan_array(span, chunks)
 
 
@@ -312,7 +312,7 @@ def _backward(dy, dfinal, ckpt, q, k, v, g, state):
     batch, length, heads, dk = q.shape
     dtype, (q_, k_, v_, gates) = _prepare(q, k, v, g)
     f32 = mx.float32
-    span, chunks, plan = _plan(q, v, state)
+    span, chunks, plan = _plan(q, v, state, backward=True)
     split = backward_split(dk, functools.partial(_threads, q, v))
     rows = _threads(q, v, split)
     template = _template(dtype, q_, v_, gates, split) | spans.baked(chunks)

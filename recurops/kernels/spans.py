@@ -23,7 +23,8 @@ the final state, then the backward kernel, each span from its carry.
 
 That is about 1.5x the work for ``NS``-fold threads. ``plan`` chooses it
 for small launches over long sequences, with spans short enough (down to
-32 steps) to fill the GPU.
+32 steps) to fill the GPU, and for the backward up to larger launches than
+for the forward (``BACKWARD_LAUNCH``), from the forward's checkpoints.
 """
 
 from __future__ import annotations
@@ -54,17 +55,24 @@ from .chassis import SPAN, segments
 #   8192 forward+backward gains 1.1-1.2x but the forward loses 2-5%, and at
 #   16384 both lose.
 SMALL_LAUNCH = {"ssd": 2**14, "gla": 2**14, "rglru": 2**11, "s6": 2**15, "rotlru": 2**12}
-# rglru, rotlru and s6 checkpoint every SEG steps whatever the spans, so their
-# backward may run its spans side by side where their forward does not: up to
-# BACKWARD_LAUNCH[kind] threads. H100, bf16, kernel path, forward+backward,
-# backward side by side against the forward's plan (docs/kernels.md, "The
-# backward's own spans"): s6 B=4 L=2048 D=1536 N=16 (49152 threads) 2.66-3.32
-# against 3.34-4.11 ms, but at 98304 threads (B=8) 4.28-4.40 against
-# 4.04-4.28 and at N=64 or L=512 slower too; rotlru B=8 L=2048 P=1024 (8192)
-# 1.78-1.81 against 1.95-2.47 ms, level at 16384; rglru at 8192 and 16384
-# threads level or slower. ssd and gla checkpoint once a span, so their
-# backward follows their forward's plan.
-BACKWARD_LAUNCH = {"rglru": 2**11, "s6": 2**16, "rotlru": 2**13}
+# The backward may run its spans side by side where the forward does not, up
+# to BACKWARD_LAUNCH[kind] threads: the forward then loses by the extra pass
+# while the backward, the longer sweep, still gains. rglru, rotlru and s6
+# checkpoint every SEG steps whatever the spans, so their backward plans its
+# spans freely; ssd and gla checkpoint once a span, so theirs keeps the
+# forward's 256 steps, and only over BACKWARD_SPANS spans or more. H100, bf16,
+# kernel path, forward+backward, the backward side by side against the
+# forward's plan (docs/kernels.md, "The backward's own spans"):
+# - ssd N=16: 1.3-1.9x at 18432 to 32768 threads and L=1024 to 4096 (B=2
+#   L=4096 H=24: 4.35 against 8.08 ms); slower at the large shape (262144);
+# - gla K=V=64, T=2048 (18432 threads): 1.2x per head and per channel; at
+#   T=512 (two spans) 3-7% slower, and level or slower at 32768 and more;
+# - s6 N=16: 1.2x at 49152 threads (B=4 L=2048 D=1536), slower at 98304 and
+#   at N=64 or L=512; rotlru: 1.05-1.25x at 6144 and 8192 threads, level at
+#   16384; rglru: level or slower at 8192 and 16384.
+BACKWARD_LAUNCH = {"ssd": 2**15, "gla": 3 * 2**13, "rglru": 2**11, "s6": 2**16, "rotlru": 2**13}
+CHECKPOINT_A_SPAN = ("ssd", "gla")
+BACKWARD_SPANS = 4
 MIN_LENGTH = 512
 FILL = 2**17
 SPANS = (SPAN, 128, 64, 32)
@@ -76,15 +84,28 @@ def plan(kind: str, threads: int, length: int, state_size: int,
     ``length`` steps with ``state_size`` state elements in all: the steps of
     a span, and 1 (the spans one after another) or the span count (side by
     side, the longest spans that give ``FILL`` threads, down to 32 steps).
-    Checkpoints stay within 32-bit indexing. ``backward`` plans the backward
-    of a kind in ``BACKWARD_LAUNCH``."""
+    Checkpoints stay within 32-bit indexing. ``backward`` plans the
+    backward (up to ``BACKWARD_LAUNCH`` threads; for the kinds in
+    ``CHECKPOINT_A_SPAN`` the forward's span, over ``BACKWARD_SPANS`` spans
+    or more)."""
+    if backward and kind in CHECKPOINT_A_SPAN:
+        span, chunks = plan(kind, threads, length, state_size)
+        if (chunks == 1 and threads <= BACKWARD_LAUNCH[kind]
+                and segments(length, span) >= BACKWARD_SPANS):
+            return span, _indexable(segments(length, span), state_size)
+        return span, chunks
     small = BACKWARD_LAUNCH[kind] if backward else SMALL_LAUNCH[kind]
     if threads <= small and length >= MIN_LENGTH:
         span = next((s for s in SPANS if threads * segments(length, s) >= FILL), SPANS[-1])
-        chunks = segments(length, span)
-        if chunks > 1 and state_size * (chunks + 1) < 2**31:
+        chunks = _indexable(segments(length, span), state_size)
+        if chunks > 1:
             return span, chunks
     return SPAN, 1
+
+
+def _indexable(chunks: int, state_size: int) -> int:
+    """``chunks``, or 1 where a state per chunk would pass 32-bit indexing."""
+    return chunks if state_size * (chunks + 1) < 2**31 else 1
 
 
 def plan_array(span: int, chunks: int) -> mx.array:

@@ -282,12 +282,12 @@ def _span_decays(dt, rates, span):
     return decays[..., None, :]
 
 
-def _plan(x, B, state):
-    """The forward's spans (``spans.plan``), which the backward follows:
+def _plan(x, B, state, backward=False):
+    """The spans of the forward, or of the backward (``spans.plan``):
     ``(span, chunks, plan)``."""
     batch, length, heads, width = x.shape
     threads = _threads(batch, heads, width, lane_split(B.shape[-1]))
-    span, chunks = spans.plan("ssd", threads, length, state.size)
+    span, chunks = spans.plan("ssd", threads, length, state.size, backward)
     return span, chunks, spans.plan_array(span, chunks)
 
 
@@ -321,7 +321,7 @@ def _backward(dy, dfinal, ckpt, x, dt, A, B, C, state):
     n = B.shape[-1]
     dtype, (x_, dt_, B_, C_) = in_one_dtype(x, dt, B, C)
     rates = _per_head_rates(A)
-    span, chunks, plan = _plan(x, B, state)
+    span, chunks, plan = _plan(x, B, state, backward=True)
     split = backward_split(n, functools.partial(_threads, batch, heads, width))
     rows = _threads(batch, heads, width, split)
     template = _template(x, rates, B, dtype, split) | spans.baked(chunks)
