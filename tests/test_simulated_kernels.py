@@ -339,12 +339,14 @@ def test_drawn_shapes_match_fallback(kind, data):
     """Hypothesis draws the dialect, batch dims (none to two), the length
     (from 1, over several segments), head and state sizes that give every
     lane split and partial warps, the decay shape, the dtype and whether
-    spans run side by side."""
+    spans run side by side (in the forward and the backward, or in the
+    backward only)."""
     dialect = data.draw(st.sampled_from(DIALECTS), label="dialect")
     batch = tuple(data.draw(st.lists(st.integers(1, 2), max_size=2), label="batch"))
     length = data.draw(st.integers(1, 70), label="length")
     dims = _draw_dims(kind, data.draw)
     per_channel = kind in ("ssd", "gla") and data.draw(st.booleans(), label="per_channel")
     dtype = data.draw(st.sampled_from([mx.float32, mx.bfloat16]), label="dtype")
-    side_by_side = kind in SIDE_BY_SIDE and data.draw(st.booleans(), label="side_by_side")
+    side_by_side = kind in SIDE_BY_SIDE and data.draw(st.sampled_from([False, True, "backward"]),
+                                                      label="side_by_side")
     _compare(dialect, kind, batch, length, dims, per_channel, dtype, side_by_side)
