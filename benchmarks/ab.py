@@ -9,7 +9,8 @@ kernels named ``ab<hash>_*`` so that MLX never confuses them with the working tr
 ``run`` times every tree on the GPU benchmark's cases (``gpu.cases``; ``--quick`` for
 tiny ones) in alternating rounds, forward and forward+backward, and prints each
 tree's training peak memory (``gpu.peak_training_bytes``, one forward+backward
-from a cleared cache) and its gradients' largest difference from the working
+from a cleared cache), its working set (``gpu.working_set_bytes``, the same
+under a tight memory limit) and its gradients' largest difference from the working
 tree's, relative to the largest gradient. Rounds alternate so that a slow
 stretch of the machine falls on every tree alike; the trees' own rounds show
 the noise.
@@ -102,12 +103,14 @@ def run(packages: dict, cases, impl: str, rounds: int, repeats: int) -> list[dic
         for label, package in packages.items():
             row = times[label]
             peak = gpu.peak_training_bytes(pairs[label][1])
+            working = gpu.working_set_bytes(pairs[label][1])
             diff = _largest_difference(_gradients(package, kind, inputs, impl), want)
             print(f"  {label:8s} fwd {_rounds_text(row['fwd_ms'])} ms  fwd+bwd "
                   f"{_rounds_text(row['fwd_bwd_ms'])} ms  peak {peak / 1e6:.0f} MB  "
+                  f"working set {working / 1e6:.0f} MB  "
                   f"gradients off the tree's by {diff:.1e}", flush=True)
             results.append({"case": name, "tree": label, **row, "peak_bytes": peak,
-                            "gradient_difference": diff})
+                            "working_set_bytes": working, "gradient_difference": diff})
     return results
 
 

@@ -37,5 +37,6 @@ def test_prepared_revision_runs_beside_the_tree(tmp_path, monkeypatch):
     assert rows[0]["gradient_difference"] == 0.0
     assert rows[1]["gradient_difference"] >= 0.0  # a number: both trees' gradients compared
     assert all(len(row["fwd_ms"]) == len(row["fwd_bwd_ms"]) == 1 for row in rows)
-    # a training step holds at least its inputs, output and gradients
+    # a training step holds at least its inputs, output and gradients, with or without a limit
     assert all(row["peak_bytes"] >= 3 * x.nbytes for row in rows)
+    assert all(row["working_set_bytes"] >= 3 * x.nbytes for row in rows)
