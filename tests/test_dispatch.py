@@ -20,7 +20,9 @@ def test_crossover_only_for_large_states_over_long_sequences():
     ssd_big = {"P": 64, "N": 128, "L": 2048}
     assert large_state_crossover(ssd_big, "P", "N", 16, heads=8 * 32) is not None
     assert large_state_crossover(ssd_big, "P", "N", 16, heads=2) is None  # few heads
-    assert large_state_crossover({"P": 64, "N": 16, "L": 2048}, "P", "N", 32, 8 * 32) is None
+    assert large_state_crossover({"P": 64, "N": 16, "L": 2048}, "P", "N", 32, 3 * 12) is None
+    assert large_state_crossover({"P": 64, "N": 16, "L": 4096}, "P", "N", 32, 2 * 24) is not None
+    assert large_state_crossover({"P": 64, "N": 8, "L": 4096}, "P", "N", 32, 8 * 32) is None
     assert large_state_crossover({"P": 64, "N": 128, "L": 64}, "P", "N", 16, 8 * 32) is None
     heads = -(-LARGE_WORK // (4096 * 512))  # the fewest with enough updates at L=512
     gla = {"K": 64, "V": 64, "L": 512}
