@@ -598,8 +598,9 @@ def large_state_crossover(dims: dict, rows: str, cols: str, seg: int, heads: int
     1.3e8 (gla B=1 T=512 H=16 K=V=128, ssd with ``A [H, N]`` B=3 L=1024 H=12
     N=64) up to 2.8-3.1x (gla B=1 T=8192 and B=8 T=2048 H=16 K=V=128). States
     of 1024 and 2048 elements follow it too (ssd N=16 and 32, gla K=V=32 and
-    K=32 V=64): the fallback 1.45-1.9x faster from 1.5e8 updates, 1.1-1.4x at
-    7.5e7, where the kernel still runs (ssd B=8 L=1024 H=8 N=16, 6.7e7: level).
+    K=32 V=64, per head or per channel): the fallback 1.3-2.2x faster from
+    1.5e8 updates, 1.1-1.4x at 7.5e7, where the kernel still runs (ssd B=8
+    L=1024 H=8 N=16, 6.7e7: level).
     """
     size = dims[rows] * dims[cols]
     work = size * heads * dims["L"]
