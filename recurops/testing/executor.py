@@ -353,7 +353,6 @@ class Kernel:
         self.source = source
         self.header = header
         self.dialect = dialect
-        self.last: wrap.Wrapped | None = None
 
     def wrapped(self, inputs, output_dtypes, template=()) -> wrap.Wrapped:
         """The full source MLX generates for a call with these inputs."""
@@ -376,10 +375,8 @@ class Kernel:
         args = [wrap.Arg(n, dt, a.ndim, a.size) for n, (a, dt) in zip(self.input_names, host)]
         parts = (self.dialect, self.name, self.input_names, self.output_names, self.source,
                  self.header, args, out_names, template)
-        w = wrap.wrap(*parts)
-        self.last = w
         if verbose:
-            print(w.text)
+            print(wrap.wrap(*parts).text)
         run = wrap.wrap(*parts, checked=True)
         lib = _load(build(run.text + _entry(run)))
 
@@ -395,7 +392,7 @@ class Kernel:
                 buf.body()[:] = init.view(np.uint8)
             outs.append(buf)
         extras = []
-        for p in w.params:
+        for p in run.params:
             if p.kind in ("shape", "strides", "ndim"):
                 a = host[p.index][0]
                 if p.kind == "shape":
