@@ -7,6 +7,7 @@ from cases import relative_error
 
 import recurops
 from recurops._kind import STEP_FORM_STEPS
+from recurops.kernels import spans
 
 
 def kernel_inputs(kind, rng, batch, length, dims, per_channel=False, slow_decays=False):
@@ -58,6 +59,19 @@ def _inputs(kind, rng, batch, length, dims, per_channel):
         return (a, np.cos(theta), np.sin(theta) * 1.05, normal(L, 2 * P))
     D, N = dims["D"], dims["N"]
     return (normal(L, D), unit(L, D), -unit(D, N, lead=False), normal(L, N), normal(L, N))
+
+
+def plan_spans(patch, forward: bool, backward: bool):
+    """Through ``patch`` (a pytest ``MonkeyPatch``), spans side by side
+    (kernels/spans.py) wherever there are two or more, whatever the launch
+    and length, in the forward and in the backward as asked; one after
+    another otherwise."""
+    patch.setattr(spans, "MIN_LENGTH", 0)
+    patch.setattr(spans, "SMALL_LAUNCH", dict.fromkeys(spans.SMALL_LAUNCH,
+                                                       2**62 if forward else -1))
+    patch.setattr(spans, "BACKWARD_LAUNCH", dict.fromkeys(spans.BACKWARD_LAUNCH,
+                                                          2**62 if backward else -1))
+    patch.setattr(spans, "BACKWARD_SPANS", 2)
 
 
 def auto_path(kind, length):

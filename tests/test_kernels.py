@@ -10,7 +10,14 @@ import mlx.core as mx
 import numpy as np
 import pytest
 from cases import TOLERANCE
-from kernel_cases import auto_path, kernel_inputs, probe, relative_errors, value_and_grads
+from kernel_cases import (
+    auto_path,
+    kernel_inputs,
+    plan_spans,
+    probe,
+    relative_errors,
+    value_and_grads,
+)
 
 import recurops
 from recurops._api import gpu_backend
@@ -55,15 +62,8 @@ def test_gpu_path_matches_reference(kind, batch, length, dims, per_channel, impl
             and length <= spans.SPAN):
         pytest.skip(f"{kind}'s backward keeps the forward's {spans.SPAN}-step spans: one span")
     if impl != "fallback":
-        monkeypatch.setattr(spans, "MIN_LENGTH", 0)
-        forward = impl == "kernel"
-        backward = impl != "kernel, spans one after another"
-        if not forward:
-            monkeypatch.setattr(spans, "SMALL_LAUNCH", dict.fromkeys(spans.SMALL_LAUNCH, -1))
-        if not backward:
-            monkeypatch.setattr(spans, "BACKWARD_LAUNCH",
-                                dict.fromkeys(spans.BACKWARD_LAUNCH, -1))
-        monkeypatch.setattr(spans, "BACKWARD_SPANS", 2)
+        plan_spans(monkeypatch, forward=impl == "kernel",
+                   backward=impl != "kernel, spans one after another")
         impl = "kernel"
     rng = np.random.default_rng(zlib.crc32(f"{kind}-{length}".encode()))
     host = kernel_inputs(kind, rng, batch, length, dims, per_channel)

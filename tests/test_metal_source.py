@@ -14,11 +14,12 @@ import sys
 import mlx.core as mx
 import numpy as np
 import pytest
+from kernel_cases import plan_spans
 
 import recurops
 import recurops.testing.wrap
 from recurops.fallback import scalar_chunked
-from recurops.kernels import chassis, chunked, rotlru, spans
+from recurops.kernels import chassis, chunked, rotlru
 from recurops.testing import Kernel, MetalSourceError, check_metal, simulate
 from recurops.testing.executor import syntax_check
 
@@ -73,9 +74,7 @@ def _launches(dialect):
             for sizes in variants:
                 for dtype in DTYPES:
                     mx.eval(_grads(kind, _call(kind, sizes, dtype)))
-        patch.setattr(spans, "SMALL_LAUNCH", dict.fromkeys(spans.SMALL_LAUNCH, 2**62))
-        patch.setattr(spans, "BACKWARD_LAUNCH", dict.fromkeys(spans.BACKWARD_LAUNCH, 2**62))
-        patch.setattr(spans, "MIN_LENGTH", 0)
+        plan_spans(patch, forward=True, backward=True)
         for kind, variants in _SIZES.items():
             for dtype in DTYPES:
                 mx.eval(_grads(kind, _call(kind, _longer(variants[0], 65), dtype)))

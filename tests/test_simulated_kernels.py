@@ -17,7 +17,14 @@ import pytest
 from cases import TOLERANCE
 from hypothesis import given
 from hypothesis import strategies as st
-from kernel_cases import auto_path, kernel_inputs, probe, relative_errors, value_and_grads
+from kernel_cases import (
+    auto_path,
+    kernel_inputs,
+    plan_spans,
+    probe,
+    relative_errors,
+    value_and_grads,
+)
 
 import recurops
 from recurops.kernels import chassis, spans
@@ -79,12 +86,7 @@ def _compare(dialect, kind, batch, length, dims, per_channel, dtype, side_by_sid
     expected = value_and_grads(kind, arrays, state, "fallback", wy, ws)
     with simulate(dialect) as sim, pytest.MonkeyPatch.context() as patch:
         forward, backward = (side_by_side is True), bool(side_by_side)
-        patch.setattr(spans, "MIN_LENGTH", 0)  # whatever the launch and length
-        patch.setattr(spans, "SMALL_LAUNCH", dict.fromkeys(spans.SMALL_LAUNCH,
-                                                           2**62 if forward else -1))
-        patch.setattr(spans, "BACKWARD_LAUNCH", dict.fromkeys(spans.BACKWARD_LAUNCH,
-                                                              2**62 if backward else -1))
-        patch.setattr(spans, "BACKWARD_SPANS", 2)
+        plan_spans(patch, forward, backward)
         assert recurops.explain(kind, *arrays, state=state).path == auto_path(kind, length)
         got = value_and_grads(kind, arrays, state, "kernel", wy, ws)
     # the forward and backward kernel sources ran, in this dialect; and the
