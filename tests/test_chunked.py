@@ -15,12 +15,13 @@ import functools
 import mlx.core as mx
 import numpy as np
 import pytest
-from cases import TOLERANCE, cotangents, draw_call, run, run_vjp
+from cases import TOLERANCE, cotangents, draw_call, make_call, run, run_vjp
 from hypothesis import given
 from hypothesis import strategies as st
 from test_paths import assert_gradients_match, assert_matches_spec
 
 import recurops
+from recurops._api import gpu_backend
 from recurops.fallback import scalar_chunked
 from recurops.kernels import chunked
 from recurops.testing import executor, simulate
@@ -37,12 +38,19 @@ def state_passing(request, monkeypatch):
         monkeypatch.setattr(scalar_chunked, "_flushes", lambda: True)
         yield
         return
+    with _gpu_form(request.param, monkeypatch):
+        yield
+
+
+@contextlib.contextmanager
+def _gpu_form(dialect, patch):
+    """The chunked form as on a GPU, its kernels simulated in ``dialect``."""
     if executor.available() is not None:
         pytest.skip(executor.available())
-    monkeypatch.setattr(scalar_chunked, "_on_gpu", lambda: True)  # the GPU's chunk lengths
-    monkeypatch.setattr(scalar_chunked, "_fused", chunked.takes)
-    monkeypatch.setattr(scalar_chunked, "_flushes", lambda: False)
-    with simulate(request.param):
+    patch.setattr(scalar_chunked, "_on_gpu", lambda: True)  # the GPU's chunk lengths
+    patch.setattr(scalar_chunked, "_fused", chunked.takes)
+    patch.setattr(scalar_chunked, "_flushes", lambda: False)
+    with simulate(dialect):
         yield
 
 
@@ -173,6 +181,109 @@ def test_fused_channel_scores_match_mlx(dialect, lead, steps, keys, slow, seed):
         assert x.shape == y.shape, name
         np.testing.assert_allclose(np.array(x), y, rtol=1e-5, atol=1e-5 * np.abs(y).max(),
                                    err_msg=name)
+
+
+def _outputs_float64(q, k, v, g, before):
+    """``chunk_outputs``'s formula in float64 NumPy, a chunk at a time."""
+    q, k, v, g, before = (np.array(x, np.float64) for x in (q, k, v, g, before))
+    steps = q.shape[2]
+    later = np.arange(steps)[:, None] >= np.arange(steps)[None, :]  # t >= s
+    y = np.zeros(v.shape)
+    for z, r, c in np.ndindex(*v.shape[:3]):
+        gates = g[z, r, c]
+        decay = np.array([[np.prod(gates[s + 1:t + 1]) for s in range(steps)]
+                          for t in range(steps)]) * later
+        y[z, r, c] = ((q[z, c] @ k[z, c].T * decay) @ v[z, r, c]
+                      + np.cumprod(gates)[:, None] * (q[z, c] @ before[z, r, c]))
+    return y
+
+
+@pytest.mark.parametrize("dialect", ["cuda", "metal"])
+@given(z=st.integers(1, 2), heads=st.integers(1, 3), c=st.integers(1, 3),
+       steps=st.sampled_from(chunked.OUTPUTS_STEPS), keys=st.sampled_from([16, 32, 48]),
+       values=st.sampled_from([8, 24, 40]), seed=seeds)
+def test_tiled_outputs_match_float64(dialect, z, heads, c, steps, keys, values, seed):
+    """``chunk_outputs`` on matrix tiles against float64: every chunk length
+    it takes, several pieces of keys, values in tiles of 8, heads sharing
+    ``q`` and ``k``, gates of exactly 0 and 1. CUDA's tiles multiply in TF32
+    (10-bit mantissas; the simulator rounds as the GPU does), Metal's in
+    float32."""
+    if executor.available() is not None:
+        pytest.skip(executor.available())
+    rng = np.random.default_rng(seed)
+    normal = functools.partial(_normal, rng)
+    q, k = normal(z, c, steps, keys), normal(z, c, steps, keys)
+    v, before = normal(z, heads, c, steps, values), normal(z, heads, c, keys, values)
+    g = _gates(rng, (z, heads, c, steps))
+    with simulate(dialect):
+        y = np.array(chunked.chunk_outputs(q, k, v, g, before))
+    want = _outputs_float64(q, k, v, g, before)
+    tol = 3e-3 if dialect == "cuda" else 1e-5
+    np.testing.assert_allclose(y, want, rtol=tol, atol=tol * np.abs(want).max())
+
+
+_TILED_SIZES = {
+    "ssd": st.fixed_dictionaries({"H": st.sampled_from([1, 2, 4]), "G": st.just(1),
+                                  "P": st.sampled_from([8, 16]), "N": st.just(16),
+                                  "A_per_channel": st.just(False)}),
+    "gla": st.fixed_dictionaries({"H": st.integers(1, 2), "K": st.just(16),
+                                  "V": st.sampled_from([8, 24]),
+                                  "g_per_channel": st.just(False)}),
+}
+
+
+@pytest.mark.parametrize("dialect", ["cuda", "metal"])
+@pytest.mark.parametrize("kind", ["ssd", "gla"])
+@given(data=st.data())
+def test_tiled_form_matches_spec(dialect, kind, data):
+    """Half-precision calls whose chunks' outputs run on matrix tiles (the
+    forward keeps only the chunk states; the backward rebuilds the rest):
+    values, final state and every gradient against SPEC section 3, with and
+    without an initial state, lengths that end inside a chunk."""
+    steps = data.draw(st.sampled_from(chunked.OUTPUTS_STEPS), label="chunk")
+    call = make_call(
+        kind, np.random.default_rng(data.draw(seeds, label="seed")),
+        sizes=data.draw(_TILED_SIZES[kind], label="sizes"),
+        length=data.draw(st.integers(steps, 2 * steps + 5), label="L"),
+        batch=data.draw(st.sampled_from([(), (2,)]), label="batch"),
+        dtype=data.draw(st.sampled_from([mx.bfloat16, mx.float16]), label="dtype"),
+        with_state=data.draw(st.booleans(), label="with_state"),
+        specials=0.1,
+    )
+    tiled = []
+    with pytest.MonkeyPatch.context() as patch, _gpu_form(dialect, patch):
+        patch.setitem(scalar_chunked.CHUNK, "gpu", steps)
+        patch.setattr(chunked, "chunk_outputs",
+                      lambda *a, run=chunked.chunk_outputs: tiled.append(1) or run(*a))
+        tol = TOLERANCE[call.inputs[0].dtype]
+        assert_matches_spec(call, *run(call, "fallback"), tol)
+        seed = data.draw(seeds, label="cotangent seed")
+        cotangent = cotangents(call, np.random.default_rng(seed))
+        _, grads = run_vjp(call, "fallback", cotangent)
+        assert_gradients_match(call, grads, cotangent, tol, seed + 1)
+    assert tiled, "the outputs did not run on matrix tiles"
+
+
+@pytest.mark.skipif(gpu_backend() is None, reason="no Metal or CUDA GPU")
+@pytest.mark.parametrize("kind,sizes", [
+    ("ssd", {"H": 4, "G": 2, "P": 64, "N": 64, "A_per_channel": False}),
+    ("gla", {"H": 2, "K": 128, "V": 128, "g_per_channel": False}),
+])
+def test_tiled_form_on_gpu_matches_spec(kind, sizes, monkeypatch):
+    """On a real GPU: a bfloat16 call whose 64-step chunks' outputs run on
+    the matrix tiles (three chunks, the last one partial, an initial state),
+    values and every gradient against SPEC section 3."""
+    call = make_call(kind, np.random.default_rng(7), sizes=sizes, length=150, batch=(2,),
+                     dtype=mx.bfloat16, with_state=True)
+    tiled = []
+    monkeypatch.setattr(chunked, "chunk_outputs",
+                        lambda *a, run=chunked.chunk_outputs: tiled.append(1) or run(*a))
+    tol = TOLERANCE[mx.bfloat16]
+    assert_matches_spec(call, *run(call, "fallback"), tol)
+    cotangent = cotangents(call, np.random.default_rng(8))
+    _, grads = run_vjp(call, "fallback", cotangent)
+    assert_gradients_match(call, grads, cotangent, tol, 9)
+    assert tiled, "the outputs did not run on matrix tiles"
 
 
 @pytest.mark.parametrize("dialect", ["cuda", "metal"])

@@ -41,6 +41,9 @@ _SIZES = {
            dict(u=(1, 5, 33), delta=(1, 5, 33), A=(33, 20), B=(1, 5, 20), C=(1, 5, 20))],
 }
 DTYPES = (mx.float32, mx.bfloat16, mx.float16)
+# A half-precision fallback call whose chunks' outputs run on matrix tiles
+# (chunked.chunk_outputs: 32-step chunks, 16 key and 8 value channels)
+_TILED = dict(q=(1, 40, 2, 16), k=(1, 40, 2, 16), v=(1, 40, 2, 8), g=(1, 40, 2))
 
 
 def _call(kind, sizes, dtype):
@@ -82,6 +85,8 @@ def _launches(dialect):
         for kind in ("ssd", "gla"):
             for sizes in _SIZES[kind]:
                 mx.eval(_grads(kind, _call(kind, sizes, mx.float32), impl="fallback"))
+        for dtype in (mx.bfloat16, mx.float16):  # outputs on matrix tiles
+            mx.eval(_grads("gla", _call("gla", _TILED, dtype), impl="fallback"))
     unique = {launch.wrapped.kernel_name: launch for launch in sim.launches}
     return list(unique.values())
 
@@ -99,7 +104,7 @@ def test_every_kernel_and_dtype_is_covered():
     seen = {(launch.name, str(dict(launch.wrapped.template).get("T"))) for launch in METAL}
     assert seen == {(f"{kind}_{part}", str(dtype)) for kind in _SIZES
                     for part in ("fwd", "bwd", "ends", "carries") for dtype in DTYPES} | {
-        (source.name, "None") for source in (*_CHUNKED_PIECES, rotlru.PASS)}
+        (source.name, "None") for source in (*_CHUNKED_PIECES, chunked.CHUNK_OUTPUTS, rotlru.PASS)}
 
 
 @pytest.mark.parametrize("launch", METAL, ids=lambda launch: launch.wrapped.kernel_name[14:70])

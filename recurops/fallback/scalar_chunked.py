@@ -248,6 +248,24 @@ def _forward(mm, q, k, v, g, h0):
     return y, final, before, raw, qk, decay
 
 
+def _tiled_forward(mm, q, k, v, g, h0):
+    """``_forward`` with the outputs from one kernel on matrix tiles
+    (``chunked.chunk_outputs``): keeps only the states entering each chunk."""
+    cum = _cumulative(g)
+    w = mx.cumprod(g, axis=-1, reverse=True, inclusive=False)  # prod_{s<r<T} g[r]
+    local = mm(mx.contiguous(_tr(k))[:, None], v * w[..., None])  # [Z,R,C,K,V]
+    before, final = _heads_folded(_states, cum[..., -1], local, h0)
+    return chunked.chunk_outputs(q, k, v, g, before), final, before
+
+
+def _tiled_backward(mm, q, k, v, g, h0, before, dy, dfinal):
+    """``_backward`` after rebuilding what ``_tiled_forward`` did not keep."""
+    decay, _ = _decays(g)
+    qk = mm(q, mx.contiguous(_tr(k)))
+    raw = mm(q[:, None], before)
+    return _backward(mm, q, k, v, g, h0, before, raw, qk, decay, dy, dfinal)
+
+
 def _backward(mm, q, k, v, g, h0, before, raw, qk, decay, dy, dfinal):
     cum = _cumulative(g)  # [Z,R,C,T]; the forward kept decay [Z,R,C,T,T]
     w = decay[..., -1, :, None]  # [Z,R,C,T,1]
@@ -316,11 +334,17 @@ def _checkpointed(forward, backward):
 
 
 @functools.cache
-def _block(channel: bool, exact_fp32: bool):
-    """The custom function for scalar or per-channel gates. ``exact_fp32``
-    routes matmuls through ``precise.matmul`` (float32 inputs: no TF32)."""
+def _block(form: str, exact_fp32: bool):
+    """The custom function of one form: ``"scalar"`` gates, ``"scalar-tiled"``
+    (scalar gates, the outputs on matrix tiles) or ``"channel"`` (per-channel
+    gates). ``exact_fp32`` routes matmuls through ``precise.matmul`` (float32
+    inputs: no TF32)."""
     mm = precise.matmul if exact_fp32 else precise.plain_matmul
-    forward, backward = (_channel_forward, _channel_backward) if channel else (_forward, _backward)
+    forward, backward = {
+        "scalar": (_forward, _backward),
+        "scalar-tiled": (_tiled_forward, _tiled_backward),
+        "channel": (_channel_forward, _channel_backward),
+    }[form]
     return _checkpointed(functools.partial(forward, mm), functools.partial(backward, mm))
 
 
@@ -350,7 +374,10 @@ def scalar_gate_chunked_scan(q, k, v, g, h0, chunk: int | None = None, exact_fp3
         v = mx.pad(v, [(0, 0), (0, 0), (0, pad), (0, 0)])
         g = mx.pad(g, [(0, 0), (0, 0), (0, pad)], constant_values=1.0)
     c = (length + pad) // steps
-    y, final, *_ = _block(False, exact_fp32)(
+    # the tiles multiply in TF32 on CUDA: for half-precision inputs only
+    tiled = (not exact_fp32 and chunked.outputs_take(steps, dk, dv)
+             and _fused(q, k, v, g, h0, extent=z * r * c * max(dk, steps, 128) * dv))
+    y, final, *_ = _block("scalar-tiled" if tiled else "scalar", exact_fp32)(
         q.reshape(z, c, steps, dk),
         k.reshape(z, c, steps, dk),
         v.reshape(z, r, c, steps, dv),
@@ -462,7 +489,7 @@ def channel_gate_chunked_scan(q, k, v, g, h0, chunk: int | None = None, exact_fp
         q, k, v = (mx.pad(x, widths) for x in (q, k, v))
         g = mx.pad(g, widths, constant_values=1.0)
     c = (length + pad) // steps
-    y, final, *_ = _block(True, exact_fp32)(
+    y, final, *_ = _block("channel", exact_fp32)(
         q.reshape(z, c, steps, dk),
         k.reshape(z, c, steps, dk),
         v.reshape(z, c, steps, dv),

@@ -29,6 +29,12 @@ index is this lane's xor ``mask``; every lane must reach it), ``EXP(v)``, and
 ``launch`` was asked to zero, ``init_value=0``).
 Kernels are launched with whole warps only: a warp either returns as a whole
 or reaches every ``WARP_SUM``.
+
+Block-level kernels also have ``SHARED`` (declares an array in threadgroup /
+shared memory, at the top level of the body) and ``BARRIER()`` (every
+thread of the threadgroup waits there), and the warp-level matrix tiles of
+``TILES`` (tensor cores on CUDA, ``simdgroup_matrix`` on Metal), whose
+prelude a body gets when it names ``recurops_tile``.
 """
 
 from __future__ import annotations
@@ -79,6 +85,8 @@ __device__ __forceinline__ float recurops_lane_sum(float v, int first, int last)
         "SHUFFLE_XOR": "recurops_shuffle_xor",
         "EXP": "expf",
         "ATOMIC_ADD": "atomicAdd",
+        "SHARED": "__shared__",
+        "BARRIER": "__syncthreads",
     },
 )
 
@@ -97,6 +105,7 @@ inline float recurops_lane_sum(float v, int first, int last) {
   }
   return v;
 }
+inline void recurops_barrier() { threadgroup_barrier(mem_flags::mem_threadgroup); }
 """,
     tokens={
         "THREAD_ID": "((int)thread_position_in_grid.x)",
@@ -106,17 +115,107 @@ inline float recurops_lane_sum(float v, int first, int last) {
         "SHUFFLE_XOR": "recurops_shuffle_xor",
         "EXP": "metal::exp",
         "ATOMIC_ADD": "recurops_atomic_add",
+        "SHARED": "threadgroup",
+        "BARRIER": "recurops_barrier",
     },
 )
 
 DIALECTS = {"cuda": CUDA, "metal": METAL}
+
+# Warp-level matrix tiles, the same functions in both dialects:
+#   recurops_tile      a 16 x 8 float32 accumulator held by the 32 lanes of a warp
+#   recurops_tile_a    a 16 x 8 left operand, loaded once and used for many products
+#   recurops_tile_zero(t)                  t = 0
+#   recurops_load_a(fa, a, lda)            fa = A, A[i, k] = a[i * lda + k]
+#   recurops_tile_mma(t, fa, b, ldb, bt)   t += A B, B[k, j] = b[k * ldb + j]
+#                                          (b[j * ldb + k] when bt: B stored transposed)
+#   recurops_tile_store(t, c, offset, ldc) c[offset + i * ldc + j] = t[i, j]
+# Operands are read from threadgroup memory (any memory on CUDA); every lane of
+# the warp must make the same call. CUDA: one mma.sync m16n8k8 with TF32
+# operands (10-bit mantissa, rounded to nearest) and float32 accumulation;
+# Metal: two 8 x 8 simdgroup products in float32.
+TILES = {
+    "cuda": """
+#ifndef RECUROPS_MMA_PRIMITIVES  // the kernel simulator brings its own
+__device__ __forceinline__ unsigned recurops_tf32(float x) {
+  unsigned r;
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+  return r;
+}
+__device__ __forceinline__ void recurops_mma_m16n8k8(float* c, const unsigned* a, const unsigned* b) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
+      "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+#endif
+// Fragments as mma.sync lays them out: lane = 4 * row group + column in group.
+struct recurops_tile { float c[4]; };
+struct recurops_tile_a { unsigned a[4]; };
+__device__ __forceinline__ void recurops_tile_zero(recurops_tile& t) {
+  t.c[0] = t.c[1] = t.c[2] = t.c[3] = 0.0f;
+}
+__device__ __forceinline__ void recurops_load_a(recurops_tile_a& f, const float* a, int lda) {
+  const int g = (threadIdx.x & 31) >> 2, q = threadIdx.x & 3;
+  f.a[0] = recurops_tf32(a[g * lda + q]);
+  f.a[1] = recurops_tf32(a[(g + 8) * lda + q]);
+  f.a[2] = recurops_tf32(a[g * lda + q + 4]);
+  f.a[3] = recurops_tf32(a[(g + 8) * lda + q + 4]);
+}
+__device__ __forceinline__ void recurops_tile_mma(recurops_tile& t, const recurops_tile_a& f,
+                                                  const float* b, int ldb, bool bt) {
+  const int g = (threadIdx.x & 31) >> 2, q = threadIdx.x & 3;
+  unsigned fb[2];
+  fb[0] = recurops_tf32(bt ? b[g * ldb + q] : b[q * ldb + g]);
+  fb[1] = recurops_tf32(bt ? b[g * ldb + q + 4] : b[(q + 4) * ldb + g]);
+  recurops_mma_m16n8k8(t.c, f.a, fb);
+}
+template <typename P>
+__device__ __forceinline__ void recurops_tile_store(const recurops_tile& t, P c, long offset, int ldc) {
+  const int g = (threadIdx.x & 31) >> 2, q = threadIdx.x & 3;
+  c[offset + g * ldc + 2 * q] = t.c[0];
+  c[offset + g * ldc + 2 * q + 1] = t.c[1];
+  c[offset + (g + 8) * ldc + 2 * q] = t.c[2];
+  c[offset + (g + 8) * ldc + 2 * q + 1] = t.c[3];
+}
+""",
+    "metal": """
+#include <metal_simdgroup_matrix>
+struct recurops_tile { simdgroup_float8x8 top; simdgroup_float8x8 bottom; };
+struct recurops_tile_a { simdgroup_float8x8 top; simdgroup_float8x8 bottom; };
+inline void recurops_tile_zero(thread recurops_tile& t) {
+  t.top = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+  t.bottom = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+}
+template <typename P>
+inline void recurops_load_a(thread recurops_tile_a& f, P a, int lda) {
+  simdgroup_load(f.top, a, lda);
+  simdgroup_load(f.bottom, a + 8 * lda, lda);
+}
+template <typename P>
+inline void recurops_tile_mma(thread recurops_tile& t, thread const recurops_tile_a& f,
+                              P b, int ldb, bool bt) {
+  simdgroup_float8x8 m;
+  simdgroup_load(m, b, ldb, ulong2(0, 0), bt);
+  simdgroup_multiply_accumulate(t.top, f.top, m, t.top);
+  simdgroup_multiply_accumulate(t.bottom, f.bottom, m, t.bottom);
+}
+template <typename P>
+inline void recurops_tile_store(thread const recurops_tile& t, P c, long offset, int ldc) {
+  simdgroup_store(t.top, c + offset, ldc);
+  simdgroup_store(t.bottom, c + offset + 8 * ldc, ldc);
+}
+""",
+}
 
 
 def render(body: str, dialect: str) -> tuple[str, str]:
     """``(header, source)`` of ``body`` in ``dialect`` ("cuda" or "metal")."""
     spec = DIALECTS[dialect]
     pattern = re.compile(r"\b(" + "|".join(spec.tokens) + r")\b")
-    return spec.header, pattern.sub(lambda m: spec.tokens[m[1]], body)
+    header = spec.header + (TILES[dialect] if "recurops_tile" in body else "")
+    return header, pattern.sub(lambda m: spec.tokens[m[1]], body)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ import math
 
 import mlx.core as mx
 
-from .chassis import WARP, Source, lanes, launch
+from .chassis import THREADS_PER_GROUP, WARP, Source, lanes, launch
 
 _STATES_PROLOGUE = """
     const int Z = b_shape[0];
@@ -323,6 +323,150 @@ CHANNEL_SCORES_GRAD = Source(
 )
 
 
+# The chunk's outputs, one threadgroup of four warps a chunk and head, on the
+# warp-level matrix tiles (chassis.TILES; TF32 on CUDA). Warp w owns output
+# rows 16w..16w+15. Threadgroup memory (at most 8192 floats, Metal's 32 KB):
+#   P      [CH][CH+4]  the scores q k^T, then times the decays (P = q k^T * D)
+#   cum    [CH]        the chunk's gate products
+#   stage  q and k pieces of 16 channels, then v rows, then q * cum and S pieces
+# Row strides are padded so the fragments' lanes hit distinct banks.
+CHUNK_OUTPUTS = Source(
+    "chunk_outputs",
+    inputs=("q", "k", "v", "g", "before"),
+    outputs=("y",),
+    body="""
+    // q, k [Z, C, CH, KD]; v, y [Z, R, C, CH, VD]; g [Z, R, C, CH]; before [Z, R, C, KD, VD];
+    // threadgroups of 128 threads (chassis.THREADS_PER_GROUP)
+    constexpr int LDP = CH + 4;      // P's row stride
+    constexpr int LDQ = 20;          // a 16-channel piece's row stride
+    constexpr int LDV = VD + 8;      // a v or S piece's row stride
+    constexpr int PIECE = CH * LDQ;  // where the second operand starts in stage
+    constexpr int SECOND = PIECE > 16 * LDV ? PIECE : 16 * LDV;  // a k piece, or 16 rows of v or S
+    SHARED float P[CH * LDP];
+    SHARED float cum[CH];
+    SHARED float stage[PIECE + SECOND];
+
+    const int Z = q_shape[0];
+    const int C = q_shape[1];
+    const int R = v_shape[1];
+    const int tid = THREAD_ID % 128;
+    const int chunk = THREAD_ID / 128;
+    if (chunk >= Z * R * C) return;  // a whole threadgroup: no barrier is left half-met
+    const int warp = tid / 32;
+    const bool rows = warp < CH / 16;  // this warp owns output rows (uniform in the warp)
+    const int c = chunk % C;
+    const int zr = chunk / C;
+    const long qk_at = ((long)(zr / R) * C + c) * CH * KD;
+    const long v_at = (long)chunk * CH * VD;
+    const long g_at = (long)chunk * CH;
+    const long s_at = (long)chunk * KD * VD;
+
+    // scores q k^T over channel pieces of 16; only tiles on or below the diagonal
+    recurops_tile score[CH / 8];
+    for (int j = 0; j < CH / 8; ++j) recurops_tile_zero(score[j]);
+    for (int k0 = 0; k0 < KD; k0 += 16) {
+        BARRIER();
+        for (int i = tid; i < CH * 16; i += 128) {
+            const int t = i / 16;
+            const int kk = i % 16;
+            stage[t * LDQ + kk] = q[qk_at + t * KD + k0 + kk];
+            stage[PIECE + t * LDQ + kk] = k[qk_at + t * KD + k0 + kk];
+        }
+        BARRIER();
+        if (rows) {
+            for (int ks = 0; ks < 16; ks += 8) {
+                recurops_tile_a fa;
+                recurops_load_a(fa, stage + warp * 16 * LDQ + ks, LDQ);
+                for (int j = 0; j < CH / 8; ++j) {
+                    if (j < 2 * warp + 2) {
+                        recurops_tile_mma(score[j], fa, stage + PIECE + j * 8 * LDQ + ks, LDQ, true);
+                    }
+                }
+            }
+        }
+    }
+    if (rows) {
+        for (int j = 0; j < CH / 8; ++j) {
+            if (j < 2 * warp + 2) recurops_tile_store(score[j], P, warp * 16 * LDP + j * 8, LDP);
+        }
+    }
+    BARRIER();
+
+    // times the decays D[t, s] = prod_{s<r<=t} g[r], a thread a column; zero above
+    if (tid < CH) {
+        const int s = tid;
+        float p = 1.0f;
+        for (int t = 0; t < CH; ++t) {
+            if (t > s) p *= g[g_at + t];
+            P[t * LDP + s] = (t >= s) ? P[t * LDP + s] * p : 0.0f;
+        }
+    } else if (tid == 127) {
+        float p = 1.0f;
+        for (int t = 0; t < CH; ++t) {
+            p *= g[g_at + t];
+            cum[t] = p;
+        }
+    }
+
+    // y = P v + (cum * q) S, both on the same accumulators
+    recurops_tile out[VD / 8];
+    for (int j = 0; j < VD / 8; ++j) recurops_tile_zero(out[j]);
+    for (int s0 = 0; s0 < CH; s0 += 16) {
+        BARRIER();
+        for (int i = tid; i < 16 * VD; i += 128) {
+            stage[(i / VD) * LDV + i % VD] = v[v_at + (long)(s0 + i / VD) * VD + i % VD];
+        }
+        BARRIER();
+        if (rows && s0 < 16 * warp + 16) {
+            for (int ks = 0; ks < 16; ks += 8) {
+                recurops_tile_a fa;
+                recurops_load_a(fa, P + warp * 16 * LDP + s0 + ks, LDP);
+                for (int j = 0; j < VD / 8; ++j) {
+                    recurops_tile_mma(out[j], fa, stage + ks * LDV + j * 8, LDV, false);
+                }
+            }
+        }
+    }
+    for (int k0 = 0; k0 < KD; k0 += 16) {
+        BARRIER();
+        for (int i = tid; i < CH * 16; i += 128) {
+            const int t = i / 16;
+            stage[t * LDQ + i % 16] = q[qk_at + t * KD + k0 + i % 16] * cum[t];
+        }
+        for (int i = tid; i < 16 * VD; i += 128) {
+            stage[PIECE + (i / VD) * LDV + i % VD] = before[s_at + (long)(k0 + i / VD) * VD + i % VD];
+        }
+        BARRIER();
+        if (rows) {
+            for (int ks = 0; ks < 16; ks += 8) {
+                recurops_tile_a fa;
+                recurops_load_a(fa, stage + warp * 16 * LDQ + ks, LDQ);
+                for (int j = 0; j < VD / 8; ++j) {
+                    recurops_tile_mma(out[j], fa, stage + PIECE + ks * LDV + j * 8, LDV, false);
+                }
+            }
+        }
+    }
+    if (rows) {
+        for (int j = 0; j < VD / 8; ++j) {
+            recurops_tile_store(out[j], y, v_at + warp * 16 * VD + j * 8, VD);
+        }
+    }
+""",
+)
+
+# Shapes chunk_outputs takes: chunks of 16 to 64 steps in whole tiles, key
+# channels in pieces of 16, value channels in tiles of 8 up to what its
+# accumulators and threadgroup memory hold.
+OUTPUTS_STEPS = (16, 32, 48, 64)
+OUTPUTS_MAX_V = 128
+
+
+def outputs_take(steps: int, dk: int, dv: int) -> bool:
+    """Whether ``chunk_outputs`` takes chunks of ``steps`` with these head dims."""
+    return steps in OUTPUTS_STEPS and dk % 16 == 0 and dv % 8 == 0 and 0 < dv <= OUTPUTS_MAX_V
+
+
 def takes(*arrays, extent: int = 0) -> bool:
     """Whether these kernels take the arrays: float32, not empty, and every
     index a kernel forms (into the arrays, or up to ``extent``: its largest
@@ -460,3 +604,20 @@ def channel_scores_grad(q, k, g, dscores, dqc, dkw, da) -> tuple[mx.array, mx.ar
                    {name: ((rows, steps, dk), mx.float32) for name in ("dq", "dk", "dg")},
                    threads=lanes(rows * dk), template={"STEPS": steps})
     return tuple(x.reshape(q.shape) for x in grads)
+
+
+def chunk_outputs(q, k, v, g, before) -> mx.array:
+    """The chunks' outputs ``y = (q k^T * D) v + cum * (q S)`` on matrix tiles.
+
+    ``q, k [Z, C, T, K]`` (shared by the ``R`` heads of a group), ``v [Z, R,
+    C, T, V]``, gates ``g [Z, R, C, T]``, the states entering each chunk
+    ``before [Z, R, C, K, V]``; ``D[t, s] = prod_{s<r<=t} g[r]`` (0 above the
+    diagonal) and ``cum[t] = prod_{r<=t} g[r]``. Returns ``y [Z, R, C, T, V]``,
+    float32 (the products in TF32 on CUDA). Shapes as ``outputs_take`` says.
+    """
+    z, c, steps, dk = q.shape
+    r, dv = v.shape[1], v.shape[-1]
+    assert outputs_take(steps, dk, dv), (steps, dk, dv)
+    (y,) = launch(CHUNK_OUTPUTS, (q, k, v, g, before), {"y": (v.shape, mx.float32)},
+                  threads=z * r * c * THREADS_PER_GROUP, template={"CH": steps, "KD": dk, "VD": dv})
+    return y

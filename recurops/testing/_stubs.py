@@ -117,8 +117,10 @@ CUDA_UTILS = r"""
 #define __grid_constant__
 #define __restrict__ __restrict
 #define __launch_bounds__(...)
-// Shared memory is not simulated: a kernel declaring it fails to compile here.
-#define __shared__ recurops_sim_shared_memory_is_not_simulated
+// Shared memory: the threads of a block run as fibers of one OS thread, one
+// block after another, so per-OS-thread storage is shared by the block's threads.
+// Like shared memory it holds whatever the last block left there.
+#define __shared__ static thread_local
 #define warpSize 32
 
 struct uint3 { unsigned int x, y, z; };
@@ -252,6 +254,41 @@ inline void __syncwarp(unsigned mask = 0xffffffffu) {
 }
 inline void __syncthreads() { recurops_sim_barrier(); }
 inline float atomicAdd(float* address, float v) { return recurops_sim::atomic_add(address, v); }
+
+// The two PTX instructions of the chassis's matrix tiles (recurops_kernels
+// TILES), so the fragment layouts around them run as on the GPU.
+#define RECUROPS_MMA_PRIMITIVES
+// cvt.rna.tf32.f32: round to a 10-bit mantissa, ties away from zero.
+inline unsigned recurops_tf32(float x) {
+  uint32_t u = recurops_sim::f2u(x);
+  if ((u & 0x7f800000u) != 0x7f800000u) u += 0x1000u;
+  return u & 0xffffe000u;
+}
+// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32: each lane posts its
+// fragments, the warp meets, each lane sums its four outputs from all of them.
+inline void recurops_mma_m16n8k8(float* c, const unsigned* a, const unsigned* b) {
+  static thread_local unsigned posted[32][32][6];  // [warp][lane][a0..a3, b0, b1]
+  const recurops_sim_thread* self = recurops_sim_self();
+  unsigned (*warp)[6] = posted[self->simd_index];
+  for (int i = 0; i < 4; ++i) warp[self->lane][i] = a[i];
+  warp[self->lane][4] = b[0];
+  warp[self->lane][5] = b[1];
+  recurops_sim_warp(RECUROPS_SIM_SYNC, 0, 0, 0);
+  const int g = (int)self->lane >> 2, q = (int)self->lane & 3;
+  float out[4];
+  for (int e = 0; e < 4; ++e) {
+    const int row = g + (e >= 2 ? 8 : 0), col = 2 * q + (e & 1);
+    float sum = 0.0f;
+    for (int k = 0; k < 8; ++k) {
+      const float av = recurops_sim::u2f(warp[(row % 8) * 4 + k % 4][(row >= 8) + 2 * (k >= 4)]);
+      const float bv = recurops_sim::u2f(warp[col * 4 + k % 4][4 + (k >= 4)]);
+      sum += av * bv;
+    }
+    out[e] = sum;
+  }
+  recurops_sim_warp(RECUROPS_SIM_SYNC, 0, 0, 0);  // all have read before any posts again
+  for (int e = 0; e < 4; ++e) c[e] += out[e];
+}
 """
 
 COOPERATIVE_GROUPS = r"""
@@ -272,8 +309,9 @@ METAL_STDLIB = r"""
 #define constant
 #define thread
 #ifdef RECUROPS_SIM_EXEC
-// Threadgroup memory is not simulated: a kernel declaring it fails to build here.
-#define threadgroup recurops_sim_threadgroup_memory_is_not_simulated
+// Threadgroup memory: a threadgroup's threads run as fibers of one OS thread,
+// one threadgroup after another, so per-OS-thread storage is shared by them.
+#define threadgroup static thread_local
 #else
 #define threadgroup
 #endif
@@ -282,7 +320,13 @@ METAL_STDLIB = r"""
 typedef unsigned int uint;
 typedef unsigned short ushort;
 typedef unsigned char uchar;
+typedef unsigned long ulong;
 typedef long ptrdiff_t;
+struct ulong2 {
+  ulong x, y;
+  ulong2() = default;
+  ulong2(ulong a, ulong b) : x(a), y(b) {}
+};
 
 struct half {
   uint16_t bits;
@@ -392,6 +436,56 @@ template <class T> inline T simd_broadcast(T x, ushort lane) { return simd_shuff
 inline void simdgroup_barrier(mem_flags) { recurops_sim_warp(RECUROPS_SIM_SYNC, 0, 0, 0); }
 inline void threadgroup_barrier(mem_flags) { recurops_sim_barrier(); }
 
+// simdgroup matrices: every lane holds the whole matrix and does the whole
+// operation; the lanes meet at each one, as they must on the GPU.
+template <class T, int Cols, int Rows> struct simdgroup_matrix { T v[Rows * Cols]; };
+typedef simdgroup_matrix<float, 8, 8> simdgroup_float8x8;
+template <class T, int Cols, int Rows>
+inline simdgroup_matrix<T, Cols, Rows> make_filled_simdgroup_matrix(T x) {
+  simdgroup_matrix<T, Cols, Rows> m;
+  for (int i = 0; i < Rows * Cols; ++i) m.v[i] = x;
+  return m;
+}
+template <class T, int Cols, int Rows, class P>
+inline void simdgroup_load(simdgroup_matrix<T, Cols, Rows>& d, P src, ulong elements_per_row = Cols,
+                           ulong2 origin = ulong2(0, 0), bool transpose = false) {
+  recurops_sim_warp(RECUROPS_SIM_SYNC, 0, 0, 0);
+  for (int r = 0; r < Rows; ++r)
+    for (int c = 0; c < Cols; ++c) {
+      const ulong row = transpose ? origin.x + c : origin.y + r;
+      const ulong col = transpose ? origin.y + r : origin.x + c;
+      d.v[r * Cols + c] = src[row * elements_per_row + col];
+    }
+}
+template <class T, int Cols, int Rows, class P>
+inline void simdgroup_store(const simdgroup_matrix<T, Cols, Rows>& m, P dst,
+                            ulong elements_per_row = Cols, ulong2 origin = ulong2(0, 0),
+                            bool transpose = false) {
+  recurops_sim_warp(RECUROPS_SIM_SYNC, 0, 0, 0);
+  for (int r = 0; r < Rows; ++r)
+    for (int c = 0; c < Cols; ++c) {
+      const ulong row = transpose ? origin.x + c : origin.y + r;
+      const ulong col = transpose ? origin.y + r : origin.x + c;
+      dst[row * elements_per_row + col] = m.v[r * Cols + c];
+    }
+  recurops_sim_warp(RECUROPS_SIM_SYNC, 0, 0, 0);
+}
+template <class T, int N, int K, int M>
+inline void simdgroup_multiply_accumulate(simdgroup_matrix<T, N, M>& d,
+                                          const simdgroup_matrix<T, K, M>& a,
+                                          const simdgroup_matrix<T, N, K>& b,
+                                          const simdgroup_matrix<T, N, M>& c) {
+  recurops_sim_warp(RECUROPS_SIM_SYNC, 0, 0, 0);
+  simdgroup_matrix<T, N, M> out;
+  for (int i = 0; i < M; ++i)
+    for (int j = 0; j < N; ++j) {
+      T sum = c.v[i * N + j];
+      for (int k = 0; k < K; ++k) sum += a.v[i * K + k] * b.v[k * N + j];
+      out.v[i * N + j] = sum;
+    }
+  d = out;
+}
+
 enum memory_order { memory_order_relaxed };
 template <class T> struct atomic { T value; };  // Metal allows int, uint, float
 typedef atomic<float> atomic_float;
@@ -417,6 +511,8 @@ typedef bfloat bfloat16_t;
 
 FILES = {
     "recurops_sim_numeric.h": NUMERIC,
+    "metal_simdgroup_matrix": '#pragma once\n#include <metal_stdlib>\n',
+
     "mlx/backend/cuda/device/utils.cuh": CUDA_UTILS,
     "cooperative_groups.h": COOPERATIVE_GROUPS,
     "metal_stdlib": METAL_STDLIB,
