@@ -222,6 +222,41 @@ def test_tiled_outputs_match_float64(dialect, z, heads, c, steps, keys, values, 
     np.testing.assert_allclose(y, want, rtol=tol, atol=tol * np.abs(want).max())
 
 
+def _states_float64(k, v, g, h0):
+    """``chunk_states``'s recurrence in float64 NumPy, a chunk at a time."""
+    k, v, g, h = (np.array(x, np.float64) for x in (k, v, g, h0))
+    before = np.zeros(v.shape[:3] + h.shape[-2:])
+    for c in range(v.shape[2]):
+        before[:, :, c] = h
+        gates = g[:, :, c]  # [Z, R, T]
+        w = np.array([np.prod(gates[..., s + 1:], axis=-1) for s in range(gates.shape[-1])])
+        local = np.einsum("zsk,zrs,zrsv->zrkv", k[:, c], np.moveaxis(w, 0, -1), v[:, :, c])
+        h = np.prod(gates, axis=-1)[..., None, None] * h + local
+    return before, h
+
+
+@pytest.mark.parametrize("dialect", ["cuda", "metal"])
+@given(z=st.integers(1, 2), heads=st.integers(1, 2), c=st.integers(1, 4),
+       steps=st.sampled_from(chunked.OUTPUTS_STEPS), keys=st.sampled_from([16, 48, 80, 128]),
+       values=st.sampled_from([8, 40, 96, 128]), seed=seeds)
+def test_tiled_states_match_float64(dialect, z, heads, c, steps, keys, values, seed):
+    """``chunk_states`` on matrix tiles against float64: every chunk length
+    (one to three pieces a chunk), the state split into blocks of rows and of
+    columns (80 keys in blocks of 16, 96 values in blocks of 32), heads
+    sharing ``k``, gates of exactly 0 and 1, several chunks."""
+    if executor.available() is not None:
+        pytest.skip(executor.available())
+    rng = np.random.default_rng(seed)
+    normal = functools.partial(_normal, rng)
+    k, v = normal(z, c, steps, keys), normal(z, heads, c, steps, values)
+    g, h0 = _gates(rng, (z, heads, c, steps)), normal(z, heads, keys, values)
+    with simulate(dialect):
+        got = [np.array(x) for x in chunked.chunk_states(k, v, g, h0)]
+    tol = 3e-3 if dialect == "cuda" else 1e-5
+    for name, x, want in zip(["before", "final"], got, _states_float64(k, v, g, h0), strict=True):
+        np.testing.assert_allclose(x, want, rtol=tol, atol=tol * np.abs(want).max(), err_msg=name)
+
+
 _TILED_SIZES = {
     "ssd": st.fixed_dictionaries({"H": st.sampled_from([1, 2, 4]), "G": st.just(1),
                                   "P": st.sampled_from([8, 16]), "N": st.just(16),

@@ -249,12 +249,10 @@ def _forward(mm, q, k, v, g, h0):
 
 
 def _tiled_forward(mm, q, k, v, g, h0):
-    """``_forward`` with the outputs from one kernel on matrix tiles
-    (``chunked.chunk_outputs``): keeps only the states entering each chunk."""
-    cum = _cumulative(g)
-    w = mx.cumprod(g, axis=-1, reverse=True, inclusive=False)  # prod_{s<r<T} g[r]
-    local = mm(mx.contiguous(_tr(k))[:, None], v * w[..., None])  # [Z,R,C,K,V]
-    before, final = _heads_folded(_states, cum[..., -1], local, h0)
+    """``_forward`` as two kernels on matrix tiles, the chunk states
+    (``chunked.chunk_states``) and the outputs (``chunked.chunk_outputs``);
+    keeps only the states entering each chunk."""
+    before, final = chunked.chunk_states(k, v, g, h0)
     return chunked.chunk_outputs(q, k, v, g, before), final, before
 
 

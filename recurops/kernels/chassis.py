@@ -127,6 +127,9 @@ DIALECTS = {"cuda": CUDA, "metal": METAL}
 #   recurops_tile_a    a 16 x 8 left operand, loaded once and used for many products
 #   recurops_tile_zero(t)                  t = 0
 #   recurops_load_a(fa, a, lda)            fa = A, A[i, k] = a[i * lda + k]
+#   recurops_load_a_t(fa, a, lda)          fa = A stored transposed, A[i, k] = a[k * lda + i]
+#   recurops_tile_load(t, c, offset, ldc)  t[i, j] = c[offset + i * ldc + j]
+#   recurops_tile_scale(t, s)              t *= s
 #   recurops_tile_mma(t, fa, b, ldb, bt)   t += A B, B[k, j] = b[k * ldb + j]
 #                                          (b[j * ldb + k] when bt: B stored transposed)
 #   recurops_tile_store(t, c, offset, ldc) c[offset + i * ldc + j] = t[i, j]
@@ -142,7 +145,8 @@ __device__ __forceinline__ unsigned recurops_tf32(float x) {
   asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
   return r;
 }
-__device__ __forceinline__ void recurops_mma_m16n8k8(float* c, const unsigned* a, const unsigned* b) {
+__device__ __forceinline__ void recurops_mma_m16n8k8(float* c, const unsigned* a,
+                                                     const unsigned* b) {
   asm volatile(
       "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
       "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
@@ -163,6 +167,27 @@ __device__ __forceinline__ void recurops_load_a(recurops_tile_a& f, const float*
   f.a[2] = recurops_tf32(a[g * lda + q + 4]);
   f.a[3] = recurops_tf32(a[(g + 8) * lda + q + 4]);
 }
+__device__ __forceinline__ void recurops_load_a_t(recurops_tile_a& f, const float* a, int lda) {
+  const int g = (threadIdx.x & 31) >> 2, q = threadIdx.x & 3;
+  f.a[0] = recurops_tf32(a[q * lda + g]);
+  f.a[1] = recurops_tf32(a[q * lda + g + 8]);
+  f.a[2] = recurops_tf32(a[(q + 4) * lda + g]);
+  f.a[3] = recurops_tf32(a[(q + 4) * lda + g + 8]);
+}
+template <typename P>
+__device__ __forceinline__ void recurops_tile_load(recurops_tile& t, P c, long offset, int ldc) {
+  const int g = (threadIdx.x & 31) >> 2, q = threadIdx.x & 3;
+  t.c[0] = c[offset + g * ldc + 2 * q];
+  t.c[1] = c[offset + g * ldc + 2 * q + 1];
+  t.c[2] = c[offset + (g + 8) * ldc + 2 * q];
+  t.c[3] = c[offset + (g + 8) * ldc + 2 * q + 1];
+}
+__device__ __forceinline__ void recurops_tile_scale(recurops_tile& t, float s) {
+  t.c[0] *= s;
+  t.c[1] *= s;
+  t.c[2] *= s;
+  t.c[3] *= s;
+}
 __device__ __forceinline__ void recurops_tile_mma(recurops_tile& t, const recurops_tile_a& f,
                                                   const float* b, int ldb, bool bt) {
   const int g = (threadIdx.x & 31) >> 2, q = threadIdx.x & 3;
@@ -172,7 +197,8 @@ __device__ __forceinline__ void recurops_tile_mma(recurops_tile& t, const recuro
   recurops_mma_m16n8k8(t.c, f.a, fb);
 }
 template <typename P>
-__device__ __forceinline__ void recurops_tile_store(const recurops_tile& t, P c, long offset, int ldc) {
+__device__ __forceinline__ void recurops_tile_store(const recurops_tile& t, P c, long offset,
+                                                    int ldc) {
   const int g = (threadIdx.x & 31) >> 2, q = threadIdx.x & 3;
   c[offset + g * ldc + 2 * q] = t.c[0];
   c[offset + g * ldc + 2 * q + 1] = t.c[1];
@@ -192,6 +218,20 @@ template <typename P>
 inline void recurops_load_a(thread recurops_tile_a& f, P a, int lda) {
   simdgroup_load(f.top, a, lda);
   simdgroup_load(f.bottom, a + 8 * lda, lda);
+}
+template <typename P>
+inline void recurops_load_a_t(thread recurops_tile_a& f, P a, int lda) {
+  simdgroup_load(f.top, a, lda, ulong2(0, 0), true);
+  simdgroup_load(f.bottom, a + 8, lda, ulong2(0, 0), true);
+}
+template <typename P>
+inline void recurops_tile_load(thread recurops_tile& t, P c, long offset, int ldc) {
+  simdgroup_load(t.top, c + offset, ldc);
+  simdgroup_load(t.bottom, c + offset + 8 * ldc, ldc);
+}
+inline void recurops_tile_scale(thread recurops_tile& t, float s) {
+  t.top.thread_elements() *= s;
+  t.bottom.thread_elements() *= s;
 }
 template <typename P>
 inline void recurops_tile_mma(thread recurops_tile& t, thread const recurops_tile_a& f,

@@ -379,7 +379,8 @@ CHUNK_OUTPUTS = Source(
                 recurops_load_a(fa, stage + warp * 16 * LDQ + ks, LDQ);
                 for (int j = 0; j < CH / 8; ++j) {
                     if (j < 2 * warp + 2) {
-                        recurops_tile_mma(score[j], fa, stage + PIECE + j * 8 * LDQ + ks, LDQ, true);
+                        recurops_tile_mma(score[j], fa, stage + PIECE + j * 8 * LDQ + ks, LDQ,
+                                          true);
                     }
                 }
             }
@@ -434,7 +435,8 @@ CHUNK_OUTPUTS = Source(
             stage[t * LDQ + i % 16] = q[qk_at + t * KD + k0 + i % 16] * cum[t];
         }
         for (int i = tid; i < 16 * VD; i += 128) {
-            stage[PIECE + (i / VD) * LDV + i % VD] = before[s_at + (long)(k0 + i / VD) * VD + i % VD];
+            const int kk = i / VD;
+            stage[PIECE + kk * LDV + i % VD] = before[s_at + (long)(k0 + kk) * VD + i % VD];
         }
         BARRIER();
         if (rows) {
@@ -454,6 +456,132 @@ CHUNK_OUTPUTS = Source(
     }
 """,
 )
+
+# The states entering each chunk, S[c+1] = a[c] S[c] + k^T (w * v), on the
+# matrix tiles: a threadgroup carries one head's BK x BV block of the state
+# through the chunks in its accumulators, warp w holding rows 16w..16w+15,
+# and loads the next piece of k and v (SP steps) while it multiplies this one.
+CHUNK_STATES = Source(
+    "chunk_tile_states",
+    inputs=("k", "v", "g", "h0"),
+    outputs=("before", "final"),
+    body="""
+    // k [Z, C, CH, KD]; v [Z, R, C, CH, VD]; g [Z, R, C, CH]; h0, final [Z, R, KD, VD];
+    // before [Z, R, C, KD, VD]; threadgroups of 128 threads (chassis.THREADS_PER_GROUP)
+    constexpr int SP = (CH % 32 == 0) ? 32 : 16;  // steps a piece
+    constexpr int PIECES = CH / SP;
+    constexpr int LDK = BK + 8;
+    constexpr int LDV = BV + 8;
+    constexpr int KN = SP * BK / 128;  // a thread's share of a piece of k
+    constexpr int VN = SP * BV / 128;  // and of v
+    SHARED float ks[SP * LDK];
+    SHARED float vs[SP * LDV];
+    SHARED float gs[CH];
+    SHARED float ws[CH + 1];  // w[s] = prod_{s<r<CH} g[r], and a = prod g last
+
+    const int Z = k_shape[0];
+    const int C = k_shape[1];
+    const int R = v_shape[1];
+    const int KB = KD / BK;
+    const int VB = VD / BV;
+    const int tid = THREAD_ID % 128;
+    const int block = THREAD_ID / 128;
+    if (block >= Z * R * KB * VB) return;  // a whole threadgroup
+    const int warp = tid / 32;
+    const bool rows = warp < BK / 16;  // this warp holds state rows (uniform in the warp)
+    const int vb = block % VB;
+    const int kb = (block / VB) % KB;
+    const int zr = block / (VB * KB);
+    const long k_at = (long)(zr / R) * C * CH * KD + kb * BK;  // k[z, 0, 0, kb * BK]
+    const long v_at = (long)zr * C * CH * VD + vb * BV;
+    const long g_at = (long)zr * C * CH;
+    const long row = (long)kb * BK + warp * 16;  // the warp's first state row
+
+    recurops_tile h[BV / 8];
+    if (rows) {
+        for (int j = 0; j < BV / 8; ++j) {
+            recurops_tile_load(h[j], h0, ((long)zr * KD + row) * VD + vb * BV + j * 8, VD);
+        }
+    }
+    float kn[KN];
+    float vn[VN];
+    for (int e = 0; e < KN; ++e) {
+        const int i = tid + e * 128;
+        kn[e] = k[k_at + (long)(i / BK) * KD + i % BK];
+    }
+    for (int e = 0; e < VN; ++e) {
+        const int i = tid + e * 128;
+        vn[e] = v[v_at + (long)(i / BV) * VD + i % BV];
+    }
+    float gn = (tid < CH) ? g[g_at + tid] : 0.0f;
+
+    for (int c = 0; c < C; ++c) {
+        BARRIER();  // the last chunk is done with gs, ws and the pieces
+        if (tid < CH) gs[tid] = gn;
+        if (rows) {
+            for (int j = 0; j < BV / 8; ++j) {
+                const long at = (((long)zr * C + c) * KD + row) * VD + vb * BV + j * 8;
+                recurops_tile_store(h[j], before, at, VD);
+            }
+        }
+        BARRIER();
+        if (tid < CH) {
+            float p = 1.0f;
+            for (int r = CH - 1; r > tid; --r) p *= gs[r];
+            ws[tid] = p;
+            if (c + 1 < C) gn = g[g_at + (long)(c + 1) * CH + tid];
+        } else if (tid == 127) {
+            float p = 1.0f;
+            for (int r = 0; r < CH; ++r) p *= gs[r];
+            ws[CH] = p;
+        }
+        BARRIER();
+        if (rows) {
+            for (int j = 0; j < BV / 8; ++j) recurops_tile_scale(h[j], ws[CH]);
+        }
+        for (int p = 0; p < PIECES; ++p) {
+            for (int e = 0; e < KN; ++e) {
+                const int i = tid + e * 128;
+                ks[(i / BK) * LDK + i % BK] = kn[e];
+            }
+            for (int e = 0; e < VN; ++e) {
+                const int i = tid + e * 128;
+                vs[(i / BV) * LDV + i % BV] = vn[e] * ws[p * SP + i / BV];
+            }
+            BARRIER();
+            // the next piece: this chunk's next one, or the next chunk's first
+            const int next = c * PIECES + p + 1;
+            if (next < C * PIECES) {
+                const long step = (long)(next / PIECES) * CH + (next % PIECES) * SP;
+                for (int e = 0; e < KN; ++e) {
+                    const int i = tid + e * 128;
+                    kn[e] = k[k_at + (step + i / BK) * KD + i % BK];
+                }
+                for (int e = 0; e < VN; ++e) {
+                    const int i = tid + e * 128;
+                    vn[e] = v[v_at + (step + i / BV) * VD + i % BV];
+                }
+            }
+            if (rows) {
+                for (int kk = 0; kk < SP; kk += 8) {
+                    recurops_tile_a fa;
+                    recurops_load_a_t(fa, ks + kk * LDK + warp * 16, LDK);
+                    for (int j = 0; j < BV / 8; ++j) {
+                        recurops_tile_mma(h[j], fa, vs + kk * LDV + j * 8, LDV, false);
+                    }
+                }
+            }
+            if (p + 1 < PIECES) BARRIER();  // the products are done with this piece
+        }
+    }
+    if (rows) {
+        for (int j = 0; j < BV / 8; ++j) {
+            recurops_tile_store(h[j], final, ((long)zr * KD + row) * VD + vb * BV + j * 8, VD);
+        }
+    }
+""",
+)
+
 
 # Shapes chunk_outputs takes: chunks of 16 to 64 steps in whole tiles, key
 # channels in pieces of 16, value channels in tiles of 8 up to what its
@@ -621,3 +749,34 @@ def chunk_outputs(q, k, v, g, before) -> mx.array:
     (y,) = launch(CHUNK_OUTPUTS, (q, k, v, g, before), {"y": (v.shape, mx.float32)},
                   threads=z * r * c * THREADS_PER_GROUP, template={"CH": steps, "KD": dk, "VD": dv})
     return y
+
+
+def _block_width(n: int, widest: int) -> int:
+    """``n`` up to ``widest``, else the widest of ``widest, widest / 2, ...`` dividing ``n``."""
+    if n <= widest:
+        return n
+    width = widest
+    while n % width:
+        width //= 2
+    return width
+
+
+def chunk_states(k, v, g, h0) -> tuple[mx.array, mx.array]:
+    """The states entering each chunk on matrix tiles: ``S[c+1] = a[c] S[c]
+    + k^T (w * v)`` from ``S[0] = h0``, where ``a = prod_r g[r]`` and ``w[s]
+    = prod_{s<r<T} g[r]`` over the chunk's steps.
+
+    ``k [Z, C, T, K]`` (shared by the ``R`` heads of a group), ``v [Z, R, C,
+    T, V]``, ``g [Z, R, C, T]``, ``h0 [Z, R, K, V]``. Returns ``before [Z, R,
+    C, K, V]`` (``S[0..C-1]``) and the final state ``S[C]``, float32 (the
+    products in TF32 on CUDA). Shapes as ``outputs_take`` says.
+    """
+    z, c, steps, dk = k.shape
+    r, dv = v.shape[1], v.shape[-1]
+    assert outputs_take(steps, dk, dv), (steps, dk, dv)
+    bk, bv = _block_width(dk, 64), _block_width(dv, 64)
+    blocks = z * r * (dk // bk) * (dv // bv)
+    return launch(CHUNK_STATES, (k, v, g, h0),
+                  {"before": ((z, r, c, dk, dv), mx.float32), "final": (h0.shape, mx.float32)},
+                  threads=blocks * THREADS_PER_GROUP,
+                  template={"CH": steps, "KD": dk, "VD": dv, "BK": bk, "BV": bv})

@@ -438,7 +438,19 @@ inline void threadgroup_barrier(mem_flags) { recurops_sim_barrier(); }
 
 // simdgroup matrices: every lane holds the whole matrix and does the whole
 // operation; the lanes meet at each one, as they must on the GPU.
-template <class T, int Cols, int Rows> struct simdgroup_matrix { T v[Rows * Cols]; };
+template <class T, int Cols, int Rows> struct simdgroup_matrix {
+  T v[Rows * Cols];
+  // On the GPU a lane's two elements; here each lane holds all of them, so an
+  // elementwise operation on "its" elements applies to the whole matrix.
+  struct elements {
+    simdgroup_matrix* m;
+    elements& operator*=(T s) {
+      for (int i = 0; i < Rows * Cols; ++i) m->v[i] *= s;
+      return *this;
+    }
+  };
+  elements thread_elements() { return elements{this}; }
+};
 typedef simdgroup_matrix<float, 8, 8> simdgroup_float8x8;
 template <class T, int Cols, int Rows>
 inline simdgroup_matrix<T, Cols, Rows> make_filled_simdgroup_matrix(T x) {
