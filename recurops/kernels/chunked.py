@@ -325,11 +325,14 @@ CHANNEL_SCORES_GRAD = Source(
 
 # The chunk's outputs, one threadgroup of four warps a chunk and head, on the
 # warp-level matrix tiles (chassis.TILES; TF32 on CUDA). Warp w owns output
-# rows 16w..16w+15. Threadgroup memory (at most 8192 floats, Metal's 32 KB):
-#   P      [CH][CH+4]  the scores q k^T, then times the decays (P = q k^T * D)
-#   cum    [CH]        the chunk's gate products
-#   stage  q and k pieces of 16 channels, then v rows, then q * cum and S pieces
-# Row strides are padded so the fragments' lanes hit distinct banks.
+# rows 16w..16w+15. Threadgroup memory (at most 8192 floats, Metal's 32 KB),
+# one array used in turn as
+#   q and k pieces of KP channels (the scores q k^T, held in the accumulators),
+#   P [CH][CH+4] (the scores times the decays), then 16 rows of v, or a
+#       16-channel piece of q * cum and 16 rows of S, after it;
+# and cum [CH], the chunk's gate products. Each piece's loads for the next
+# piece are issued before its products. Row strides are padded so the
+# fragments' lanes hit distinct banks.
 CHUNK_OUTPUTS = Source(
     "chunk_outputs",
     inputs=("q", "k", "v", "g", "before"),
@@ -337,14 +340,19 @@ CHUNK_OUTPUTS = Source(
     body="""
     // q, k [Z, C, CH, KD]; v, y [Z, R, C, CH, VD]; g [Z, R, C, CH]; before [Z, R, C, KD, VD];
     // threadgroups of 128 threads (chassis.THREADS_PER_GROUP)
-    constexpr int LDP = CH + 4;      // P's row stride
-    constexpr int LDQ = 20;          // a 16-channel piece's row stride
-    constexpr int LDV = VD + 8;      // a v or S piece's row stride
-    constexpr int PIECE = CH * LDQ;  // where the second operand starts in stage
-    constexpr int SECOND = PIECE > 16 * LDV ? PIECE : 16 * LDV;  // a k piece, or 16 rows of v or S
-    SHARED float P[CH * LDP];
+    constexpr int KP = (KD % 32 == 0) ? 32 : 16;  // channels a piece of the scores
+    constexpr int LDS = KP + 4;                   // their row stride
+    constexpr int LDP = CH + 4;                   // P's
+    constexpr int LDQ = 20;                       // a 16-channel piece of q * cum's
+    constexpr int LDV = VD + 8;                   // 16 rows of v or S
+    constexpr int QP = CH * LDP;                  // where the piece of q * cum starts
+    constexpr int BP = QP + CH * LDQ;             // and the rows of v or S
+    constexpr int SIZE = BP + 16 * LDV > 2 * CH * LDS ? BP + 16 * LDV : 2 * CH * LDS;
+    constexpr int QN = CH * KP / 128;  // a thread's share of a scores piece of q (and of k)
+    constexpr int CN = CH / 8;         // of a piece of q * cum
+    constexpr int VN = VD / 8;         // of 16 rows of v or S
+    SHARED float sm[SIZE];
     SHARED float cum[CH];
-    SHARED float stage[PIECE + SECOND];
 
     const int Z = q_shape[0];
     const int C = q_shape[1];
@@ -361,34 +369,52 @@ CHUNK_OUTPUTS = Source(
     const long g_at = (long)chunk * CH;
     const long s_at = (long)chunk * KD * VD;
 
-    // scores q k^T over channel pieces of 16; only tiles on or below the diagonal
+    // the scores q k^T over pieces of KP channels; only tiles on or below the diagonal
     recurops_tile score[CH / 8];
     for (int j = 0; j < CH / 8; ++j) recurops_tile_zero(score[j]);
-    for (int k0 = 0; k0 < KD; k0 += 16) {
-        BARRIER();
-        for (int i = tid; i < CH * 16; i += 128) {
-            const int t = i / 16;
-            const int kk = i % 16;
-            stage[t * LDQ + kk] = q[qk_at + t * KD + k0 + kk];
-            stage[PIECE + t * LDQ + kk] = k[qk_at + t * KD + k0 + kk];
+    float qn[QN];
+    float kn[QN];
+    for (int e = 0; e < QN; ++e) {
+        const int i = tid + e * 128;
+        qn[e] = q[qk_at + (i / KP) * KD + i % KP];
+        kn[e] = k[qk_at + (i / KP) * KD + i % KP];
+    }
+    for (int k0 = 0; k0 < KD; k0 += KP) {
+        if (k0 > 0) BARRIER();  // the products are done with the last piece
+        for (int e = 0; e < QN; ++e) {
+            const int i = tid + e * 128;
+            sm[(i / KP) * LDS + i % KP] = qn[e];
+            sm[(CH + i / KP) * LDS + i % KP] = kn[e];
         }
         BARRIER();
+        if (k0 + KP < KD) {
+            for (int e = 0; e < QN; ++e) {
+                const int i = tid + e * 128;
+                qn[e] = q[qk_at + (i / KP) * KD + k0 + KP + i % KP];
+                kn[e] = k[qk_at + (i / KP) * KD + k0 + KP + i % KP];
+            }
+        }
         if (rows) {
-            for (int ks = 0; ks < 16; ks += 8) {
+            for (int ks = 0; ks < KP; ks += 8) {
                 recurops_tile_a fa;
-                recurops_load_a(fa, stage + warp * 16 * LDQ + ks, LDQ);
+                recurops_load_a(fa, sm + warp * 16 * LDS + ks, LDS);
                 for (int j = 0; j < CH / 8; ++j) {
                     if (j < 2 * warp + 2) {
-                        recurops_tile_mma(score[j], fa, stage + PIECE + j * 8 * LDQ + ks, LDQ,
-                                          true);
+                        recurops_tile_mma(score[j], fa, sm + (CH + j * 8) * LDS + ks, LDS, true);
                     }
                 }
             }
         }
     }
+    float vn[VN];
+    for (int e = 0; e < VN; ++e) {
+        const int i = tid + e * 128;
+        vn[e] = v[v_at + (long)(i / VD) * VD + i % VD];
+    }
+    BARRIER();  // P overwrites the last piece
     if (rows) {
         for (int j = 0; j < CH / 8; ++j) {
-            if (j < 2 * warp + 2) recurops_tile_store(score[j], P, warp * 16 * LDP + j * 8, LDP);
+            if (j < 2 * warp + 2) recurops_tile_store(score[j], sm, warp * 16 * LDP + j * 8, LDP);
         }
     }
     BARRIER();
@@ -399,7 +425,7 @@ CHUNK_OUTPUTS = Source(
         float p = 1.0f;
         for (int t = 0; t < CH; ++t) {
             if (t > s) p *= g[g_at + t];
-            P[t * LDP + s] = (t >= s) ? P[t * LDP + s] * p : 0.0f;
+            sm[t * LDP + s] = (t >= s) ? sm[t * LDP + s] * p : 0.0f;
         }
     } else if (tid == 127) {
         float p = 1.0f;
@@ -412,39 +438,66 @@ CHUNK_OUTPUTS = Source(
     // y = P v + (cum * q) S, both on the same accumulators
     recurops_tile out[VD / 8];
     for (int j = 0; j < VD / 8; ++j) recurops_tile_zero(out[j]);
+    float cn[CN];
     for (int s0 = 0; s0 < CH; s0 += 16) {
-        BARRIER();
-        for (int i = tid; i < 16 * VD; i += 128) {
-            stage[(i / VD) * LDV + i % VD] = v[v_at + (long)(s0 + i / VD) * VD + i % VD];
+        BARRIER();  // the decays, or the products with the last rows, are done
+        for (int e = 0; e < VN; ++e) {
+            const int i = tid + e * 128;
+            sm[BP + (i / VD) * LDV + i % VD] = vn[e];
         }
         BARRIER();
+        if (s0 + 16 < CH) {
+            for (int e = 0; e < VN; ++e) {
+                const int i = tid + e * 128;
+                vn[e] = v[v_at + (long)(s0 + 16 + i / VD) * VD + i % VD];
+            }
+        } else {  // the first piece of q and rows of S
+            for (int e = 0; e < CN; ++e) {
+                const int i = tid + e * 128;
+                cn[e] = q[qk_at + (i / 16) * KD + i % 16];
+            }
+            for (int e = 0; e < VN; ++e) {
+                const int i = tid + e * 128;
+                vn[e] = before[s_at + (long)(i / VD) * VD + i % VD];
+            }
+        }
         if (rows && s0 < 16 * warp + 16) {
             for (int ks = 0; ks < 16; ks += 8) {
                 recurops_tile_a fa;
-                recurops_load_a(fa, P + warp * 16 * LDP + s0 + ks, LDP);
+                recurops_load_a(fa, sm + warp * 16 * LDP + s0 + ks, LDP);
                 for (int j = 0; j < VD / 8; ++j) {
-                    recurops_tile_mma(out[j], fa, stage + ks * LDV + j * 8, LDV, false);
+                    recurops_tile_mma(out[j], fa, sm + BP + ks * LDV + j * 8, LDV, false);
                 }
             }
         }
     }
     for (int k0 = 0; k0 < KD; k0 += 16) {
         BARRIER();
-        for (int i = tid; i < CH * 16; i += 128) {
-            const int t = i / 16;
-            stage[t * LDQ + i % 16] = q[qk_at + t * KD + k0 + i % 16] * cum[t];
+        for (int e = 0; e < CN; ++e) {
+            const int i = tid + e * 128;
+            sm[QP + (i / 16) * LDQ + i % 16] = cn[e] * cum[i / 16];
         }
-        for (int i = tid; i < 16 * VD; i += 128) {
-            const int kk = i / VD;
-            stage[PIECE + kk * LDV + i % VD] = before[s_at + (long)(k0 + kk) * VD + i % VD];
+        for (int e = 0; e < VN; ++e) {
+            const int i = tid + e * 128;
+            sm[BP + (i / VD) * LDV + i % VD] = vn[e];
         }
         BARRIER();
+        if (k0 + 16 < KD) {
+            for (int e = 0; e < CN; ++e) {
+                const int i = tid + e * 128;
+                cn[e] = q[qk_at + (i / 16) * KD + k0 + 16 + i % 16];
+            }
+            for (int e = 0; e < VN; ++e) {
+                const int i = tid + e * 128;
+                vn[e] = before[s_at + (long)(k0 + 16 + i / VD) * VD + i % VD];
+            }
+        }
         if (rows) {
             for (int ks = 0; ks < 16; ks += 8) {
                 recurops_tile_a fa;
-                recurops_load_a(fa, stage + warp * 16 * LDQ + ks, LDQ);
+                recurops_load_a(fa, sm + QP + warp * 16 * LDQ + ks, LDQ);
                 for (int j = 0; j < VD / 8; ++j) {
-                    recurops_tile_mma(out[j], fa, stage + PIECE + ks * LDV + j * 8, LDV, false);
+                    recurops_tile_mma(out[j], fa, sm + BP + ks * LDV + j * 8, LDV, false);
                 }
             }
         }
@@ -456,6 +509,7 @@ CHUNK_OUTPUTS = Source(
     }
 """,
 )
+
 
 # The states entering each chunk, S[c+1] = a[c] S[c] + k^T (w * v), on the
 # matrix tiles: a threadgroup carries one head's BK x BV block of the state
