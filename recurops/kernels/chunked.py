@@ -340,7 +340,7 @@ CHUNK_OUTPUTS = Source(
     body="""
     // q, k [Z, C, CH, KD]; v, y [Z, R, C, CH, VD]; g [Z, R, C, CH]; before [Z, R, C, KD, VD];
     // threadgroups of 128 threads (chassis.THREADS_PER_GROUP)
-    constexpr int KP = (KD % 32 == 0) ? 32 : 16;  // channels a piece of the scores
+    constexpr int KP = 16;                        // channels a piece of the scores
     constexpr int LDS = KP + 4;                   // their row stride
     constexpr int LDP = CH + 4;                   // P's
     constexpr int LDQ = 20;                       // a 16-channel piece of q * cum's
@@ -364,10 +364,10 @@ CHUNK_OUTPUTS = Source(
     const bool rows = warp < CH / 16;  // this warp owns output rows (uniform in the warp)
     const int c = chunk % C;
     const int zr = chunk / C;
-    const long qk_at = ((long)(zr / R) * C + c) * CH * KD;
-    const long v_at = (long)chunk * CH * VD;
-    const long g_at = (long)chunk * CH;
-    const long s_at = (long)chunk * KD * VD;
+    const int qk_at = ((zr / R) * C + c) * CH * KD;
+    const int v_at = chunk * CH * VD;
+    const int g_at = chunk * CH;
+    const int s_at = chunk * KD * VD;
 
     // the scores q k^T over pieces of KP channels; only tiles on or below the diagonal
     recurops_tile score[CH / 8];
@@ -409,7 +409,7 @@ CHUNK_OUTPUTS = Source(
     float vn[VN];
     for (int e = 0; e < VN; ++e) {
         const int i = tid + e * 128;
-        vn[e] = v[v_at + (long)(i / VD) * VD + i % VD];
+        vn[e] = v[v_at + (i / VD) * VD + i % VD];
     }
     BARRIER();  // P overwrites the last piece
     if (rows) {
@@ -449,7 +449,7 @@ CHUNK_OUTPUTS = Source(
         if (s0 + 16 < CH) {
             for (int e = 0; e < VN; ++e) {
                 const int i = tid + e * 128;
-                vn[e] = v[v_at + (long)(s0 + 16 + i / VD) * VD + i % VD];
+                vn[e] = v[v_at + (s0 + 16 + i / VD) * VD + i % VD];
             }
         } else {  // the first piece of q and rows of S
             for (int e = 0; e < CN; ++e) {
@@ -458,7 +458,7 @@ CHUNK_OUTPUTS = Source(
             }
             for (int e = 0; e < VN; ++e) {
                 const int i = tid + e * 128;
-                vn[e] = before[s_at + (long)(i / VD) * VD + i % VD];
+                vn[e] = before[s_at + (i / VD) * VD + i % VD];
             }
         }
         if (rows && s0 < 16 * warp + 16) {
@@ -489,7 +489,7 @@ CHUNK_OUTPUTS = Source(
             }
             for (int e = 0; e < VN; ++e) {
                 const int i = tid + e * 128;
-                vn[e] = before[s_at + (long)(k0 + 16 + i / VD) * VD + i % VD];
+                vn[e] = before[s_at + (k0 + 16 + i / VD) * VD + i % VD];
             }
         }
         if (rows) {
@@ -546,26 +546,26 @@ CHUNK_STATES = Source(
     const int vb = block % VB;
     const int kb = (block / VB) % KB;
     const int zr = block / (VB * KB);
-    const long k_at = (long)(zr / R) * C * CH * KD + kb * BK;  // k[z, 0, 0, kb * BK]
-    const long v_at = (long)zr * C * CH * VD + vb * BV;
-    const long g_at = (long)zr * C * CH;
-    const long row = (long)kb * BK + warp * 16;  // the warp's first state row
+    const int k_at = (zr / R) * C * CH * KD + kb * BK;  // k[z, 0, 0, kb * BK]
+    const int v_at = zr * C * CH * VD + vb * BV;
+    const int g_at = zr * C * CH;
+    const int row = kb * BK + warp * 16;  // the warp's first state row
 
     recurops_tile h[BV / 8];
     if (rows) {
         for (int j = 0; j < BV / 8; ++j) {
-            recurops_tile_load(h[j], h0, ((long)zr * KD + row) * VD + vb * BV + j * 8, VD);
+            recurops_tile_load(h[j], h0, (zr * KD + row) * VD + vb * BV + j * 8, VD);
         }
     }
     float kn[KN];
     float vn[VN];
     for (int e = 0; e < KN; ++e) {
         const int i = tid + e * 128;
-        kn[e] = k[k_at + (long)(i / BK) * KD + i % BK];
+        kn[e] = k[k_at + (i / BK) * KD + i % BK];
     }
     for (int e = 0; e < VN; ++e) {
         const int i = tid + e * 128;
-        vn[e] = v[v_at + (long)(i / BV) * VD + i % BV];
+        vn[e] = v[v_at + (i / BV) * VD + i % BV];
     }
     float gn = (tid < CH) ? g[g_at + tid] : 0.0f;
 
@@ -574,7 +574,7 @@ CHUNK_STATES = Source(
         if (tid < CH) gs[tid] = gn;
         if (rows) {
             for (int j = 0; j < BV / 8; ++j) {
-                const long at = (((long)zr * C + c) * KD + row) * VD + vb * BV + j * 8;
+                const int at = ((zr * C + c) * KD + row) * VD + vb * BV + j * 8;
                 recurops_tile_store(h[j], before, at, VD);
             }
         }
@@ -583,7 +583,7 @@ CHUNK_STATES = Source(
             float p = 1.0f;
             for (int r = CH - 1; r > tid; --r) p *= gs[r];
             ws[tid] = p;
-            if (c + 1 < C) gn = g[g_at + (long)(c + 1) * CH + tid];
+            if (c + 1 < C) gn = g[g_at + (c + 1) * CH + tid];
         } else if (tid == 127) {
             float p = 1.0f;
             for (int r = 0; r < CH; ++r) p *= gs[r];
@@ -606,7 +606,7 @@ CHUNK_STATES = Source(
             // the next piece: this chunk's next one, or the next chunk's first
             const int next = c * PIECES + p + 1;
             if (next < C * PIECES) {
-                const long step = (long)(next / PIECES) * CH + (next % PIECES) * SP;
+                const int step = (next / PIECES) * CH + (next % PIECES) * SP;
                 for (int e = 0; e < KN; ++e) {
                     const int i = tid + e * 128;
                     kn[e] = k[k_at + (step + i / BK) * KD + i % BK];
@@ -630,7 +630,7 @@ CHUNK_STATES = Source(
     }
     if (rows) {
         for (int j = 0; j < BV / 8; ++j) {
-            recurops_tile_store(h[j], final, ((long)zr * KD + row) * VD + vb * BV + j * 8, VD);
+            recurops_tile_store(h[j], final, (zr * KD + row) * VD + vb * BV + j * 8, VD);
         }
     }
 """,
