@@ -204,9 +204,9 @@ def _outputs_float64(q, k, v, g, before):
        values=st.sampled_from([8, 40, 96, 128]), seed=seeds)
 def test_tiled_outputs_match_float64(dialect, z, heads, c, steps, keys, values, seed):
     """``chunk_outputs`` on matrix tiles against float64: every chunk length
-    it takes, several pieces of keys, values in tiles of 8 and in blocks of
-    32 or 64, heads sharing ``q`` and ``k`` (several to a threadgroup), gates
-    of exactly 0 and 1. CUDA's tiles multiply in TF32
+    it takes, several pieces of keys, values in tiles of 8 (up to 16 tiles),
+    heads sharing ``q`` and ``k``, gates of exactly 0 and 1. CUDA's tiles
+    multiply in TF32
     (10-bit mantissas; the simulator rounds as the GPU does), Metal's in
     float32."""
     if executor.available() is not None:

@@ -323,14 +323,12 @@ CHANNEL_SCORES_GRAD = Source(
 )
 
 
-# The chunk's outputs on the warp-level matrix tiles (chassis.TILES; TF32 on
-# CUDA), one threadgroup of four warps a chunk, group of HB heads that share
-# q and k, and BV value columns: the scores q k^T once, held in the
-# accumulators, then each head in turn. Warp w owns output rows 16w..16w+15.
-# Threadgroup memory (at most 8192 floats, Metal's 32 KB), one array used in
-# turn as
-#   q and k pieces of KP channels (for the scores),
-#   P [CH][CH+4] (the scores times the head's decays), then 16 rows of v, or a
+# The chunk's outputs, one threadgroup of four warps a chunk and head, on the
+# warp-level matrix tiles (chassis.TILES; TF32 on CUDA). Warp w owns output
+# rows 16w..16w+15. Threadgroup memory (at most 8192 floats, Metal's 32 KB),
+# one array used in turn as
+#   q and k pieces of KP channels (the scores q k^T, held in the accumulators),
+#   P [CH][CH+4] (the scores times the decays), then 16 rows of v, or a
 #       16-channel piece of q * cum and 16 rows of S, after it;
 # and cum [CH], the chunk's gate products. Each piece's loads for the next
 # piece are issued before its products. Row strides are padded so the
@@ -346,30 +344,30 @@ CHUNK_OUTPUTS = Source(
     constexpr int LDS = KP + 4;                   // their row stride
     constexpr int LDP = CH + 4;                   // P's
     constexpr int LDQ = 20;                       // a 16-channel piece of q * cum's
-    constexpr int LDV = BV + 8;                   // 16 rows of v or S
+    constexpr int LDV = VD + 8;                   // 16 rows of v or S
     constexpr int QP = CH * LDP;                  // where the piece of q * cum starts
     constexpr int BP = QP + CH * LDQ;             // and the rows of v or S
     constexpr int SIZE = BP + 16 * LDV > 2 * CH * LDS ? BP + 16 * LDV : 2 * CH * LDS;
     constexpr int QN = CH * KP / 128;  // a thread's share of a scores piece of q (and of k)
     constexpr int CN = CH / 8;         // of a piece of q * cum
-    constexpr int VN = BV / 8;         // of 16 rows of v or S
+    constexpr int VN = VD / 8;         // of 16 rows of v or S
     SHARED float sm[SIZE];
     SHARED float cum[CH];
 
     const int Z = q_shape[0];
     const int C = q_shape[1];
     const int R = v_shape[1];
-    const int VB = VD / BV;
     const int tid = THREAD_ID % 128;
-    const int block = THREAD_ID / 128;
-    if (block >= Z * C * (R / HB) * VB) return;  // a whole threadgroup: no barrier is left half-met
+    const int chunk = THREAD_ID / 128;
+    if (chunk >= Z * R * C) return;  // a whole threadgroup: no barrier is left half-met
     const int warp = tid / 32;
     const bool rows = warp < CH / 16;  // this warp owns output rows (uniform in the warp)
-    const int vb = block % VB;
-    const int first_head = (block / VB) % (R / HB) * HB;
-    const int z = block / (VB * (R / HB)) / C;
-    const int c = block / (VB * (R / HB)) % C;
-    const int qk_at = (z * C + c) * CH * KD;
+    const int c = chunk % C;
+    const int zr = chunk / C;
+    const int qk_at = ((zr / R) * C + c) * CH * KD;
+    const int v_at = chunk * CH * VD;
+    const int g_at = chunk * CH;
+    const int s_at = chunk * KD * VD;
 
     // the scores q k^T over pieces of KP channels; only tiles on or below the diagonal
     recurops_tile score[CH / 8];
@@ -408,113 +406,105 @@ CHUNK_OUTPUTS = Source(
             }
         }
     }
-    for (int head = first_head; head < first_head + HB; ++head) {
-        const int chunk = (z * R + head) * C + c;
-        const int v_at = chunk * CH * VD + vb * BV;
-        const int g_at = chunk * CH;
-        const int s_at = chunk * KD * VD + vb * BV;
-        float vn[VN];
+    float vn[VN];
+    for (int e = 0; e < VN; ++e) {
+        const int i = tid + e * 128;
+        vn[e] = v[v_at + (i / VD) * VD + i % VD];
+    }
+    BARRIER();  // P overwrites the last piece
+    if (rows) {
+        for (int j = 0; j < CH / 8; ++j) {
+            if (j < 2 * warp + 2) recurops_tile_store(score[j], sm, warp * 16 * LDP + j * 8, LDP);
+        }
+    }
+    BARRIER();
+
+    // times the decays D[t, s] = prod_{s<r<=t} g[r], a thread a column; zero above
+    if (tid < CH) {
+        const int s = tid;
+        float p = 1.0f;
+        for (int t = 0; t < CH; ++t) {
+            if (t > s) p *= g[g_at + t];
+            sm[t * LDP + s] = (t >= s) ? sm[t * LDP + s] * p : 0.0f;
+        }
+    } else if (tid == 127) {
+        float p = 1.0f;
+        for (int t = 0; t < CH; ++t) {
+            p *= g[g_at + t];
+            cum[t] = p;
+        }
+    }
+
+    // y = P v + (cum * q) S, both on the same accumulators
+    recurops_tile out[VD / 8];
+    for (int j = 0; j < VD / 8; ++j) recurops_tile_zero(out[j]);
+    float cn[CN];
+    for (int s0 = 0; s0 < CH; s0 += 16) {
+        BARRIER();  // the decays, or the products with the last rows, are done
         for (int e = 0; e < VN; ++e) {
             const int i = tid + e * 128;
-            vn[e] = v[v_at + (i / BV) * VD + i % BV];
-        }
-        BARRIER();  // P overwrites the last piece, or the last head is done with it
-        if (rows) {
-            for (int j = 0; j < CH / 8; ++j) {
-                if (j < 2 * warp + 2) {
-                    recurops_tile_store(score[j], sm, warp * 16 * LDP + j * 8, LDP);
-                }
-            }
+            sm[BP + (i / VD) * LDV + i % VD] = vn[e];
         }
         BARRIER();
-
-        // times the decays D[t, s] = prod_{s<r<=t} g[r], a thread a column; zero above
-        if (tid < CH) {
-            const int s = tid;
-            float p = 1.0f;
-            for (int t = 0; t < CH; ++t) {
-                if (t > s) p *= g[g_at + t];
-                sm[t * LDP + s] = (t >= s) ? sm[t * LDP + s] * p : 0.0f;
-            }
-        } else if (tid == 127) {
-            float p = 1.0f;
-            for (int t = 0; t < CH; ++t) {
-                p *= g[g_at + t];
-                cum[t] = p;
-            }
-        }
-
-        // y = P v + (cum * q) S, both on the same accumulators
-        recurops_tile out[BV / 8];
-        for (int j = 0; j < BV / 8; ++j) recurops_tile_zero(out[j]);
-        float cn[CN];
-        for (int s0 = 0; s0 < CH; s0 += 16) {
-            BARRIER();  // the decays, or the products with the last rows, are done
+        if (s0 + 16 < CH) {
             for (int e = 0; e < VN; ++e) {
                 const int i = tid + e * 128;
-                sm[BP + (i / BV) * LDV + i % BV] = vn[e];
+                vn[e] = v[v_at + (s0 + 16 + i / VD) * VD + i % VD];
             }
-            BARRIER();
-            if (s0 + 16 < CH) {
-                for (int e = 0; e < VN; ++e) {
-                    const int i = tid + e * 128;
-                    vn[e] = v[v_at + (s0 + 16 + i / BV) * VD + i % BV];
-                }
-            } else {  // the first piece of q and rows of S
-                for (int e = 0; e < CN; ++e) {
-                    const int i = tid + e * 128;
-                    cn[e] = q[qk_at + (i / 16) * KD + i % 16];
-                }
-                for (int e = 0; e < VN; ++e) {
-                    const int i = tid + e * 128;
-                    vn[e] = before[s_at + (i / BV) * VD + i % BV];
-                }
-            }
-            if (rows && s0 < 16 * warp + 16) {
-                for (int ks = 0; ks < 16; ks += 8) {
-                    recurops_tile_a fa;
-                    recurops_load_a(fa, sm + warp * 16 * LDP + s0 + ks, LDP);
-                    for (int j = 0; j < BV / 8; ++j) {
-                        recurops_tile_mma(out[j], fa, sm + BP + ks * LDV + j * 8, LDV, false);
-                    }
-                }
-            }
-        }
-        for (int k0 = 0; k0 < KD; k0 += 16) {
-            BARRIER();
+        } else {  // the first piece of q and rows of S
             for (int e = 0; e < CN; ++e) {
                 const int i = tid + e * 128;
-                sm[QP + (i / 16) * LDQ + i % 16] = cn[e] * cum[i / 16];
+                cn[e] = q[qk_at + (i / 16) * KD + i % 16];
             }
             for (int e = 0; e < VN; ++e) {
                 const int i = tid + e * 128;
-                sm[BP + (i / BV) * LDV + i % BV] = vn[e];
+                vn[e] = before[s_at + (i / VD) * VD + i % VD];
             }
-            BARRIER();
-            if (k0 + 16 < KD) {
-                for (int e = 0; e < CN; ++e) {
-                    const int i = tid + e * 128;
-                    cn[e] = q[qk_at + (i / 16) * KD + k0 + 16 + i % 16];
-                }
-                for (int e = 0; e < VN; ++e) {
-                    const int i = tid + e * 128;
-                    vn[e] = before[s_at + (k0 + 16 + i / BV) * VD + i % BV];
+        }
+        if (rows && s0 < 16 * warp + 16) {
+            for (int ks = 0; ks < 16; ks += 8) {
+                recurops_tile_a fa;
+                recurops_load_a(fa, sm + warp * 16 * LDP + s0 + ks, LDP);
+                for (int j = 0; j < VD / 8; ++j) {
+                    recurops_tile_mma(out[j], fa, sm + BP + ks * LDV + j * 8, LDV, false);
                 }
             }
-            if (rows) {
-                for (int ks = 0; ks < 16; ks += 8) {
-                    recurops_tile_a fa;
-                    recurops_load_a(fa, sm + QP + warp * 16 * LDQ + ks, LDQ);
-                    for (int j = 0; j < BV / 8; ++j) {
-                        recurops_tile_mma(out[j], fa, sm + BP + ks * LDV + j * 8, LDV, false);
-                    }
-                }
+        }
+    }
+    for (int k0 = 0; k0 < KD; k0 += 16) {
+        BARRIER();
+        for (int e = 0; e < CN; ++e) {
+            const int i = tid + e * 128;
+            sm[QP + (i / 16) * LDQ + i % 16] = cn[e] * cum[i / 16];
+        }
+        for (int e = 0; e < VN; ++e) {
+            const int i = tid + e * 128;
+            sm[BP + (i / VD) * LDV + i % VD] = vn[e];
+        }
+        BARRIER();
+        if (k0 + 16 < KD) {
+            for (int e = 0; e < CN; ++e) {
+                const int i = tid + e * 128;
+                cn[e] = q[qk_at + (i / 16) * KD + k0 + 16 + i % 16];
+            }
+            for (int e = 0; e < VN; ++e) {
+                const int i = tid + e * 128;
+                vn[e] = before[s_at + (k0 + 16 + i / VD) * VD + i % VD];
             }
         }
         if (rows) {
-            for (int j = 0; j < BV / 8; ++j) {
-                recurops_tile_store(out[j], y, v_at + warp * 16 * VD + j * 8, VD);
+            for (int ks = 0; ks < 16; ks += 8) {
+                recurops_tile_a fa;
+                recurops_load_a(fa, sm + QP + warp * 16 * LDQ + ks, LDQ);
+                for (int j = 0; j < VD / 8; ++j) {
+                    recurops_tile_mma(out[j], fa, sm + BP + ks * LDV + j * 8, LDV, false);
+                }
             }
+        }
+    }
+    if (rows) {
+        for (int j = 0; j < VD / 8; ++j) {
+            recurops_tile_store(out[j], y, v_at + warp * 16 * VD + j * 8, VD);
         }
     }
 """,
@@ -652,7 +642,6 @@ CHUNK_STATES = Source(
 # accumulators and threadgroup memory hold.
 OUTPUTS_STEPS = (16, 32, 48, 64)
 OUTPUTS_MAX_V = 128
-OUTPUTS_HEADS = 8  # heads sharing q and k whose outputs one threadgroup runs, at most
 
 
 def outputs_take(steps: int, dk: int, dv: int) -> bool:
@@ -811,12 +800,8 @@ def chunk_outputs(q, k, v, g, before) -> mx.array:
     z, c, steps, dk = q.shape
     r, dv = v.shape[1], v.shape[-1]
     assert outputs_take(steps, dk, dv), (steps, dk, dv)
-    heads = max(d for d in range(1, min(r, OUTPUTS_HEADS) + 1) if r % d == 0)
-    bv = _block_width(dv, 64)
-    blocks = z * c * (r // heads) * (dv // bv)
     (y,) = launch(CHUNK_OUTPUTS, (q, k, v, g, before), {"y": (v.shape, mx.float32)},
-                  threads=blocks * THREADS_PER_GROUP,
-                  template={"CH": steps, "KD": dk, "VD": dv, "HB": heads, "BV": bv})
+                  threads=z * r * c * THREADS_PER_GROUP, template={"CH": steps, "KD": dk, "VD": dv})
     return y
 
 
