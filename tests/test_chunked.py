@@ -258,6 +258,43 @@ def test_tiled_states_match_float64(dialect, z, heads, c, steps, keys, values, s
         np.testing.assert_allclose(x, want, rtol=tol, atol=tol * np.abs(want).max(), err_msg=name)
 
 
+def _cotangents_float64(q, dy, g, dfinal, before):
+    """``chunk_cotangents``'s recurrence in float64 NumPy, newest chunk first."""
+    q, dy, g, y, before = (np.array(x, np.float64) for x in (q, dy, g, dfinal, before))
+    after, da = np.zeros(before.shape), np.zeros(before.shape[:3])
+    for c in reversed(range(before.shape[2])):
+        after[:, :, c] = y
+        da[:, :, c] = (y * before[:, :, c]).sum((-1, -2))
+        cum = np.cumprod(g[:, :, c], axis=-1)  # [Z, R, T]
+        y = (np.prod(g[:, :, c], axis=-1)[..., None, None] * y
+             + np.einsum("ztk,zrt,zrtv->zrkv", q[:, c], cum, dy[:, :, c]))
+    return after, y, da
+
+
+@pytest.mark.parametrize("dialect", ["cuda", "metal"])
+@given(z=st.integers(1, 2), heads=st.integers(1, 2), c=st.integers(1, 4),
+       steps=st.sampled_from(chunked.OUTPUTS_STEPS), keys=st.sampled_from([16, 48, 80, 128]),
+       values=st.sampled_from([8, 40, 96, 128]), seed=seeds)
+def test_tiled_cotangents_match_float64(dialect, z, heads, c, steps, keys, values, seed):
+    """``chunk_cotangents`` (the state cotangents newest chunk first, and the
+    chunk gate products' gradient summed over the threadgroups' blocks)
+    against float64, with the shapes of ``test_tiled_states_match_float64``."""
+    if executor.available() is not None:
+        pytest.skip(executor.available())
+    rng = np.random.default_rng(seed)
+    normal = functools.partial(_normal, rng)
+    q, dy = normal(z, c, steps, keys), normal(z, heads, c, steps, values)
+    g, dfinal = _gates(rng, (z, heads, c, steps)), normal(z, heads, keys, values)
+    before = normal(z, heads, c, keys, values)
+    with simulate(dialect):
+        got = [np.array(x) for x in chunked.chunk_cotangents(q, dy, g, dfinal, before)]
+    tol = 3e-3 if dialect == "cuda" else 1e-5
+    want = _cotangents_float64(q, dy, g, dfinal, before)
+    for name, x, w in zip(["after", "dh0", "da"], got, want, strict=True):
+        assert x.shape == w.shape, name
+        np.testing.assert_allclose(x, w, rtol=tol, atol=tol * np.abs(w).max(), err_msg=name)
+
+
 _TILED_SIZES = {
     "ssd": st.fixed_dictionaries({"H": st.sampled_from([1, 2, 4]), "G": st.just(1),
                                   "P": st.sampled_from([8, 16]), "N": st.just(16),

@@ -257,14 +257,17 @@ def _tiled_forward(mm, q, k, v, g, h0):
 
 
 def _tiled_backward(mm, q, k, v, g, h0, before, dy, dfinal):
-    """``_backward`` after rebuilding what ``_tiled_forward`` did not keep."""
+    """``_backward`` after rebuilding what ``_tiled_forward`` did not keep,
+    its state cotangents on matrix tiles too."""
     decay, _ = _decays(g)
     qk = mm(q, mx.contiguous(_tr(k)))
     raw = mm(q[:, None], before)
-    return _backward(mm, q, k, v, g, h0, before, raw, qk, decay, dy, dfinal)
+    return _backward(mm, q, k, v, g, h0, before, raw, qk, decay, dy, dfinal, tiled=True)
 
 
-def _backward(mm, q, k, v, g, h0, before, raw, qk, decay, dy, dfinal):
+def _backward(mm, q, k, v, g, h0, before, raw, qk, decay, dy, dfinal, tiled=False):
+    """The backward of ``_forward``; ``tiled`` runs the state cotangents as
+    one kernel on matrix tiles (``chunked.chunk_cotangents``)."""
     cum = _cumulative(g)  # [Z,R,C,T]; the forward kept decay [Z,R,C,T,T]
     w = decay[..., -1, :, None]  # [Z,R,C,T,1]
     a = cum[..., -1]  # [Z,R,C]
@@ -273,10 +276,14 @@ def _backward(mm, q, k, v, g, h0, before, raw, qk, decay, dy, dfinal):
     draw = dy * cum[..., None]  # [Z,R,C,T,V]
     dcum = _row_dots(dy, raw)  # [Z,R,C,T]
     dq = _heads_sum(mm(draw, _tr(before)))  # [Z,C,T,K]
-    local_grad = mm(_tr(q)[:, None], draw)  # [Z,R,C,K,V]: cotangent of S_before from the outputs
 
-    # state cotangents: dS_before[c] = G[c] + a[c] dS_end[c], dS_end[c] = dS_before[c+1]
-    dend, dh0, da = _heads_folded(_reverse_states, a, local_grad, dfinal, before)
+    # state cotangents: dS_before[c] = G[c] + a[c] dS_end[c], dS_end[c] = dS_before[c+1],
+    # G = q^T draw the cotangent of S_before from the outputs
+    if tiled:
+        dend, dh0, da = chunked.chunk_cotangents(q, dy, g, dfinal, before)
+    else:
+        local_grad = mm(_tr(q)[:, None], draw)  # [Z,R,C,K,V]
+        dend, dh0, da = _heads_folded(_reverse_states, a, local_grad, dfinal, before)
 
     # local states  S_end = a S_before + k^T (w * v)
     dk_ = _heads_sum(mm(v * w, _tr(dend)))  # [Z,C,T,K]

@@ -511,31 +511,31 @@ CHUNK_OUTPUTS = Source(
 )
 
 
-# The states entering each chunk, S[c+1] = a[c] S[c] + k^T (w * v), on the
-# matrix tiles: a threadgroup carries one head's BK x BV block of the state
-# through the chunks in its accumulators, warp w holding rows 16w..16w+15,
-# and loads the next piece of k and v (SP steps) while it multiplies this one.
-CHUNK_STATES = Source(
-    "chunk_tile_states",
-    inputs=("k", "v", "g", "h0"),
-    outputs=("before", "final"),
-    body="""
-    // k [Z, C, CH, KD]; v [Z, R, C, CH, VD]; g [Z, R, C, CH]; h0, final [Z, R, KD, VD];
-    // before [Z, R, C, KD, VD]; threadgroups of 128 threads (chassis.THREADS_PER_GROUP)
+# One head's state (or its cotangent) carried through the chunks on the matrix
+# tiles, forwards (chunk_states) or backwards (chunk_cotangents): a threadgroup
+# holds a BK x BV block of it in its accumulators, warp w rows 16w..16w+15,
+# and per chunk writes it out, scales it by the chunk's gate product and adds
+# A^T (weight * B) over the chunk's steps, in pieces of SP steps, loading the
+# next piece while it multiplies this one. The @...@ hooks are each
+# direction's own: the chunk order, the step weights and what follows the write.
+_CARRY = """
+    // @A@ [Z, C, CH, KD] (shared by the R heads of a group); @B@ [Z, R, C, CH, VD];
+    // g [Z, R, C, CH]; @START@, @LAST@ [Z, R, KD, VD]; @OUT@ [Z, R, C, KD, VD];
+    // threadgroups of 128 threads (chassis.THREADS_PER_GROUP)
     constexpr int SP = (CH % 32 == 0) ? 32 : 16;  // steps a piece
     constexpr int PIECES = CH / SP;
-    constexpr int LDK = BK + 8;
-    constexpr int LDV = BV + 8;
-    constexpr int KN = SP * BK / 128;  // a thread's share of a piece of k
-    constexpr int VN = SP * BV / 128;  // and of v
-    SHARED float ks[SP * LDK];
-    SHARED float vs[SP * LDV];
+    constexpr int LDA = BK + 8;
+    constexpr int LDB = BV + 8;
+    constexpr int AN = SP * BK / 128;  // a thread's share of a piece of @A@
+    constexpr int BN = SP * BV / 128;  // and of @B@
+    SHARED float as[SP * LDA];
+    SHARED float bs[SP * LDB];
     SHARED float gs[CH];
-    SHARED float ws[CH + 1];  // w[s] = prod_{s<r<CH} g[r], and a = prod g last
-
-    const int Z = k_shape[0];
-    const int C = k_shape[1];
-    const int R = v_shape[1];
+    SHARED float ws[CH + 1];  // the steps' weights, and the chunk's gate product last
+@DECLARE@
+    const int Z = @A@_shape[0];
+    const int C = @A@_shape[1];
+    const int R = @B@_shape[1];
     const int KB = KD / BK;
     const int VB = VD / BV;
     const int tid = THREAD_ID % 128;
@@ -546,44 +546,46 @@ CHUNK_STATES = Source(
     const int vb = block % VB;
     const int kb = (block / VB) % KB;
     const int zr = block / (VB * KB);
-    const int k_at = (zr / R) * C * CH * KD + kb * BK;  // k[z, 0, 0, kb * BK]
-    const int v_at = zr * C * CH * VD + vb * BV;
+    const int a_at = (zr / R) * C * CH * KD + kb * BK;  // @A@[z, 0, 0, kb * BK]
+    const int b_at = zr * C * CH * VD + vb * BV;
     const int g_at = zr * C * CH;
     const int row = kb * BK + warp * 16;  // the warp's first state row
 
     recurops_tile h[BV / 8];
     if (rows) {
         for (int j = 0; j < BV / 8; ++j) {
-            recurops_tile_load(h[j], h0, (zr * KD + row) * VD + vb * BV + j * 8, VD);
+            recurops_tile_load(h[j], @START@, (zr * KD + row) * VD + vb * BV + j * 8, VD);
         }
     }
-    float kn[KN];
-    float vn[VN];
-    for (int e = 0; e < KN; ++e) {
+    float an[AN];
+    float bn[BN];
+    const int first = (@CHUNK@(0)) * CH;
+    for (int e = 0; e < AN; ++e) {
         const int i = tid + e * 128;
-        kn[e] = k[k_at + (i / BK) * KD + i % BK];
+        an[e] = @A@[a_at + (first + i / BK) * KD + i % BK];
     }
-    for (int e = 0; e < VN; ++e) {
+    for (int e = 0; e < BN; ++e) {
         const int i = tid + e * 128;
-        vn[e] = v[v_at + (i / BV) * VD + i % BV];
+        bn[e] = @B@[b_at + (first + i / BV) * VD + i % BV];
     }
-    float gn = (tid < CH) ? g[g_at + tid] : 0.0f;
+    float gn = (tid < CH) ? g[g_at + first + tid] : 0.0f;
 
-    for (int c = 0; c < C; ++c) {
+    for (int n = 0; n < C; ++n) {
+        const int c = @CHUNK@(n);
         BARRIER();  // the last chunk is done with gs, ws and the pieces
         if (tid < CH) gs[tid] = gn;
         if (rows) {
             for (int j = 0; j < BV / 8; ++j) {
                 const int at = ((zr * C + c) * KD + row) * VD + vb * BV + j * 8;
-                recurops_tile_store(h[j], before, at, VD);
+                recurops_tile_store(h[j], @OUT@, at, VD);
+@WRITTEN@
             }
         }
         BARRIER();
+@AFTER_WRITE@
         if (tid < CH) {
-            float p = 1.0f;
-            for (int r = CH - 1; r > tid; --r) p *= gs[r];
-            ws[tid] = p;
-            if (c + 1 < C) gn = g[g_at + (c + 1) * CH + tid];
+@WEIGHT@
+            if (n + 1 < C) gn = g[g_at + (@CHUNK@(n + 1)) * CH + tid];
         } else if (tid == 127) {
             float p = 1.0f;
             for (int r = 0; r < CH; ++r) p *= gs[r];
@@ -594,34 +596,34 @@ CHUNK_STATES = Source(
             for (int j = 0; j < BV / 8; ++j) recurops_tile_scale(h[j], ws[CH]);
         }
         for (int p = 0; p < PIECES; ++p) {
-            for (int e = 0; e < KN; ++e) {
+            for (int e = 0; e < AN; ++e) {
                 const int i = tid + e * 128;
-                ks[(i / BK) * LDK + i % BK] = kn[e];
+                as[(i / BK) * LDA + i % BK] = an[e];
             }
-            for (int e = 0; e < VN; ++e) {
+            for (int e = 0; e < BN; ++e) {
                 const int i = tid + e * 128;
-                vs[(i / BV) * LDV + i % BV] = vn[e] * ws[p * SP + i / BV];
+                bs[(i / BV) * LDB + i % BV] = bn[e] * ws[p * SP + i / BV];
             }
             BARRIER();
             // the next piece: this chunk's next one, or the next chunk's first
-            const int next = c * PIECES + p + 1;
+            const int next = n * PIECES + p + 1;
             if (next < C * PIECES) {
-                const int step = (next / PIECES) * CH + (next % PIECES) * SP;
-                for (int e = 0; e < KN; ++e) {
+                const int step = (@CHUNK@(next / PIECES)) * CH + (next % PIECES) * SP;
+                for (int e = 0; e < AN; ++e) {
                     const int i = tid + e * 128;
-                    kn[e] = k[k_at + (step + i / BK) * KD + i % BK];
+                    an[e] = @A@[a_at + (step + i / BK) * KD + i % BK];
                 }
-                for (int e = 0; e < VN; ++e) {
+                for (int e = 0; e < BN; ++e) {
                     const int i = tid + e * 128;
-                    vn[e] = v[v_at + (step + i / BV) * VD + i % BV];
+                    bn[e] = @B@[b_at + (step + i / BV) * VD + i % BV];
                 }
             }
             if (rows) {
                 for (int kk = 0; kk < SP; kk += 8) {
                     recurops_tile_a fa;
-                    recurops_load_a_t(fa, ks + kk * LDK + warp * 16, LDK);
+                    recurops_load_a_t(fa, as + kk * LDA + warp * 16, LDA);
                     for (int j = 0; j < BV / 8; ++j) {
-                        recurops_tile_mma(h[j], fa, vs + kk * LDV + j * 8, LDV, false);
+                        recurops_tile_mma(h[j], fa, bs + kk * LDB + j * 8, LDB, false);
                     }
                 }
             }
@@ -630,11 +632,59 @@ CHUNK_STATES = Source(
     }
     if (rows) {
         for (int j = 0; j < BV / 8; ++j) {
-            recurops_tile_store(h[j], final, (zr * KD + row) * VD + vb * BV + j * 8, VD);
+            recurops_tile_store(h[j], @LAST@, (zr * KD + row) * VD + vb * BV + j * 8, VD);
         }
     }
-""",
-)
+"""
+
+
+def _carry(name, inputs, outputs, hooks: dict) -> Source:
+    body = _CARRY
+    for hook, text in hooks.items():
+        body = body.replace(f"@{hook}@", text)
+    assert "@" not in body, body
+    return Source(name, inputs=inputs, outputs=outputs, body=body)
+
+
+# The states entering each chunk: S[c+1] = a[c] S[c] + k^T (w * v), w[s] =
+# prod_{s<r<CH} g[r].
+CHUNK_STATES = _carry(
+    "chunk_tile_states", ("k", "v", "g", "h0"), ("before", "final"),
+    {"A": "k", "B": "v", "START": "h0", "OUT": "before", "LAST": "final",
+     "CHUNK": "", "DECLARE": "", "WRITTEN": "", "AFTER_WRITE": "",
+     "WEIGHT": """
+            float p = 1.0f;
+            for (int r = CH - 1; r > tid; --r) p *= gs[r];
+            ws[tid] = p;"""})
+
+# Their cotangents, newest chunk first: Y[c] = a[c] Y[c+1] + q^T (cum * dy)
+# from Y[C] = dfinal, cum[t] = prod_{r<=t} g[r]; after[c] = Y[c+1], and the
+# gradient of a[c], sum Y[c+1] * before[c], in parts (a threadgroup's block).
+CHUNK_COTANGENTS = _carry(
+    "chunk_tile_cotangents", ("q", "dy", "g", "dfinal", "before"), ("after", "dh0", "parts"),
+    {"A": "q", "B": "dy", "START": "dfinal", "OUT": "after", "LAST": "dh0",
+     "CHUNK": "(C - 1) - ",
+     "DECLARE": """
+    SHARED float snap[BK * BV];  // the chunk's cotangent block, for the gradient of a
+    SHARED float sums[4];""",
+     "WRITTEN": """
+                recurops_tile_store(h[j], snap, warp * 16 * BV + j * 8, BV);""",
+     "AFTER_WRITE": """
+        float part = 0.0f;
+        for (int i = tid; i < BK * BV; i += 128) {
+            const int at = ((zr * C + c) * KD + kb * BK + i / BV) * VD + vb * BV + i % BV;
+            part += snap[i] * before[at];
+        }
+        part = WARP_SUM(part);
+        if (LANE_ID == 0) sums[warp] = part;
+        BARRIER();
+        if (tid == 0) {
+            parts[(zr * C + c) * KB * VB + kb * VB + vb] = sums[0] + sums[1] + sums[2] + sums[3];
+        }""",
+     "WEIGHT": """
+            float p = 1.0f;
+            for (int r = 0; r <= tid; ++r) p *= gs[r];
+            ws[tid] = p;"""})
 
 
 # Shapes chunk_outputs takes: chunks of 16 to 64 steps in whole tiles, key
@@ -828,9 +878,37 @@ def chunk_states(k, v, g, h0) -> tuple[mx.array, mx.array]:
     z, c, steps, dk = k.shape
     r, dv = v.shape[1], v.shape[-1]
     assert outputs_take(steps, dk, dv), (steps, dk, dv)
-    bk, bv = _block_width(dk, 64), _block_width(dv, 32)
-    blocks = z * r * (dk // bk) * (dv // bv)
     return launch(CHUNK_STATES, (k, v, g, h0),
                   {"before": ((z, r, c, dk, dv), mx.float32), "final": (h0.shape, mx.float32)},
-                  threads=blocks * THREADS_PER_GROUP,
-                  template={"CH": steps, "KD": dk, "VD": dv, "BK": bk, "BV": bv})
+                  **_carry_launch(z, r, steps, dk, dv))
+
+
+def _carry_launch(z, r, steps, dk, dv) -> dict:
+    bk, bv = _block_width(dk, 64), _block_width(dv, 32)
+    blocks = z * r * (dk // bk) * (dv // bv)
+    return {"threads": blocks * THREADS_PER_GROUP,
+            "template": {"CH": steps, "KD": dk, "VD": dv, "BK": bk, "BV": bv}}
+
+
+def chunk_cotangents(q, dy, g, dfinal, before) -> tuple[mx.array, mx.array, mx.array]:
+    """The reverse of ``chunk_states`` on matrix tiles, from the outputs'
+    gradient: ``Y[c] = a[c] Y[c+1] + q^T (cum * dy)`` from ``Y[C] = dfinal``,
+    ``cum[t] = prod_{r<=t} g[r]`` over the chunk's steps.
+
+    ``q [Z, C, T, K]`` (shared by the ``R`` heads of a group), ``dy [Z, R,
+    C, T, V]``, ``g [Z, R, C, T]``, ``dfinal [Z, R, K, V]``, the states
+    entering each chunk ``before [Z, R, C, K, V]``. Returns ``Y[1..C]`` (the
+    cotangent of the state after each chunk), ``Y[0]`` (that of the initial
+    state) and the gradient of ``a``, ``sum Y[c+1] * before[c]`` (``[Z, R,
+    C]``), float32.
+    """
+    z, c, steps, dk = q.shape
+    r, dv = dy.shape[1], dy.shape[-1]
+    assert outputs_take(steps, dk, dv), (steps, dk, dv)
+    config = _carry_launch(z, r, steps, dk, dv)
+    blocks = config["threads"] // THREADS_PER_GROUP // (z * r)
+    after, dh0, parts = launch(
+        CHUNK_COTANGENTS, (q, dy, g, dfinal, before),
+        {"after": (before.shape, mx.float32), "dh0": (dfinal.shape, mx.float32),
+         "parts": ((z, r, c, blocks), mx.float32)}, **config)
+    return after, dh0, parts.sum(-1)
