@@ -236,28 +236,6 @@ def _states_float64(k, v, g, h0):
     return before, h
 
 
-@pytest.mark.parametrize("dialect", ["cuda", "metal"])
-@given(z=st.integers(1, 2), heads=st.integers(1, 2), c=st.integers(1, 4),
-       steps=st.sampled_from(chunked.OUTPUTS_STEPS), keys=st.sampled_from([16, 48, 80, 128]),
-       values=st.sampled_from([8, 40, 96, 128]), seed=seeds)
-def test_tiled_states_match_float64(dialect, z, heads, c, steps, keys, values, seed):
-    """``chunk_states`` on matrix tiles against float64: every chunk length
-    (one to three pieces a chunk), the state split into blocks of rows and of
-    columns (80 keys in blocks of 16, 96 values in blocks of 32), heads
-    sharing ``k``, gates of exactly 0 and 1, several chunks."""
-    if executor.available() is not None:
-        pytest.skip(executor.available())
-    rng = np.random.default_rng(seed)
-    normal = functools.partial(_normal, rng)
-    k, v = normal(z, c, steps, keys), normal(z, heads, c, steps, values)
-    g, h0 = _gates(rng, (z, heads, c, steps)), normal(z, heads, keys, values)
-    with simulate(dialect):
-        got = [np.array(x) for x in chunked.chunk_states(k, v, g, h0)]
-    tol = 3e-3 if dialect == "cuda" else 1e-5
-    for name, x, want in zip(["before", "final"], got, _states_float64(k, v, g, h0), strict=True):
-        np.testing.assert_allclose(x, want, rtol=tol, atol=tol * np.abs(want).max(), err_msg=name)
-
-
 def _cotangents_float64(q, dy, g, dfinal, before):
     """``chunk_cotangents``'s recurrence in float64 NumPy, newest chunk first."""
     q, dy, g, y, before = (np.array(x, np.float64) for x in (q, dy, g, dfinal, before))
@@ -272,27 +250,35 @@ def _cotangents_float64(q, dy, g, dfinal, before):
 
 
 @pytest.mark.parametrize("dialect", ["cuda", "metal"])
+@pytest.mark.parametrize("direction", ["states", "cotangents"])
 @given(z=st.integers(1, 2), heads=st.integers(1, 2), c=st.integers(1, 4),
        steps=st.sampled_from(chunked.OUTPUTS_STEPS), keys=st.sampled_from([16, 48, 80, 128]),
        values=st.sampled_from([8, 40, 96, 128]), seed=seeds)
-def test_tiled_cotangents_match_float64(dialect, z, heads, c, steps, keys, values, seed):
-    """``chunk_cotangents`` (the state cotangents newest chunk first, and the
-    chunk gate products' gradient summed over the threadgroups' blocks)
-    against float64, with the shapes of ``test_tiled_states_match_float64``."""
+def test_tiled_carries_match_float64(dialect, direction, z, heads, c, steps, keys, values, seed):
+    """``chunk_states`` and ``chunk_cotangents`` (the state cotangents newest
+    chunk first, and the chunk gate products' gradient summed over the
+    threadgroups' blocks) on matrix tiles against float64: every chunk length
+    (one to three pieces a chunk), the state split into blocks of rows and of
+    columns (80 keys in blocks of 16, 96 values in blocks of 32), heads
+    sharing ``k`` or ``q``, gates of exactly 0 and 1, several chunks."""
     if executor.available() is not None:
         pytest.skip(executor.available())
     rng = np.random.default_rng(seed)
     normal = functools.partial(_normal, rng)
-    q, dy = normal(z, c, steps, keys), normal(z, heads, c, steps, values)
-    g, dfinal = _gates(rng, (z, heads, c, steps)), normal(z, heads, keys, values)
-    before = normal(z, heads, c, keys, values)
+    args = (normal(z, c, steps, keys), normal(z, heads, c, steps, values),
+            _gates(rng, (z, heads, c, steps)), normal(z, heads, keys, values))
+    if direction == "states":
+        run, reference, names = chunked.chunk_states, _states_float64, ["before", "final"]
+    else:
+        args += (normal(z, heads, c, keys, values),)  # the states entering the chunks
+        run, reference = chunked.chunk_cotangents, _cotangents_float64
+        names = ["after", "dh0", "da"]
     with simulate(dialect):
-        got = [np.array(x) for x in chunked.chunk_cotangents(q, dy, g, dfinal, before)]
+        got = [np.array(x) for x in run(*args)]
     tol = 3e-3 if dialect == "cuda" else 1e-5
-    want = _cotangents_float64(q, dy, g, dfinal, before)
-    for name, x, w in zip(["after", "dh0", "da"], got, want, strict=True):
-        assert x.shape == w.shape, name
-        np.testing.assert_allclose(x, w, rtol=tol, atol=tol * np.abs(w).max(), err_msg=name)
+    for name, x, want in zip(names, got, reference(*args), strict=True):
+        assert x.shape == want.shape, name
+        np.testing.assert_allclose(x, want, rtol=tol, atol=tol * np.abs(want).max(), err_msg=name)
 
 
 _TILED_SIZES = {

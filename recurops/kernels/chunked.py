@@ -435,67 +435,51 @@ CHUNK_OUTPUTS = Source(
         }
     }
 
-    // y = P v + (cum * q) S, both on the same accumulators
+    // y = P v + (cum * q) S on the same accumulators: CH / 16 pieces of 16 rows
+    // of v (A: 16 columns of P), then KD / 16 pieces of 16 rows of S (A: 16
+    // channels of q * cum)
+    constexpr int INTRA = CH / 16;
+    constexpr int PIECES = INTRA + KD / 16;
     recurops_tile out[VD / 8];
     for (int j = 0; j < VD / 8; ++j) recurops_tile_zero(out[j]);
     float cn[CN];
-    for (int s0 = 0; s0 < CH; s0 += 16) {
-        BARRIER();  // the decays, or the products with the last rows, are done
+    for (int p = 0; p < PIECES; ++p) {
+        BARRIER();  // the decays, or the last piece's products, are done
+        if (p >= INTRA) {
+            for (int e = 0; e < CN; ++e) {
+                const int i = tid + e * 128;
+                sm[QP + (i / 16) * LDQ + i % 16] = cn[e] * cum[i / 16];
+            }
+        }
         for (int e = 0; e < VN; ++e) {
             const int i = tid + e * 128;
             sm[BP + (i / VD) * LDV + i % VD] = vn[e];
         }
         BARRIER();
-        if (s0 + 16 < CH) {
+        if (p + 1 < INTRA) {  // the next piece's loads
             for (int e = 0; e < VN; ++e) {
                 const int i = tid + e * 128;
-                vn[e] = v[v_at + (s0 + 16 + i / VD) * VD + i % VD];
+                vn[e] = v[v_at + ((p + 1) * 16 + i / VD) * VD + i % VD];
             }
-        } else {  // the first piece of q and rows of S
+        } else if (p + 1 < PIECES) {
+            const int k0 = (p + 1 - INTRA) * 16;
             for (int e = 0; e < CN; ++e) {
                 const int i = tid + e * 128;
-                cn[e] = q[qk_at + (i / 16) * KD + i % 16];
+                cn[e] = q[qk_at + (i / 16) * KD + k0 + i % 16];
             }
             for (int e = 0; e < VN; ++e) {
                 const int i = tid + e * 128;
-                vn[e] = before[s_at + (i / VD) * VD + i % VD];
+                vn[e] = before[s_at + (k0 + i / VD) * VD + i % VD];
             }
         }
-        if (rows && s0 < 16 * warp + 16) {
+        if (rows && (p >= INTRA || p <= warp)) {  // P is zero right of the warp's rows
             for (int ks = 0; ks < 16; ks += 8) {
                 recurops_tile_a fa;
-                recurops_load_a(fa, sm + warp * 16 * LDP + s0 + ks, LDP);
-                for (int j = 0; j < VD / 8; ++j) {
-                    recurops_tile_mma(out[j], fa, sm + BP + ks * LDV + j * 8, LDV, false);
+                if (p < INTRA) {
+                    recurops_load_a(fa, sm + warp * 16 * LDP + p * 16 + ks, LDP);
+                } else {
+                    recurops_load_a(fa, sm + QP + warp * 16 * LDQ + ks, LDQ);
                 }
-            }
-        }
-    }
-    for (int k0 = 0; k0 < KD; k0 += 16) {
-        BARRIER();
-        for (int e = 0; e < CN; ++e) {
-            const int i = tid + e * 128;
-            sm[QP + (i / 16) * LDQ + i % 16] = cn[e] * cum[i / 16];
-        }
-        for (int e = 0; e < VN; ++e) {
-            const int i = tid + e * 128;
-            sm[BP + (i / VD) * LDV + i % VD] = vn[e];
-        }
-        BARRIER();
-        if (k0 + 16 < KD) {
-            for (int e = 0; e < CN; ++e) {
-                const int i = tid + e * 128;
-                cn[e] = q[qk_at + (i / 16) * KD + k0 + 16 + i % 16];
-            }
-            for (int e = 0; e < VN; ++e) {
-                const int i = tid + e * 128;
-                vn[e] = before[s_at + (k0 + 16 + i / VD) * VD + i % VD];
-            }
-        }
-        if (rows) {
-            for (int ks = 0; ks < 16; ks += 8) {
-                recurops_tile_a fa;
-                recurops_load_a(fa, sm + QP + warp * 16 * LDQ + ks, LDQ);
                 for (int j = 0; j < VD / 8; ++j) {
                     recurops_tile_mma(out[j], fa, sm + BP + ks * LDV + j * 8, LDV, false);
                 }
