@@ -91,7 +91,7 @@ def _choose(kind: Kind, bound: Bound, arrays: tuple, impl: str) -> Explanation:
     if why is not None and impl == "kernel":
         raise ValueError(f"{kind.name}: impl='kernel' cannot run here: {why}")
     if why is None and impl == "auto":
-        why = kind.kernel.slower(bound)
+        why = kind.kernel.slower(bound, arrays)
     if why is None:
         return Explanation("kernel", f"{backend} kernel on the GPU")
     return Explanation("fallback", why)

@@ -24,6 +24,9 @@ def test_crossover_only_for_large_states_over_long_sequences():
     assert large_state_crossover({"P": 64, "N": 16, "L": 4096}, "P", "N", 32, 2 * 24) is not None
     assert large_state_crossover({"P": 64, "N": 8, "L": 4096}, "P", "N", 32, 8 * 32) is None
     assert large_state_crossover({"P": 64, "N": 128, "L": 64}, "P", "N", 16, 8 * 32) is None
+    ssd_mid = {"P": 64, "N": 32, "L": 1024}  # 1.0e8 updates: below LARGE_WORK, above TILED_WORK
+    assert large_state_crossover(ssd_mid, "P", "N", 32, 2 * 24) is None
+    assert "matrix tiles" in large_state_crossover(ssd_mid, "P", "N", 32, 2 * 24, tiled=True)
     heads = -(-LARGE_WORK // (4096 * 512))  # the fewest with enough updates at L=512
     gla = {"K": 64, "V": 64, "L": 512}
     reason = large_state_crossover(gla, "K", "V", 32, heads=heads)
@@ -78,17 +81,23 @@ def test_backward_spans_plan_apart_only_where_checkpoints_allow():
     assert spans.plan("gla", 2**15, 2048, 1, backward=True) == (256, 1)
 
 
-@pytest.mark.parametrize("dims,batch,per_channel,path", [
-    ((64, 16), 64, False, "kernel"),
-    ((64, 128), 37, False, "fallback"),  # 37 x 2 heads x 8192 x L=200 >= 1.2e8 updates
-    ((64, 128), 36, False, "kernel"),  # fewer heads: the kernel
-    ((64, 128), 37, True, "fallback"),  # per-channel decays: the same rule
-    ((64, 128), 36, True, "kernel"),
+@pytest.mark.parametrize("dims,batch,per_channel,dtype,path", [
+    ((64, 16), 64, False, mx.float32, "kernel"),
+    ((64, 128), 37, False, mx.float32, "fallback"),  # 37 x 2 heads x 8192 x L=200 >= 1.2e8
+    ((64, 128), 36, False, mx.float32, "kernel"),  # fewer heads: the kernel
+    ((64, 128), 37, True, mx.float32, "fallback"),  # per-channel decays: the same rule
+    ((64, 128), 36, True, mx.float32, "kernel"),
+    # half precision, per-head decays: the fallback on matrix tiles from 9e7 updates
+    ((64, 128), 28, False, mx.bfloat16, "fallback"),
+    ((64, 128), 27, False, mx.bfloat16, "kernel"),
+    ((64, 128), 28, True, mx.bfloat16, "kernel"),  # per-channel: no tiles
+    ((64, 120), 36, False, mx.bfloat16, "kernel"),  # N=120: no tiles (16 does not divide it)
 ])
-def test_auto_follows_the_crossover_and_kernel_can_still_be_forced(dims, batch, per_channel, path):
+def test_auto_follows_the_crossover_and_kernel_can_still_be_forced(dims, batch, per_channel,
+                                                                   dtype, path):
     p, n = dims
-    x, dt = mx.zeros((batch, 200, 2, p)), mx.zeros((batch, 200, 2))
-    B = C = mx.zeros((batch, 200, 1, n))
+    x, dt = mx.zeros((batch, 200, 2, p), dtype), mx.zeros((batch, 200, 2), dtype)
+    B = C = mx.zeros((batch, 200, 1, n), dtype)
     A = -mx.ones((2, n) if per_channel else (2,))
     with simulate("cuda"):
         assert recurops.explain("ssd", x, dt, A, B, C).path == path

@@ -361,6 +361,18 @@ CHUNK = {"cpu": 32, "gpu": 64}
 CHANNEL_CHUNK = {"cpu": 8, "gpu": 32}
 
 
+def _tiles(steps: int, dk: int, dv: int, exact_fp32: bool) -> bool:
+    """Whether chunks of ``steps`` run on matrix tiles (``_tiled_forward``):
+    the tiles multiply in TF32 on CUDA, so for half-precision inputs only."""
+    return not exact_fp32 and chunked.outputs_take(steps, dk, dv)
+
+
+def uses_tiles(length: int, dk: int, dv: int, exact_fp32: bool) -> bool:
+    """Whether ``scalar_gate_chunked_scan`` of ``length`` steps with these
+    head dims runs on matrix tiles on a GPU."""
+    return _tiles(min(CHUNK["gpu"], length), dk, dv, exact_fp32)
+
+
 def scalar_gate_chunked_scan(q, k, v, g, h0, chunk: int | None = None, exact_fp32: bool = True):
     """Chunked evaluation of the recurrence in the module docstring.
 
@@ -379,9 +391,8 @@ def scalar_gate_chunked_scan(q, k, v, g, h0, chunk: int | None = None, exact_fp3
         v = mx.pad(v, [(0, 0), (0, 0), (0, pad), (0, 0)])
         g = mx.pad(g, [(0, 0), (0, 0), (0, pad)], constant_values=1.0)
     c = (length + pad) // steps
-    # the tiles multiply in TF32 on CUDA: for half-precision inputs only
-    tiled = (not exact_fp32 and chunked.outputs_take(steps, dk, dv)
-             and _fused(q, k, v, g, h0, extent=z * r * c * max(dk, steps, 128) * dv))
+    tiled = _tiles(steps, dk, dv, exact_fp32) and _fused(
+        q, k, v, g, h0, extent=z * r * c * max(dk, steps, 128) * dv)
     y, final, *_ = _block("scalar-tiled" if tiled else "scalar", exact_fp32)(
         q.reshape(z, c, steps, dk),
         k.reshape(z, c, steps, dk),

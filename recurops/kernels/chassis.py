@@ -689,7 +689,7 @@ def common_unsupported(arrays, checkpoint_size: int = 0) -> str | None:
     return None
 
 
-def _never(bound) -> None:
+def _never(bound, arrays) -> None:
     return None
 
 
@@ -704,7 +704,7 @@ class KernelPath:
 
     run: Callable  # (*inputs, state) -> (y, final_state), batch flattened
     unsupported: Callable  # (bound, arrays, backend) -> reason, or None
-    slower: Callable = _never  # (bound) -> reason, or None
+    slower: Callable = _never  # (bound, arrays) -> reason, or None
 
 
 def in_one_dtype(*arrays) -> tuple[mx.Dtype, tuple]:
@@ -716,9 +716,11 @@ def in_one_dtype(*arrays) -> tuple[mx.Dtype, tuple]:
 
 LARGE_STATE = 512  # state elements per head above which the chunked fallback can train faster
 LARGE_WORK = 12 * 10**7  # ... when the sweep makes at least this many state updates (all heads x L)
+TILED_WORK = 9 * 10**7  # ... or this many, where the fallback's chunks run on matrix tiles
 
 
-def large_state_crossover(dims: dict, rows: str, cols: str, seg: int, heads: int) -> str | None:
+def large_state_crossover(dims: dict, rows: str, cols: str, seg: int, heads: int,
+                          tiled: bool = False) -> str | None:
     """Why ``auto`` prefers the fallback for a matrix-state kind, or None.
 
     ``heads`` counts the independent states (batch x heads). The kernel's
@@ -740,11 +742,22 @@ def large_state_crossover(dims: dict, rows: str, cols: str, seg: int, heads: int
     K=32 V=64, per head or per channel): the fallback 1.3-2.2x faster from
     1.5e8 updates, 1.1-1.4x at 7.5e7, where the kernel still runs (ssd B=8
     L=1024 H=8 N=16, 6.7e7: level).
+
+    ``tiled``: the fallback's chunks would run on matrix tiles (half-precision
+    inputs, per-head decays; ``scalar_chunked.uses_tiles``). Then the bound is
+    ``TILED_WORK``: H100, bf16, forward+backward, in one process, the kernel
+    is faster up to 3.4e7 updates (gla B=1 T=512 H=12 and B=1 T=1024 H=8
+    K=V=64, ssd B=1 L=512 H=12 N=64 and B=2 L=256 H=8 N=128: 1.2-1.4x), level
+    from 6.7e7 to 7.5e7 (gla B=3 T=512 H=12 K=V=64, ssd B=3 L=512 H=12 N=64
+    and B=8 L=1024 H=8 N=16) and 1.4x slower at 1.0e8 (ssd B=2 L=1024 H=24
+    N=32: 1.99-2.24 against 1.40-1.54 ms).
     """
     size = dims[rows] * dims[cols]
     work = size * heads * dims["L"]
-    if size > LARGE_STATE and work >= LARGE_WORK and dims["L"] > 4 * seg:
-        return (f"the chunked fallback is faster for large states ({rows}*{cols}={size} "
+    bound = TILED_WORK if tiled else LARGE_WORK
+    if size > LARGE_STATE and work >= bound and dims["L"] > 4 * seg:
+        form = "chunked fallback on matrix tiles" if tiled else "chunked fallback"
+        return (f"the {form} is faster for large states ({rows}*{cols}={size} "
                 f"> {LARGE_STATE} per head) over many steps ({size * heads} state "
-                f"elements x L={dims['L']} >= {LARGE_WORK:.1e} updates)")
+                f"elements x L={dims['L']} >= {bound:.1e} updates)")
     return None

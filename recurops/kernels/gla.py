@@ -19,6 +19,8 @@ import math
 
 import mlx.core as mx
 
+from ..fallback.precise import needs_exact_fp32
+from ..fallback.scalar_chunked import uses_tiles
 from . import spans
 from .chassis import (
     SPAN,
@@ -346,9 +348,12 @@ def _unsupported(bound, arrays, backend):
 CROSSOVER_SEG = 32
 
 
-def _slower(bound):
-    return large_state_crossover(bound.dims, "K", "V", CROSSOVER_SEG,
-                                 math.prod(bound.batch) * bound.dims["H"])
+def _slower(bound, arrays):
+    dims = bound.dims
+    tiled = bound.variant["g"] == 0 and uses_tiles(  # per-head decays
+        dims["L"], dims["K"], dims["V"], needs_exact_fp32(*arrays))
+    return large_state_crossover(dims, "K", "V", CROSSOVER_SEG,
+                                 math.prod(bound.batch) * dims["H"], tiled)
 
 
 KERNEL = KernelPath(

@@ -193,7 +193,7 @@ def _backward(dy, dfinal, ckpt, a, x, state):
     )
 
 
-def _slower(bound):
+def _slower(bound, arrays):
     """Calls of a few steps (decoding) take the fallback's step form: three
     elementwise ops a step dispatch faster than the kernel's launch. H100,
     bf16, one-token steps at D=2048, B=1 and B=16 (docs/kernels.md,

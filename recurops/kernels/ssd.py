@@ -24,6 +24,8 @@ import math
 
 import mlx.core as mx
 
+from ..fallback.precise import needs_exact_fp32
+from ..fallback.scalar_chunked import uses_tiles
 from . import spans
 from .chassis import (
     SPAN,
@@ -359,9 +361,12 @@ def _unsupported(bound, arrays, backend):
 CROSSOVER_SEG = 32
 
 
-def _slower(bound):
-    return large_state_crossover(bound.dims, "P", "N", CROSSOVER_SEG,
-                                 math.prod(bound.batch) * bound.dims["H"])
+def _slower(bound, arrays):
+    dims = bound.dims
+    tiled = bound.variant["A"] == 0 and uses_tiles(  # per-head decays
+        dims["L"], dims["N"], dims["P"], needs_exact_fp32(*arrays))
+    return large_state_crossover(dims, "P", "N", CROSSOVER_SEG,
+                                 math.prod(bound.batch) * dims["H"], tiled)
 
 
 KERNEL = KernelPath(
