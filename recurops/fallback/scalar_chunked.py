@@ -26,7 +26,10 @@ would take MLX several kernels each (the decays ``D``, the chunk-state
 passing and its reverse with the gradient of ``a``, the outputs from their
 two parts, the row sums of products and the gates' gradient in the
 backward) run as small fused kernels
-(``recurops.kernels.chunked``), float32 like the rest.
+(``recurops.kernels.chunked``), float32 like the rest. With half-precision
+inputs the forward is two kernels on the tensor cores instead (the chunk
+states, then the outputs: ``_tiled_forward``), and so are the backward's
+state cotangents.
 
 The backward pass is written by hand (``mx.custom_function``): it is the
 same chunked form run backwards, with a reverse scan for the state

@@ -24,6 +24,13 @@ are passes over whole arrays that MLX would run as several kernels each:
   per-channel decays ``D_k`` built as running products in registers: the
   MLX code materializes them, ``[K, T, T]`` a chunk.
 
+* ``chunk_states``, ``chunk_cotangents`` and ``chunk_outputs``: with
+  half-precision inputs and one gate per head, the chunk states, their
+  cotangents and the chunks' outputs as block-level kernels on the warp-level
+  matrix tiles (``chassis.TILES``: TF32 tensor cores on CUDA,
+  ``simdgroup_matrix`` on Metal), which replace the matmuls and most of the
+  passes of the forward and the state passing of the backward.
+
 Everything is float32. ``a`` varies along the leading state axes and is
 shared along the trailing ones: ``a [Z, C, R]`` for states ``[Z, C, E]`` with
 ``R`` dividing ``E``, element ``e`` reading ``a[..., e // (E / R)]``.
