@@ -344,9 +344,9 @@ def _checkpointed(forward, backward):
 @functools.cache
 def _block(form: str, exact_fp32: bool):
     """The custom function of one form: ``"scalar"`` gates, ``"scalar-tiled"``
-    (scalar gates, the outputs on matrix tiles) or ``"channel"`` (per-channel
-    gates). ``exact_fp32`` routes matmuls through ``precise.matmul`` (float32
-    inputs: no TF32)."""
+    (scalar gates, the forward and the state cotangents on matrix tiles) or
+    ``"channel"`` (per-channel gates). ``exact_fp32`` routes matmuls through
+    ``precise.matmul`` (float32 inputs: no TF32)."""
     mm = precise.matmul if exact_fp32 else precise.plain_matmul
     forward, backward = {
         "scalar": (_forward, _backward),
