@@ -200,7 +200,7 @@ def _outputs_float64(q, k, v, g, before):
 
 @pytest.mark.parametrize("dialect", ["cuda", "metal"])
 @given(z=st.integers(1, 2), heads=st.sampled_from([1, 2, 3, 6]), c=st.integers(1, 3),
-       steps=st.sampled_from(chunked.OUTPUTS_STEPS), keys=st.sampled_from([16, 32, 48]),
+       steps=st.sampled_from(chunked.TILED_STEPS), keys=st.sampled_from([16, 32, 48]),
        values=st.sampled_from([8, 40, 96, 128]), seed=seeds)
 def test_tiled_outputs_match_float64(dialect, z, heads, c, steps, keys, values, seed):
     """``chunk_outputs`` on matrix tiles against float64: every chunk length
@@ -252,7 +252,7 @@ def _cotangents_float64(q, dy, g, dfinal, before):
 @pytest.mark.parametrize("dialect", ["cuda", "metal"])
 @pytest.mark.parametrize("direction", ["states", "cotangents"])
 @given(z=st.integers(1, 2), heads=st.integers(1, 2), c=st.integers(1, 4),
-       steps=st.sampled_from(chunked.OUTPUTS_STEPS), keys=st.sampled_from([16, 48, 80, 128]),
+       steps=st.sampled_from(chunked.TILED_STEPS), keys=st.sampled_from([16, 48, 80, 128]),
        values=st.sampled_from([8, 40, 96, 128]), seed=seeds)
 def test_tiled_carries_match_float64(dialect, direction, z, heads, c, steps, keys, values, seed):
     """``chunk_states`` and ``chunk_cotangents`` (the state cotangents newest
@@ -303,7 +303,7 @@ def test_tiled_form_matches_spec(dialect, kind, data):
     forward keeps only the chunk states; the backward rebuilds the rest):
     values, final state and every gradient against SPEC section 3, with and
     without an initial state, lengths that end inside a chunk."""
-    steps = data.draw(st.sampled_from(chunked.OUTPUTS_STEPS), label="chunk")
+    steps = data.draw(st.sampled_from(chunked.TILED_STEPS), label="chunk")
     call = make_call(
         kind, np.random.default_rng(data.draw(seeds, label="seed")),
         sizes=data.draw(_TILED_SIZES[kind], label="sizes"),

@@ -367,7 +367,7 @@ CHANNEL_CHUNK = {"cpu": 8, "gpu": 32}
 def _tiles(steps: int, dk: int, dv: int, exact_fp32: bool) -> bool:
     """Whether chunks of ``steps`` run on matrix tiles (``_tiled_forward``):
     the tiles multiply in TF32 on CUDA, so for half-precision inputs only."""
-    return not exact_fp32 and chunked.outputs_take(steps, dk, dv)
+    return not exact_fp32 and chunked.tiles_take(steps, dk, dv)
 
 
 def uses_tiles(length: int, dk: int, dv: int, exact_fp32: bool) -> bool:

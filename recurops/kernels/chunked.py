@@ -678,16 +678,17 @@ CHUNK_COTANGENTS = _carry(
             ws[tid] = p;"""})
 
 
-# Shapes chunk_outputs takes: chunks of 16 to 64 steps in whole tiles, key
-# channels in pieces of 16, value channels in tiles of 8 up to what its
+# Shapes the kernels on matrix tiles (chunk_states, chunk_cotangents,
+# chunk_outputs) take: chunks of 16 to 64 steps in whole tiles, key channels
+# in pieces of 16, value channels in tiles of 8 up to what chunk_outputs'
 # accumulators and threadgroup memory hold.
-OUTPUTS_STEPS = (16, 32, 48, 64)
-OUTPUTS_MAX_V = 128
+TILED_STEPS = (16, 32, 48, 64)
+TILED_MAX_V = 128
 
 
-def outputs_take(steps: int, dk: int, dv: int) -> bool:
-    """Whether ``chunk_outputs`` takes chunks of ``steps`` with these head dims."""
-    return steps in OUTPUTS_STEPS and dk % 16 == 0 and dv % 8 == 0 and 0 < dv <= OUTPUTS_MAX_V
+def tiles_take(steps: int, dk: int, dv: int) -> bool:
+    """Whether the kernels on matrix tiles take chunks of ``steps`` with these head dims."""
+    return steps in TILED_STEPS and dk % 16 == 0 and dv % 8 == 0 and 0 < dv <= TILED_MAX_V
 
 
 def takes(*arrays, extent: int = 0) -> bool:
@@ -836,11 +837,11 @@ def chunk_outputs(q, k, v, g, before) -> mx.array:
     C, T, V]``, gates ``g [Z, R, C, T]``, the states entering each chunk
     ``before [Z, R, C, K, V]``; ``D[t, s] = prod_{s<r<=t} g[r]`` (0 above the
     diagonal) and ``cum[t] = prod_{r<=t} g[r]``. Returns ``y [Z, R, C, T, V]``,
-    float32 (the products in TF32 on CUDA). Shapes as ``outputs_take`` says.
+    float32 (the products in TF32 on CUDA). Shapes as ``tiles_take`` says.
     """
     z, c, steps, dk = q.shape
     r, dv = v.shape[1], v.shape[-1]
-    assert outputs_take(steps, dk, dv), (steps, dk, dv)
+    assert tiles_take(steps, dk, dv), (steps, dk, dv)
     (y,) = launch(CHUNK_OUTPUTS, (q, k, v, g, before), {"y": (v.shape, mx.float32)},
                   threads=z * r * c * THREADS_PER_GROUP, template={"CH": steps, "KD": dk, "VD": dv})
     return y
@@ -864,11 +865,11 @@ def chunk_states(k, v, g, h0) -> tuple[mx.array, mx.array]:
     ``k [Z, C, T, K]`` (shared by the ``R`` heads of a group), ``v [Z, R, C,
     T, V]``, ``g [Z, R, C, T]``, ``h0 [Z, R, K, V]``. Returns ``before [Z, R,
     C, K, V]`` (``S[0..C-1]``) and the final state ``S[C]``, float32 (the
-    products in TF32 on CUDA). Shapes as ``outputs_take`` says.
+    products in TF32 on CUDA). Shapes as ``tiles_take`` says.
     """
     z, c, steps, dk = k.shape
     r, dv = v.shape[1], v.shape[-1]
-    assert outputs_take(steps, dk, dv), (steps, dk, dv)
+    assert tiles_take(steps, dk, dv), (steps, dk, dv)
     return launch(CHUNK_STATES, (k, v, g, h0),
                   {"before": ((z, r, c, dk, dv), mx.float32), "final": (h0.shape, mx.float32)},
                   **_carry_launch(z, r, steps, dk, dv))
@@ -895,7 +896,7 @@ def chunk_cotangents(q, dy, g, dfinal, before) -> tuple[mx.array, mx.array, mx.a
     """
     z, c, steps, dk = q.shape
     r, dv = dy.shape[1], dy.shape[-1]
-    assert outputs_take(steps, dk, dv), (steps, dk, dv)
+    assert tiles_take(steps, dk, dv), (steps, dk, dv)
     config = _carry_launch(z, r, steps, dk, dv)
     blocks = config["threads"] // THREADS_PER_GROUP // (z * r)
     after, dh0, parts = launch(
