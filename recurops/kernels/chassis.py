@@ -188,6 +188,11 @@ __device__ __forceinline__ void recurops_tile_scale(recurops_tile& t, float s) {
   t.c[2] *= s;
   t.c[3] *= s;
 }
+// A lane's share of the sum of products of two tiles' elements (the same layout
+// in both): a warp sum of it is their inner product.
+__device__ __forceinline__ float recurops_tile_dot(const recurops_tile& t, const recurops_tile& u) {
+  return t.c[0] * u.c[0] + t.c[1] * u.c[1] + t.c[2] * u.c[2] + t.c[3] * u.c[3];
+}
 __device__ __forceinline__ void recurops_tile_mma(recurops_tile& t, const recurops_tile_a& f,
                                                   const float* b, int ldb, bool bt) {
   const int g = (threadIdx.x & 31) >> 2, q = threadIdx.x & 3;
@@ -232,6 +237,14 @@ inline void recurops_tile_load(thread recurops_tile& t, P c, long offset, int ld
 inline void recurops_tile_scale(thread recurops_tile& t, float s) {
   t.top.thread_elements() *= s;
   t.bottom.thread_elements() *= s;
+}
+inline float recurops_tile_dot(thread recurops_tile& t, thread recurops_tile& u) {
+  float sum = 0.0f;
+  for (int i = 0; i < 2; ++i) {
+    sum += t.top.thread_elements()[i] * u.top.thread_elements()[i];
+    sum += t.bottom.thread_elements()[i] * u.bottom.thread_elements()[i];
+  }
+  return sum;
 }
 template <typename P>
 inline void recurops_tile_mma(thread recurops_tile& t, thread const recurops_tile_a& f,

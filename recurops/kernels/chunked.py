@@ -650,28 +650,22 @@ CHUNK_STATES = _carry(
 
 # Their cotangents, newest chunk first: Y[c] = a[c] Y[c+1] + q^T (cum * dy)
 # from Y[C] = dfinal, cum[t] = prod_{r<=t} g[r]; after[c] = Y[c+1], and the
-# gradient of a[c], sum Y[c+1] * before[c], in parts (a threadgroup's block).
+# gradient of a[c], sum Y[c+1] * before[c], in parts (a warp's rows of a
+# threadgroup's block).
 CHUNK_COTANGENTS = _carry(
     "chunk_tile_cotangents", ("q", "dy", "g", "dfinal", "before"), ("after", "dh0", "parts"),
     {"A": "q", "B": "dy", "START": "dfinal", "OUT": "after", "LAST": "dh0",
      "CHUNK": "(C - 1) - ",
      "DECLARE": """
-    SHARED float snap[BK * BV];  // the chunk's cotangent block, for the gradient of a
-    SHARED float sums[4];""",
+    float part = 0.0f;  // the lane's share of the chunk's sum for the gradient of a""",
      "WRITTEN": """
-                recurops_tile_store(h[j], snap, warp * 16 * BV + j * 8, BV);""",
+                recurops_tile s;  // the same block of the state before the chunk
+                recurops_tile_load(s, before, at, VD);
+                part += recurops_tile_dot(h[j], s);""",
      "AFTER_WRITE": """
-        float part = 0.0f;
-        for (int i = tid; i < BK * BV; i += 128) {
-            const int at = ((zr * C + c) * KD + kb * BK + i / BV) * VD + vb * BV + i % BV;
-            part += snap[i] * before[at];
-        }
         part = WARP_SUM(part);
-        if (LANE_ID == 0) sums[warp] = part;
-        BARRIER();
-        if (tid == 0) {
-            parts[(zr * C + c) * KB * VB + kb * VB + vb] = sums[0] + sums[1] + sums[2] + sums[3];
-        }""",
+        if (LANE_ID == 0) parts[((zr * C + c) * KB * VB + kb * VB + vb) * 4 + warp] = part;
+        part = 0.0f;""",
      "WEIGHT": """
             float p = 1.0f;
             for (int r = 0; r <= tid; ++r) p *= gs[r];
@@ -902,5 +896,5 @@ def chunk_cotangents(q, dy, g, dfinal, before) -> tuple[mx.array, mx.array, mx.a
     after, dh0, parts = launch(
         CHUNK_COTANGENTS, (q, dy, g, dfinal, before),
         {"after": (before.shape, mx.float32), "dh0": (dfinal.shape, mx.float32),
-         "parts": ((z, r, c, blocks), mx.float32)}, **config)
+         "parts": ((z, r, c, blocks * THREADS_PER_GROUP // WARP), mx.float32)}, **config)
     return after, dh0, parts.sum(-1)

@@ -441,13 +441,16 @@ inline void threadgroup_barrier(mem_flags) { recurops_sim_barrier(); }
 template <class T, int Cols, int Rows> struct simdgroup_matrix {
   T v[Rows * Cols];
   // On the GPU a lane's two elements; here each lane holds all of them, so an
-  // elementwise operation on "its" elements applies to the whole matrix.
+  // elementwise operation on "its" elements applies to the whole matrix, and
+  // element i of lane l is entry 2 l + i (a layout of the simulator's own: what
+  // reads them may assume only that two matrices share it).
   struct elements {
     simdgroup_matrix* m;
     elements& operator*=(T s) {
       for (int i = 0; i < Rows * Cols; ++i) m->v[i] *= s;
       return *this;
     }
+    T& operator[](int i) { return m->v[2 * recurops_sim_self()->lane + i]; }
   };
   elements thread_elements() { return elements{this}; }
 };
