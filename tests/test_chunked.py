@@ -378,3 +378,24 @@ def test_per_channel_lengths_compile_few_kernels(dialect, monkeypatch):
     steps = {dict(template)["STEPS"] for name, template in compiled
              if name == chunked.CHANNEL_SCORES.name}
     assert {8, 32} <= steps
+
+
+@pytest.mark.parametrize("dtype, to", [(mx.bfloat16, mx.float32), (mx.float32, mx.bfloat16),
+                                       (mx.float32, mx.float32)])
+@pytest.mark.parametrize("axes", [(0, 2, 1, 3), (2, 0, 1)])
+def test_relayout_is_a_transpose_and_a_cast(dtype, to, axes):
+    """``scalar_chunked.relayout``: the values and the gradient of a
+    transpose and a cast, whichever dtype is narrower."""
+    shape = (2, 3, 5, 4)[:len(axes)]
+    x = mx.random.normal(shape, key=mx.random.key(0)).astype(dtype)
+    cotangent = mx.random.normal(x.transpose(axes).shape, key=mx.random.key(1)).astype(to)
+
+    def plain(x):
+        return x.transpose(axes).astype(to)
+
+    out, (grad,) = mx.vjp(lambda x: scalar_chunked.relayout(x, axes, to), [x], [cotangent])
+    want, (want_grad,) = mx.vjp(plain, [x], [cotangent])
+    assert out[0].dtype == to and out[0].shape == want[0].shape
+    assert grad.dtype == dtype and grad.shape == x.shape
+    assert mx.array_equal(out[0], want[0]).item()
+    assert mx.array_equal(grad, want_grad).item()

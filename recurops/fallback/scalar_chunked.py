@@ -128,6 +128,38 @@ def _scaled_rows_vjp(primals, cotangent, _):
     return _row_dots(cotangent, x), cotangent * s[..., None]
 
 
+def relayout(x: mx.array, axes: tuple[int, ...], dtype: mx.Dtype) -> mx.array:
+    """``x.transpose(axes).astype(dtype)``, contiguous, with the transposing
+    copy made in the narrower of the two dtypes, forwards and backwards.
+
+    On MLX's CUDA backend a cast of a transposed array is two copies (the
+    transpose, then the cast), and the cotangent of a transpose followed by a
+    reshape is a cast and a transposing float32 copy.
+    """
+    return _relayout(tuple(axes), dtype)(x)
+
+
+def _moved(x: mx.array, axes: tuple[int, ...], dtype: mx.Dtype) -> mx.array:
+    if dtype.size < x.dtype.size:
+        return mx.contiguous(x.astype(dtype).transpose(axes))
+    return mx.contiguous(x.transpose(axes).astype(dtype))
+
+
+@functools.cache
+def _relayout(axes: tuple[int, ...], dtype: mx.Dtype):
+    back = tuple(sorted(range(len(axes)), key=axes.__getitem__))
+
+    @mx.custom_function
+    def move(x):
+        return _moved(x, axes, dtype)
+
+    @move.vjp
+    def move_vjp(primals, cotangent, _):
+        return _moved(cotangent, back, primals[0].dtype)
+
+    return move
+
+
 def _on_gpu() -> bool:
     return mx.default_device().type == mx.DeviceType.gpu
 

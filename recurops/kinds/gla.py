@@ -11,7 +11,11 @@ import mlx.core as mx
 
 from .._kind import Input, Kind
 from ..fallback.precise import needs_exact_fp32
-from ..fallback.scalar_chunked import channel_gate_chunked_scan, scalar_gate_chunked_scan
+from ..fallback.scalar_chunked import (
+    channel_gate_chunked_scan,
+    relayout,
+    scalar_gate_chunked_scan,
+)
 from ..kernels.gla import KERNEL
 
 
@@ -32,6 +36,7 @@ def reference(q, k, v, g, state):
 
 def fallback(q, k, v, g, state):
     exact = needs_exact_fp32(q, k, v, g)
+    out_dtype = mx.result_type(q, k, v, g)
     b, length, h, dk = q.shape
     dv = v.shape[-1]
 
@@ -39,12 +44,15 @@ def fallback(q, k, v, g, state):
         x = x.transpose(0, 2, 1, 3) if x.ndim == 4 else x.transpose(0, 2, 1)
         return x.reshape(b * h, length, -1).astype(state.dtype)
 
+    def heads_last(y):  # [B*H, L, V] -> [B, L, H, V] in the inputs' dtype
+        return relayout(y.reshape(b, h, length, dv), (0, 2, 1, 3), out_dtype)
+
     if g.ndim == 4:  # one gate per key channel
         y, final = channel_gate_chunked_scan(
             heads_first(q), heads_first(k), heads_first(v), heads_first(g),
             state.reshape(b * h, dk, dv), exact_fp32=exact,
         )
-        return y.reshape(b, h, length, dv).transpose(0, 2, 1, 3), final.reshape(b, h, dk, dv)
+        return heads_last(y), final.reshape(b, h, dk, dv)
     # per-head gates: the scalar-gate chunked form, heads folded into the batch
 
     y, final = scalar_gate_chunked_scan(
@@ -52,8 +60,7 @@ def fallback(q, k, v, g, state):
         heads_first(g).reshape(b * h, 1, length),
         state.reshape(b * h, 1, dk, dv), exact_fp32=exact,
     )
-    y = y.reshape(b, h, length, dv).transpose(0, 2, 1, 3)
-    return y, final.reshape(b, h, dk, dv)
+    return heads_last(y), final.reshape(b, h, dk, dv)
 
 
 KIND = Kind(

@@ -14,6 +14,7 @@ from .._kind import Input, Kind
 from ..fallback.precise import needs_exact_fp32
 from ..fallback.scalar_chunked import (
     channel_gate_chunked_scan,
+    relayout,
     scalar_gate_chunked_scan,
     scaled_rows,
 )
@@ -55,6 +56,7 @@ def fallback(x, dt, A, B, C, state):
     # are made heads-first: each takes one pass over [B, H, L, X].
     b, length, h, p = x.shape
     n = A.shape[-1]
+    out_dtype = mx.result_type(x, dt, A, B, C)
     dt, A, B, C = (t.astype(state.dtype) for t in (dt, A, B, C))
     dt_heads = mx.swapaxes(dt, 1, 2)[..., None]  # [B, H, L, 1]
 
@@ -67,12 +69,13 @@ def fallback(x, dt, A, B, C, state):
         heads_first(mx.exp(dt_heads * A[:, None])),
         mx.swapaxes(state, -1, -2).reshape(b * h, n, p), exact_fp32=exact,
     )
-    y = y.reshape(b, h, length, p).transpose(0, 2, 1, 3)
+    y = relayout(y.reshape(b, h, length, p), (0, 2, 1, 3), out_dtype)
     return y, mx.swapaxes(final.reshape(b, h, n, p), -1, -2)
 
 
 def _fallback_per_head(x, dt, A, B, C, state, exact):
     """A [H]: scalar gates per head; the R = H // G heads of a group share B and C."""
+    out_dtype = mx.result_type(x, dt, A, B, C)
     dt, A, B, C = (t.astype(state.dtype) for t in (dt, A, B, C))
     b, length, h, p = x.shape
     groups, n = B.shape[2], B.shape[3]
@@ -91,7 +94,7 @@ def _fallback_per_head(x, dt, A, B, C, state, exact):
         gate.reshape(b * groups, r, length),
         mx.swapaxes(state, -1, -2).reshape(b * groups, r, n, p), exact_fp32=exact,
     )
-    y = mx.swapaxes(y.reshape(b, h, length, p), 1, 2)
+    y = relayout(y.reshape(b, h, length, p), (0, 2, 1, 3), out_dtype)
     return y, mx.swapaxes(final.reshape(b, h, n, p), -1, -2)
 
 
