@@ -223,6 +223,49 @@ def test_tiled_outputs_match_float64(dialect, z, heads, c, steps, keys, values, 
     np.testing.assert_allclose(y, want, rtol=tol, atol=tol * np.abs(want).max())
 
 
+def _scores_grad_float64(q, k, v, dy, g):
+    """``chunk_scores_grad``'s formulas in float64 NumPy, a chunk at a time."""
+    q, k, v, dy, g = (np.array(x, np.float64) for x in (q, k, v, dy, g))
+    steps = q.shape[2]
+    later = np.arange(steps)[:, None] >= np.arange(steps)[None, :]  # t >= s
+    dv = np.zeros(v.shape)
+    dscores, ddecay = (np.zeros(g.shape + (steps,)) for _ in range(2))
+    for z, r, c in np.ndindex(*v.shape[:3]):
+        gates = g[z, r, c]
+        decay = np.array([[np.prod(gates[s + 1:t + 1]) for s in range(steps)]
+                          for t in range(steps)]) * later
+        scores, dyv = q[z, c] @ k[z, c].T, dy[z, r, c] @ v[z, r, c].T
+        dv[z, r, c] = (scores * decay).T @ dy[z, r, c]
+        dscores[z, r, c] = dyv * decay
+        ddecay[z, r, c] = dyv * scores * later
+    return dv, dscores, ddecay
+
+
+@pytest.mark.parametrize("dialect", ["cuda", "metal"])
+@given(z=st.integers(1, 2), heads=st.sampled_from([1, 2, 3]), c=st.integers(1, 2),
+       steps=st.sampled_from(chunked.TILED_STEPS), keys=st.sampled_from([16, 32, 48]),
+       values=st.sampled_from([8, 24, 96, 128]), seed=seeds)
+def test_tiled_scores_grad_matches_float64(dialect, z, heads, c, steps, keys, values, seed):
+    """``chunk_scores_grad`` on matrix tiles against float64: every chunk
+    length (one or two bands of 32 rows), several pieces of keys, values in
+    pieces of 16 or of 8, heads sharing ``q`` and ``k``, gates of exactly 0
+    and 1."""
+    if executor.available() is not None:
+        pytest.skip(executor.available())
+    rng = np.random.default_rng(seed)
+    normal = functools.partial(_normal, rng)
+    q, k = normal(z, c, steps, keys), normal(z, c, steps, keys)
+    v, dy = normal(z, heads, c, steps, values), normal(z, heads, c, steps, values)
+    g = _gates(rng, (z, heads, c, steps))
+    with simulate(dialect):
+        got = [np.array(x) for x in chunked.chunk_scores_grad(q, k, v, dy, g)]
+    tol = 3e-3 if dialect == "cuda" else 1e-5
+    for name, x, want in zip(["dv", "dscores", "ddecay"], got,
+                             _scores_grad_float64(q, k, v, dy, g), strict=True):
+        assert x.shape == want.shape, name
+        np.testing.assert_allclose(x, want, rtol=tol, atol=tol * np.abs(want).max(), err_msg=name)
+
+
 def _states_float64(k, v, g, h0):
     """``chunk_states``'s recurrence in float64 NumPy, a chunk at a time."""
     k, v, g, h = (np.array(x, np.float64) for x in (k, v, g, h0))
@@ -285,6 +328,18 @@ def test_tiled_carries_match_float64(dialect, direction, z, heads, c, steps, key
         np.testing.assert_allclose(x, want, rtol=tol, atol=tol * size, err_msg=name)
 
 
+def _record_tile_kernels(patch, seen: list):
+    """Append to ``seen`` the name of each run of the kernels for the
+    chunks' outputs and their backward."""
+    for name in ("chunk_outputs", "chunk_scores_grad"):
+        patch.setattr(chunked, name, functools.partial(_recorded, getattr(chunked, name), seen))
+
+
+def _recorded(kernel, seen, *args):
+    seen.append(kernel.__name__)
+    return kernel(*args)
+
+
 _TILED_SIZES = {
     "ssd": st.fixed_dictionaries({"H": st.sampled_from([1, 2, 4]), "G": st.just(1),
                                   "P": st.sampled_from([8, 16]), "N": st.just(16),
@@ -299,8 +354,9 @@ _TILED_SIZES = {
 @pytest.mark.parametrize("kind", ["ssd", "gla"])
 @given(data=st.data())
 def test_tiled_form_matches_spec(dialect, kind, data):
-    """Half-precision calls whose chunks' outputs run on matrix tiles (the
-    forward keeps only the chunk states; the backward rebuilds the rest):
+    """Half-precision calls whose chunks' outputs and their backward run on
+    matrix tiles (the forward keeps only the chunk states; the backward
+    rebuilds the rest):
     values, final state and every gradient against SPEC section 3, with and
     without an initial state, lengths that end inside a chunk."""
     steps = data.draw(st.sampled_from(chunked.TILED_STEPS), label="chunk")
@@ -316,15 +372,14 @@ def test_tiled_form_matches_spec(dialect, kind, data):
     tiled = []
     with pytest.MonkeyPatch.context() as patch, _gpu_form(dialect, patch):
         patch.setitem(scalar_chunked.CHUNK, "gpu", steps)
-        patch.setattr(chunked, "chunk_outputs",
-                      lambda *a, run=chunked.chunk_outputs: tiled.append(1) or run(*a))
+        _record_tile_kernels(patch, tiled)
         tol = TOLERANCE[call.inputs[0].dtype]
         assert_matches_spec(call, *run(call, "fallback"), tol)
         seed = data.draw(seeds, label="cotangent seed")
         cotangent = cotangents(call, np.random.default_rng(seed))
         _, grads = run_vjp(call, "fallback", cotangent)
         assert_gradients_match(call, grads, cotangent, tol, seed + 1)
-    assert tiled, "the outputs did not run on matrix tiles"
+    assert len(set(tiled)) == 2, "the outputs or their backward did not run on matrix tiles"
 
 
 @pytest.mark.skipif(gpu_backend() is None, reason="no Metal or CUDA GPU")
@@ -333,20 +388,19 @@ def test_tiled_form_matches_spec(dialect, kind, data):
     ("gla", {"H": 2, "K": 128, "V": 128, "g_per_channel": False}),
 ])
 def test_tiled_form_on_gpu_matches_spec(kind, sizes, monkeypatch):
-    """On a real GPU: a bfloat16 call whose 64-step chunks' outputs run on
-    the matrix tiles (three chunks, the last one partial, an initial state),
+    """On a real GPU: a bfloat16 call whose 64-step chunks' outputs and
+    their backward run on the matrix tiles (three chunks, the last one partial, an initial state),
     values and every gradient against SPEC section 3."""
     call = make_call(kind, np.random.default_rng(7), sizes=sizes, length=150, batch=(2,),
                      dtype=mx.bfloat16, with_state=True)
     tiled = []
-    monkeypatch.setattr(chunked, "chunk_outputs",
-                        lambda *a, run=chunked.chunk_outputs: tiled.append(1) or run(*a))
+    _record_tile_kernels(monkeypatch, tiled)
     tol = TOLERANCE[mx.bfloat16]
     assert_matches_spec(call, *run(call, "fallback"), tol)
     cotangent = cotangents(call, np.random.default_rng(8))
     _, grads = run_vjp(call, "fallback", cotangent)
     assert_gradients_match(call, grads, cotangent, tol, 9)
-    assert tiled, "the outputs did not run on matrix tiles"
+    assert len(set(tiled)) == 2, "the outputs or their backward did not run on matrix tiles"
 
 
 @pytest.mark.parametrize("dialect", ["cuda", "metal"])

@@ -41,8 +41,8 @@ _SIZES = {
            dict(u=(1, 5, 33), delta=(1, 5, 33), A=(33, 20), B=(1, 5, 20), C=(1, 5, 20))],
 }
 DTYPES = (mx.float32, mx.bfloat16, mx.float16)
-# A half-precision fallback call whose chunks' outputs run on matrix tiles
-# (chunked.chunk_outputs: 32-step chunks, 16 key and 8 value channels)
+# A half-precision fallback call whose chunks run on matrix tiles (chunked's
+# tile kernels: 32-step chunks, 16 key and 8 value channels)
 _TILED = dict(q=(1, 40, 2, 16), k=(1, 40, 2, 16), v=(1, 40, 2, 8), g=(1, 40, 2))
 
 
@@ -106,6 +106,7 @@ def test_every_kernel_and_dtype_is_covered():
                     for part in ("fwd", "bwd", "ends", "carries") for dtype in DTYPES} | {
         (source.name, "None") for source in
         (*_CHUNKED_PIECES, chunked.CHUNK_STATES, chunked.CHUNK_COTANGENTS, chunked.CHUNK_OUTPUTS,
+         chunked.CHUNK_SCORES_GRAD,
          rotlru.PASS)}
 
 

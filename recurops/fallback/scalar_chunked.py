@@ -29,7 +29,8 @@ backward) run as small fused kernels
 (``recurops.kernels.chunked``), float32 like the rest. With half-precision
 inputs the forward is two kernels on the tensor cores instead (the chunk
 states, then the outputs: ``_tiled_forward``), and so are the backward's
-state cotangents.
+state cotangents and its part within the chunks (``dv``, and the gradients
+of the scores and of the decays).
 
 The backward pass is written by hand (``mx.custom_function``): it is the
 same chunked form run backwards, with a reverse scan for the state
@@ -293,16 +294,17 @@ def _tiled_forward(mm, q, k, v, g, h0):
 
 def _tiled_backward(mm, q, k, v, g, h0, before, dy, dfinal):
     """``_backward`` after rebuilding what ``_tiled_forward`` did not keep,
-    its state cotangents on matrix tiles too."""
+    its state cotangents and the backward within the chunks on matrix tiles
+    too."""
     decay, _ = _decays(g)
-    qk = mm(q, mx.contiguous(_tr(k)))
     raw = mm(q[:, None], before)
-    return _backward(mm, q, k, v, g, h0, before, raw, qk, decay, dy, dfinal, tiled=True)
+    return _backward(mm, q, k, v, g, h0, before, raw, None, decay, dy, dfinal, tiled=True)
 
 
 def _backward(mm, q, k, v, g, h0, before, raw, qk, decay, dy, dfinal, tiled=False):
-    """The backward of ``_forward``; ``tiled`` runs the state cotangents as
-    one kernel on matrix tiles (``chunked.chunk_cotangents``)."""
+    """The backward of ``_forward``; ``tiled`` runs the state cotangents
+    (``chunked.chunk_cotangents``) and the backward within the chunks
+    (``chunked.chunk_scores_grad``, which rebuilds ``qk``) on matrix tiles."""
     cum = _cumulative(g)  # [Z,R,C,T]; the forward kept decay [Z,R,C,T,T]
     w = decay[..., -1, :, None]  # [Z,R,C,T,1]
     a = cum[..., -1]  # [Z,R,C]
@@ -323,16 +325,21 @@ def _backward(mm, q, k, v, g, h0, before, raw, qk, decay, dy, dfinal, tiled=Fals
     # local states  S_end = a S_before + k^T (w * v)
     dk_ = _heads_sum(mm(v * w, _tr(dend)))  # [Z,C,T,K]
     p = mm(k[:, None], dend)  # [Z,R,C,T,V]
-    dv_ = p * w
     dw = _row_dots(p, v)  # [Z,R,C,T]
 
-    # intra-chunk attention  y += (qk * D) @ v
-    d_att = mm(dy, _tr(v))  # [Z,R,C,T,T]
-    dv_ = mm(_tr(qk[:, None] * decay), dy, add=dv_)
-    dqk = _heads_sum(d_att * decay)  # [Z,C,T,T]
+    # intra-chunk attention  y += (qk * D) @ v: the gradients of v, of the
+    # scores qk and of the decays D
+    if tiled:
+        dv_intra, d_scores, d_decay = chunked.chunk_scores_grad(q, k, v, dy, g)
+        dv_ = _scaled_sum(p, w[..., 0], dv_intra)
+    else:
+        d_att = mm(dy, _tr(v))  # [Z,R,C,T,T]
+        dv_ = mm(_tr(qk[:, None] * decay), dy, add=p * w)
+        d_scores, d_decay = d_att * decay, d_att * qk[:, None]
+    dqk = _heads_sum(d_scores)  # [Z,C,T,T]
     dq = mm(dqk, k, add=dq)
     dk_ = mm(_tr(dqk), q, add=dk_)
-    return dq, dk_, dv_, _gate_grad(mm, g, decay, cum, d_att * qk[:, None], dw, dcum, da), dh0
+    return dq, dk_, dv_, _gate_grad(mm, g, decay, cum, d_decay, dw, dcum, da), dh0
 
 
 def _gate_grad(mm, g, decay, cum, d_decay, dw, dcum, da):
@@ -376,7 +383,8 @@ def _checkpointed(forward, backward):
 @functools.cache
 def _block(form: str, exact_fp32: bool):
     """The custom function of one form: ``"scalar"`` gates, ``"scalar-tiled"``
-    (scalar gates, the forward and the state cotangents on matrix tiles) or
+    (scalar gates, the forward, the state cotangents and the backward within
+    the chunks on matrix tiles) or
     ``"channel"`` (per-channel gates). ``exact_fp32`` routes matmuls through
     ``precise.matmul`` (float32 inputs: no TF32)."""
     mm = precise.matmul if exact_fp32 else precise.plain_matmul
@@ -427,7 +435,7 @@ def scalar_gate_chunked_scan(q, k, v, g, h0, chunk: int | None = None, exact_fp3
         g = mx.pad(g, [(0, 0), (0, 0), (0, pad)], constant_values=1.0)
     c = (length + pad) // steps
     tiled = _tiles(steps, dk, dv, exact_fp32) and _fused(
-        q, k, v, g, h0, extent=z * r * c * max(dk, steps, 128) * dv)
+        q, k, v, g, h0, extent=z * r * c * max(max(dk, steps, 128) * dv, steps * steps))
     y, final, *_ = _block("scalar-tiled" if tiled else "scalar", exact_fp32)(
         q.reshape(z, c, steps, dk),
         k.reshape(z, c, steps, dk),

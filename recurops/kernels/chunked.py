@@ -330,6 +330,58 @@ CHANNEL_SCORES_GRAD = Source(
 )
 
 
+def _scores(left: str, right: str, at: str, width: str, piece: str, base: str) -> str:
+    """Body text that computes the scores ``left right^T`` of a chunk (both
+    ``[CH, width]`` rows from ``at``) into the accumulators ``score[CH / 8]``
+    of the warps that own rows (``rows``), only the tiles on or below the
+    diagonal, over pieces of ``piece`` channels staged at ``sm[base]`` (``2 *
+    CH * LDS`` floats), loading the next piece while it multiplies this one."""
+    return """
+    // the scores @L@ @R@^T over pieces of @P@ channels; only tiles on or below the diagonal
+    for (int j = 0; j < CH / 8; ++j) recurops_tile_zero(score[j]);
+    {
+        constexpr int N = CH * @P@ / 128;  // a thread's share of a piece of @L@ (and of @R@)
+        float ln[N];
+        float rn[N];
+        for (int e = 0; e < N; ++e) {
+            const int i = tid + e * 128;
+            ln[e] = @L@[@AT@ + (i / @P@) * @W@ + i % @P@];
+            rn[e] = @R@[@AT@ + (i / @P@) * @W@ + i % @P@];
+        }
+        for (int k0 = 0; k0 < @W@; k0 += @P@) {
+            if (k0 > 0) BARRIER();  // the products are done with the last piece
+            for (int e = 0; e < N; ++e) {
+                const int i = tid + e * 128;
+                sm[@B@ + (i / @P@) * LDS + i % @P@] = ln[e];
+                sm[@B@ + (CH + i / @P@) * LDS + i % @P@] = rn[e];
+            }
+            BARRIER();
+            if (k0 + @P@ < @W@) {
+                for (int e = 0; e < N; ++e) {
+                    const int i = tid + e * 128;
+                    ln[e] = @L@[@AT@ + (i / @P@) * @W@ + k0 + @P@ + i % @P@];
+                    rn[e] = @R@[@AT@ + (i / @P@) * @W@ + k0 + @P@ + i % @P@];
+                }
+            }
+            if (rows) {
+                for (int ks = 0; ks < @P@; ks += 8) {
+                    recurops_tile_a fa;
+                    recurops_load_a(fa, sm + @B@ + warp * 16 * LDS + ks, LDS);
+                    for (int j = 0; j < CH / 8; ++j) {
+                        if (j < 2 * warp + 2) {
+                            recurops_tile_mma(score[j], fa, sm + @B@ + (CH + j * 8) * LDS + ks,
+                                              LDS, true);
+                        }
+                    }
+                }
+            }
+        }
+    }
+""".replace("@L@", left).replace("@R@", right).replace("@AT@", at).replace(
+        "@W@", width).replace("@P@", piece).replace("@B@", base)
+
+
+
 # The chunk's outputs, one threadgroup of four warps a chunk and head, on the
 # warp-level matrix tiles (chassis.TILES; TF32 on CUDA). Warp w owns output
 # rows 16w..16w+15. Threadgroup memory (at most 8192 floats, Metal's 32 KB),
@@ -340,6 +392,8 @@ CHANNEL_SCORES_GRAD = Source(
 # and cum [CH], the chunk's gate products. Each piece's loads for the next
 # piece are issued before its products. Row strides are padded so the
 # fragments' lanes hit distinct banks.
+
+
 CHUNK_OUTPUTS = Source(
     "chunk_outputs",
     inputs=("q", "k", "v", "g", "before"),
@@ -355,9 +409,8 @@ CHUNK_OUTPUTS = Source(
     constexpr int QP = CH * LDP;                  // where the piece of q * cum starts
     constexpr int BP = QP + CH * LDQ;             // and the rows of v or S
     constexpr int SIZE = BP + 16 * LDV > 2 * CH * LDS ? BP + 16 * LDV : 2 * CH * LDS;
-    constexpr int QN = CH * KP / 128;  // a thread's share of a scores piece of q (and of k)
-    constexpr int CN = CH / 8;         // of a piece of q * cum
-    constexpr int VN = VD / 8;         // of 16 rows of v or S
+    constexpr int CN = CH / 8;  // a thread's share of a piece of q * cum
+    constexpr int VN = VD / 8;  // and of 16 rows of v or S
     SHARED float sm[SIZE];
     SHARED float cum[CH];
 
@@ -376,44 +429,8 @@ CHUNK_OUTPUTS = Source(
     const int g_at = chunk * CH;
     const int s_at = chunk * KD * VD;
 
-    // the scores q k^T over pieces of KP channels; only tiles on or below the diagonal
     recurops_tile score[CH / 8];
-    for (int j = 0; j < CH / 8; ++j) recurops_tile_zero(score[j]);
-    float qn[QN];
-    float kn[QN];
-    for (int e = 0; e < QN; ++e) {
-        const int i = tid + e * 128;
-        qn[e] = q[qk_at + (i / KP) * KD + i % KP];
-        kn[e] = k[qk_at + (i / KP) * KD + i % KP];
-    }
-    for (int k0 = 0; k0 < KD; k0 += KP) {
-        if (k0 > 0) BARRIER();  // the products are done with the last piece
-        for (int e = 0; e < QN; ++e) {
-            const int i = tid + e * 128;
-            sm[(i / KP) * LDS + i % KP] = qn[e];
-            sm[(CH + i / KP) * LDS + i % KP] = kn[e];
-        }
-        BARRIER();
-        if (k0 + KP < KD) {
-            for (int e = 0; e < QN; ++e) {
-                const int i = tid + e * 128;
-                qn[e] = q[qk_at + (i / KP) * KD + k0 + KP + i % KP];
-                kn[e] = k[qk_at + (i / KP) * KD + k0 + KP + i % KP];
-            }
-        }
-        if (rows) {
-            for (int ks = 0; ks < KP; ks += 8) {
-                recurops_tile_a fa;
-                recurops_load_a(fa, sm + warp * 16 * LDS + ks, LDS);
-                for (int j = 0; j < CH / 8; ++j) {
-                    if (j < 2 * warp + 2) {
-                        recurops_tile_mma(score[j], fa, sm + (CH + j * 8) * LDS + ks, LDS, true);
-                    }
-                }
-            }
-        }
-    }
-    float vn[VN];
+""" + _scores("q", "k", "qk_at", "KD", "KP", "0") + """    float vn[VN];
     for (int e = 0; e < VN; ++e) {
         const int i = tid + e * 128;
         vn[e] = v[v_at + (i / VD) * VD + i % VD];
@@ -501,6 +518,121 @@ CHUNK_OUTPUTS = Source(
 """,
 )
 
+
+# The backward of the chunk's outputs within it, a threadgroup of four warps a
+# chunk and head on the matrix tiles: the scores q k^T and dy v^T (each in the
+# accumulators, the first then kept in threadgroup memory), their products with
+# the decays and with each other (written out), and dv = P^T dy. Threadgroup
+# memory (at most 8192 floats, Metal's 32 KB): [CH][CH+4] for q k^T, then P,
+# and after it one array used in turn for the pieces of the scores, 32 rows of
+# dy v^T at a time, and 16 rows of dy.
+CHUNK_SCORES_GRAD = Source(
+    "chunk_scores_grad",
+    inputs=("q", "k", "v", "dy", "g"),
+    outputs=("dv", "dscores", "ddecay"),
+    body="""
+    // q, k [Z, C, CH, KD]; v, dy, dv [Z, R, C, CH, VD]; g [Z, R, C, CH];
+    // dscores, ddecay [Z, R, C, CH, CH]; threadgroups of 128 threads
+    constexpr int KP = 16;                         // channels a piece of q k^T
+    constexpr int VP = (VD % 16 == 0) ? 16 : 8;    // and of dy v^T
+    constexpr int LDS = 20;                        // the pieces' row stride
+    constexpr int LDP = CH + 4;                    // q k^T's, P's and dy v^T's
+    constexpr int LDV = VD + 8;                    // 16 rows of dy
+    constexpr int BAND = 32 * LDP > 16 * LDV ? 32 * LDP : 16 * LDV;
+    constexpr int REST = BAND > 2 * CH * LDS ? BAND : 2 * CH * LDS;
+    constexpr int DS = CH * LDP;                   // where that array starts
+    constexpr int VN = VD / 8;  // a thread's share of 16 rows of dy
+    SHARED float sm[CH * LDP + REST];
+
+    const int Z = q_shape[0];
+    const int C = q_shape[1];
+    const int R = v_shape[1];
+    const int tid = THREAD_ID % 128;
+    const int chunk = THREAD_ID / 128;
+    if (chunk >= Z * R * C) return;  // a whole threadgroup: no barrier is left half-met
+    const int warp = tid / 32;
+    const bool rows = warp < CH / 16;  // this warp owns rows (uniform in the warp)
+    const int c = chunk % C;
+    const int zr = chunk / C;
+    const int qk_at = ((zr / R) * C + c) * CH * KD;
+    const int v_at = chunk * CH * VD;
+    const int g_at = chunk * CH;
+
+    recurops_tile score[CH / 8];
+""" + _scores("q", "k", "qk_at", "KD", "KP", "DS") + """
+    if (rows) {
+        for (int j = 0; j < CH / 8; ++j) {
+            if (j < 2 * warp + 2) recurops_tile_store(score[j], sm, warp * 16 * LDP + j * 8, LDP);
+        }
+    }
+    BARRIER();  // the products are done with the last piece
+""" + _scores("dy", "v", "v_at", "VD", "VP", "DS") + """
+    // a thread a column s, 32 rows t of dy v^T at a time: D[t, s] = prod_{s<r<=t} g[r]
+    // as a running product; dscores = dy v^T * D, ddecay = dy v^T * q k^T, P = q k^T * D
+    float p = 1.0f;
+    for (int band = 0; band < CH; band += 32) {
+        BARRIER();  // the products (or the last band) are done with the array
+        if (rows && warp * 16 >= band && warp * 16 < band + 32) {
+            for (int j = 0; j < CH / 8; ++j) {
+                if (j < 2 * warp + 2) {
+                    recurops_tile_store(score[j], sm, DS + (warp * 16 - band) * LDP + j * 8, LDP);
+                }
+            }
+        }
+        BARRIER();
+        if (tid < CH) {
+            const int s = tid;
+            for (int t = band; t < band + 32 && t < CH; ++t) {
+                if (t > s) p *= g[g_at + t];
+                const bool on = t >= s;  // the tiles on or below the diagonal hold these
+                const float da = sm[DS + (t - band) * LDP + s];
+                const float qk = sm[t * LDP + s];
+                const int at = (chunk * CH + t) * CH + s;
+                dscores[at] = on ? da * p : 0.0f;
+                ddecay[at] = on ? da * qk : 0.0f;
+                sm[t * LDP + s] = on ? qk * p : 0.0f;
+            }
+        }
+    }
+
+    // dv = P^T dy over pieces of 16 rows t of dy; warp w's rows s take those with t >= s
+    recurops_tile out[VD / 8];
+    for (int j = 0; j < VD / 8; ++j) recurops_tile_zero(out[j]);
+    float vn[VN];
+    for (int e = 0; e < VN; ++e) {
+        const int i = tid + e * 128;
+        vn[e] = dy[v_at + (i / VD) * VD + i % VD];
+    }
+    for (int piece = 0; piece < CH / 16; ++piece) {
+        BARRIER();  // P is complete, or the last piece's products are done
+        for (int e = 0; e < VN; ++e) {
+            const int i = tid + e * 128;
+            sm[DS + (i / VD) * LDV + i % VD] = vn[e];
+        }
+        BARRIER();
+        if (piece + 1 < CH / 16) {
+            for (int e = 0; e < VN; ++e) {
+                const int i = tid + e * 128;
+                vn[e] = dy[v_at + ((piece + 1) * 16 + i / VD) * VD + i % VD];
+            }
+        }
+        if (rows && piece >= warp) {
+            for (int ks = 0; ks < 16; ks += 8) {
+                recurops_tile_a fa;
+                recurops_load_a_t(fa, sm + (piece * 16 + ks) * LDP + warp * 16, LDP);
+                for (int j = 0; j < VD / 8; ++j) {
+                    recurops_tile_mma(out[j], fa, sm + DS + ks * LDV + j * 8, LDV, false);
+                }
+            }
+        }
+    }
+    if (rows) {
+        for (int j = 0; j < VD / 8; ++j) {
+            recurops_tile_store(out[j], dv, v_at + warp * 16 * VD + j * 8, VD);
+        }
+    }
+""",
+)
 
 # One head's state (or its cotangent) carried through the chunks on the matrix
 # tiles, forwards (chunk_states) or backwards (chunk_cotangents): a threadgroup
@@ -840,6 +972,27 @@ def chunk_outputs(q, k, v, g, before) -> mx.array:
                   threads=z * r * c * THREADS_PER_GROUP, template={"CH": steps, "KD": dk, "VD": dv})
     return y
 
+
+def chunk_scores_grad(q, k, v, dy, g) -> tuple[mx.array, mx.array, mx.array]:
+    """The backward of the outputs' part within each chunk, ``y = P v`` with
+    ``P = q k^T * D``, on matrix tiles.
+
+    ``q, k [Z, C, T, K]`` (shared by the ``R`` heads of a group), ``v`` and
+    the outputs' gradient ``dy`` ``[Z, R, C, T, V]``, gates ``g [Z, R, C,
+    T]``; ``D[t, s] = prod_{s<r<=t} g[r]``. Returns ``dv = P^T dy`` and, for
+    ``t >= s`` (zero above the diagonal), the gradients of the scores ``q
+    k^T``, ``dy v^T * D``, and of the decays, ``dy v^T * q k^T`` (``[Z, R, C,
+    T, T]``), float32 (the products in TF32 on CUDA). Shapes as
+    ``tiles_take`` says.
+    """
+    z, c, steps, dk = q.shape
+    r, dv = v.shape[1], v.shape[-1]
+    assert tiles_take(steps, dk, dv), (steps, dk, dv)
+    square = ((z, r, c, steps, steps), mx.float32)
+    return launch(CHUNK_SCORES_GRAD, (q, k, v, dy, g),
+                  {"dv": (v.shape, mx.float32), "dscores": square, "ddecay": square},
+                  threads=z * r * c * THREADS_PER_GROUP,
+                  template={"CH": steps, "KD": dk, "VD": dv})
 
 def _block_width(n: int, widest: int) -> int:
     """``n`` up to ``widest``, else the widest of ``widest, widest / 2, ...`` dividing ``n``."""
