@@ -27,6 +27,10 @@ def test_crossover_only_for_large_states_over_long_sequences():
     ssd_mid = {"P": 64, "N": 32, "L": 1024}  # 1.0e8 updates: below LARGE_WORK, above TILED_WORK
     assert large_state_crossover(ssd_mid, "P", "N", 32, 2 * 24) is None
     assert "matrix tiles" in large_state_crossover(ssd_mid, "P", "N", 32, 2 * 24, tiled=True)
+    gla_small = {"K": 64, "V": 64, "L": 512}  # 7.5e7 updates at B=3 H=12: the tiled fallback
+    assert large_state_crossover(gla_small, "K", "V", 32, 3 * 12, tiled=True) is not None
+    assert large_state_crossover(gla_small, "K", "V", 32, 3 * 12) is None
+    assert large_state_crossover({**gla_small, "L": 1024}, "K", "V", 32, 8, tiled=True) is None
     heads = -(-LARGE_WORK // (4096 * 512))  # the fewest with enough updates at L=512
     gla = {"K": 64, "V": 64, "L": 512}
     reason = large_state_crossover(gla, "K", "V", 32, heads=heads)
@@ -87,10 +91,10 @@ def test_backward_spans_plan_apart_only_where_checkpoints_allow():
     ((64, 128), 36, False, mx.float32, "kernel"),  # fewer heads: the kernel
     ((64, 128), 37, True, mx.float32, "fallback"),  # per-channel decays: the same rule
     ((64, 128), 36, True, mx.float32, "kernel"),
-    # half precision, per-head decays: the fallback on matrix tiles from 9e7 updates
-    ((64, 128), 28, False, mx.bfloat16, "fallback"),
-    ((64, 128), 27, False, mx.bfloat16, "kernel"),
-    ((64, 128), 28, True, mx.bfloat16, "kernel"),  # per-channel: no tiles
+    # half precision, per-head decays: the fallback on matrix tiles from 5e7 updates
+    ((64, 128), 16, False, mx.bfloat16, "fallback"),
+    ((64, 128), 15, False, mx.bfloat16, "kernel"),
+    ((64, 128), 16, True, mx.bfloat16, "kernel"),  # per-channel: no tiles
     ((64, 120), 36, False, mx.bfloat16, "kernel"),  # N=120: no tiles (16 does not divide it)
 ])
 def test_auto_follows_the_crossover_and_kernel_can_still_be_forced(dims, batch, per_channel,
