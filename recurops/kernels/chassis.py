@@ -201,6 +201,38 @@ __device__ __forceinline__ void recurops_tile_mma(recurops_tile& t, const recuro
   fb[1] = recurops_tf32(bt ? b[g * ldb + q + 4] : b[(q + 4) * ldb + g]);
   recurops_mma_m16n8k8(t.c, f.a, fb);
 }
+// Float32-accurate products from TF32 ones: each operand split into its TF32
+// rounding and the remainder (exact in float32, itself rounded to TF32: 2^-22
+// of the operand), three products (hi hi + hi lo + lo hi; lo lo is below 2^-21).
+struct recurops_tile_a_split { recurops_tile_a hi; recurops_tile_a lo; };
+__device__ __forceinline__ unsigned recurops_tf32_rest(float x, unsigned hi) {
+  return recurops_tf32(x - __uint_as_float(hi));
+}
+__device__ __forceinline__ void recurops_load_a_split(recurops_tile_a_split& f, const float* a,
+                                                      int lda) {
+  const int g = (threadIdx.x & 31) >> 2, q = threadIdx.x & 3;
+  const float x[4] = {a[g * lda + q], a[(g + 8) * lda + q], a[g * lda + q + 4],
+                      a[(g + 8) * lda + q + 4]};
+  for (int i = 0; i < 4; ++i) {
+    f.hi.a[i] = recurops_tf32(x[i]);
+    f.lo.a[i] = recurops_tf32_rest(x[i], f.hi.a[i]);
+  }
+}
+__device__ __forceinline__ void recurops_tile_mma_split(recurops_tile& t,
+                                                        const recurops_tile_a_split& f,
+                                                        const float* b, int ldb, bool bt) {
+  const int g = (threadIdx.x & 31) >> 2, q = threadIdx.x & 3;
+  const float x[2] = {bt ? b[g * ldb + q] : b[q * ldb + g],
+                      bt ? b[g * ldb + q + 4] : b[(q + 4) * ldb + g]};
+  unsigned hi[2], lo[2];
+  for (int i = 0; i < 2; ++i) {
+    hi[i] = recurops_tf32(x[i]);
+    lo[i] = recurops_tf32_rest(x[i], hi[i]);
+  }
+  recurops_mma_m16n8k8(t.c, f.lo.a, hi);
+  recurops_mma_m16n8k8(t.c, f.hi.a, lo);
+  recurops_mma_m16n8k8(t.c, f.hi.a, hi);
+}
 template <typename P>
 __device__ __forceinline__ void recurops_tile_store(const recurops_tile& t, P c, long offset,
                                                     int ldc) {
@@ -253,6 +285,17 @@ inline void recurops_tile_mma(thread recurops_tile& t, thread const recurops_til
   simdgroup_load(m, b, ldb, ulong2(0, 0), bt);
   simdgroup_multiply_accumulate(t.top, f.top, m, t.top);
   simdgroup_multiply_accumulate(t.bottom, f.bottom, m, t.bottom);
+}
+// simdgroup matrices multiply in float32: the split products are the plain ones
+typedef recurops_tile_a recurops_tile_a_split;
+template <typename P>
+inline void recurops_load_a_split(thread recurops_tile_a_split& f, P a, int lda) {
+  recurops_load_a(f, a, lda);
+}
+template <typename P>
+inline void recurops_tile_mma_split(thread recurops_tile& t, thread const recurops_tile_a_split& f,
+                                    P b, int ldb, bool bt) {
+  recurops_tile_mma(t, f, b, ldb, bt);
 }
 template <typename P>
 inline void recurops_tile_store(thread const recurops_tile& t, P c, long offset, int ldc) {

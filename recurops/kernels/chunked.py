@@ -330,12 +330,36 @@ CHANNEL_SCORES_GRAD = Source(
 )
 
 
-def _scores(left: str, right: str, at: str, width: str, piece: str, base: str) -> str:
+# A threadgroup of four warps a chunk and head (``chunk``: z, head and chunk
+# ``c`` flattened), warp w owning rows 16w..16w+15 of the chunk's steps, and
+# where the chunk's rows of q and k, of the per-head v-shaped arrays and of
+# the gates start.
+_CHUNK_THREADS = """
+    const int Z = q_shape[0];
+    const int C = q_shape[1];
+    const int R = v_shape[1];
+    const int tid = THREAD_ID % 128;
+    const int chunk = THREAD_ID / 128;
+    if (chunk >= Z * R * C) return;  // a whole threadgroup: no barrier is left half-met
+    const int warp = tid / 32;
+    const bool rows = warp < CH / 16;  // this warp owns rows (uniform in the warp)
+    const int c = chunk % C;
+    const int zr = chunk / C;
+    const int qk_at = ((zr / R) * C + c) * CH * KD;
+    const int v_at = chunk * CH * VD;
+    const int g_at = chunk * CH;
+"""
+
+
+def _scores(left: str, right: str, at: str, width: str, piece: str, base: str,
+            split: bool = False) -> str:
     """Body text that computes the scores ``left right^T`` of a chunk (both
     ``[CH, width]`` rows from ``at``) into the accumulators ``score[CH / 8]``
     of the warps that own rows (``rows``), only the tiles on or below the
     diagonal, over pieces of ``piece`` channels staged at ``sm[base]`` (``2 *
-    CH * LDS`` floats), loading the next piece while it multiplies this one."""
+    CH * LDS`` floats), loading the next piece while it multiplies this one.
+    ``split``: float32-accurate products (``chassis.TILES``' split ones)."""
+    suffix = "_split" if split else ""
     return """
     // the scores @L@ @R@^T over pieces of @P@ channels; only tiles on or below the diagonal
     for (int j = 0; j < CH / 8; ++j) recurops_tile_zero(score[j]);
@@ -365,12 +389,12 @@ def _scores(left: str, right: str, at: str, width: str, piece: str, base: str) -
             }
             if (rows) {
                 for (int ks = 0; ks < @P@; ks += 8) {
-                    recurops_tile_a fa;
-                    recurops_load_a(fa, sm + @B@ + warp * 16 * LDS + ks, LDS);
+                    recurops_tile_a@S@ fa;
+                    recurops_load_a@S@(fa, sm + @B@ + warp * 16 * LDS + ks, LDS);
                     for (int j = 0; j < CH / 8; ++j) {
                         if (j < 2 * warp + 2) {
-                            recurops_tile_mma(score[j], fa, sm + @B@ + (CH + j * 8) * LDS + ks,
-                                              LDS, true);
+                            recurops_tile_mma@S@(score[j], fa, sm + @B@ + (CH + j * 8) * LDS + ks,
+                                                 LDS, true);
                         }
                     }
                 }
@@ -378,7 +402,7 @@ def _scores(left: str, right: str, at: str, width: str, piece: str, base: str) -
         }
     }
 """.replace("@L@", left).replace("@R@", right).replace("@AT@", at).replace(
-        "@W@", width).replace("@P@", piece).replace("@B@", base)
+        "@W@", width).replace("@P@", piece).replace("@B@", base).replace("@S@", suffix)
 
 
 
@@ -414,20 +438,7 @@ CHUNK_OUTPUTS = Source(
     SHARED float sm[SIZE];
     SHARED float cum[CH];
 
-    const int Z = q_shape[0];
-    const int C = q_shape[1];
-    const int R = v_shape[1];
-    const int tid = THREAD_ID % 128;
-    const int chunk = THREAD_ID / 128;
-    if (chunk >= Z * R * C) return;  // a whole threadgroup: no barrier is left half-met
-    const int warp = tid / 32;
-    const bool rows = warp < CH / 16;  // this warp owns output rows (uniform in the warp)
-    const int c = chunk % C;
-    const int zr = chunk / C;
-    const int qk_at = ((zr / R) * C + c) * CH * KD;
-    const int v_at = chunk * CH * VD;
-    const int g_at = chunk * CH;
-    const int s_at = chunk * KD * VD;
+""" + _CHUNK_THREADS + """    const int s_at = chunk * KD * VD;
 
     recurops_tile score[CH / 8];
 """ + _scores("q", "k", "qk_at", "KD", "KP", "0") + """    float vn[VN];
@@ -544,29 +555,16 @@ CHUNK_SCORES_GRAD = Source(
     constexpr int VN = VD / 8;  // a thread's share of 16 rows of dy
     SHARED float sm[CH * LDP + REST];
 
-    const int Z = q_shape[0];
-    const int C = q_shape[1];
-    const int R = v_shape[1];
-    const int tid = THREAD_ID % 128;
-    const int chunk = THREAD_ID / 128;
-    if (chunk >= Z * R * C) return;  // a whole threadgroup: no barrier is left half-met
-    const int warp = tid / 32;
-    const bool rows = warp < CH / 16;  // this warp owns rows (uniform in the warp)
-    const int c = chunk % C;
-    const int zr = chunk / C;
-    const int qk_at = ((zr / R) * C + c) * CH * KD;
-    const int v_at = chunk * CH * VD;
-    const int g_at = chunk * CH;
-
+""" + _CHUNK_THREADS + """
     recurops_tile score[CH / 8];
-""" + _scores("q", "k", "qk_at", "KD", "KP", "DS") + """
+""" + _scores("q", "k", "qk_at", "KD", "KP", "DS", split=True) + """
     if (rows) {
         for (int j = 0; j < CH / 8; ++j) {
             if (j < 2 * warp + 2) recurops_tile_store(score[j], sm, warp * 16 * LDP + j * 8, LDP);
         }
     }
     BARRIER();  // the products are done with the last piece
-""" + _scores("dy", "v", "v_at", "VD", "VP", "DS") + """
+""" + _scores("dy", "v", "v_at", "VD", "VP", "DS", split=True) + """
     // a thread a column s, 32 rows t of dy v^T at a time: D[t, s] = prod_{s<r<=t} g[r]
     // as a running product; dscores = dy v^T * D, ddecay = dy v^T * q k^T, P = q k^T * D
     float p = 1.0f;

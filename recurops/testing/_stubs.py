@@ -264,6 +264,7 @@ inline unsigned recurops_tf32(float x) {
   if ((u & 0x7f800000u) != 0x7f800000u) u += 0x1000u;
   return u & 0xffffe000u;
 }
+inline float __uint_as_float(unsigned u) { return recurops_sim::u2f(u); }
 // mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32: each lane posts its
 // fragments, the warp meets, each lane sums its four outputs from all of them.
 inline void recurops_mma_m16n8k8(float* c, const unsigned* a, const unsigned* b) {
