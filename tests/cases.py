@@ -81,6 +81,14 @@ _SMALLEST_NORMAL = {
     mx.float16: float(np.finfo(np.float16).tiny),
 }
 
+# The largest finite number of each dtype: a result beyond it overflows.
+_LARGEST = {
+    mx.float64: float(np.finfo(np.float64).max),
+    mx.float32: float(np.finfo(np.float32).max),
+    mx.bfloat16: float(np.array(0x7F7F0000, np.uint32).view(np.float32)),  # 3.39e38
+    mx.float16: float(np.finfo(np.float16).max),
+}
+
 # A result that cancels to far below its usual size (a sum of terms of size
 # 0.1 that comes to 2e-5, say) cannot keep relative precision in float32: the
 # float32 reference loop misses such a value by 1e-3 as well. Such a result is
@@ -113,10 +121,19 @@ def assert_close(actual, expected, tol: float, what: str, usual_size: float = 0.
     without cancellation, from ``spec_sizes`` or ``gradient_sizes``) nor
     ``smallest_normal / tol`` (a value wholly below its dtype's normal range,
     like a gradient through hundreds of contracting steps, 1e-44 in float32,
-    cannot carry relative precision either).
+    cannot carry relative precision either). Entries beyond the dtype's
+    largest finite value by more than ``tol`` (a float16 gradient that sums
+    to 7e4, say) must come back as the infinity of their sign; those within
+    ``tol`` of that value may round either way and are left out.
     """
+    largest = _LARGEST[actual.dtype]
+    values, expected = to_numpy64(actual), to_numpy64(expected)
+    beyond = np.abs(expected) >= largest * (1 + tol)
+    assert np.array_equal(values[beyond], np.sign(expected[beyond]) * np.inf), (
+        f"{what}: values beyond the {actual.dtype} range did not overflow")
+    kept = np.abs(expected) < largest
     floor = max(_SMALLEST_NORMAL[actual.dtype] / tol, CANCELLATION * usual_size)
-    error = relative_error(actual, expected, floor)
+    error = relative_error(values[kept], expected[kept], floor)
     assert error < tol, f"{what}: relative error {error:.3g} >= {tol:g}"
 
 
