@@ -22,7 +22,7 @@ from test_paths import assert_gradients_match, assert_matches_spec
 
 import recurops
 from recurops._api import gpu_backend
-from recurops.fallback import scalar_chunked
+from recurops.fallback import precise, scalar_chunked
 from recurops.kernels import chunked
 from recurops.testing import executor, simulate
 
@@ -44,14 +44,39 @@ def state_passing(request, monkeypatch):
 
 @contextlib.contextmanager
 def _gpu_form(dialect, patch):
-    """The chunked form as on a GPU, its kernels simulated in ``dialect``."""
+    """The chunked form as on a GPU, its kernels simulated in ``dialect``;
+    on CUDA MLX's float32 matmuls in TF32 as well (``_tf32_matmul``)."""
     if executor.available() is not None:
         pytest.skip(executor.available())
     patch.setattr(scalar_chunked, "_on_gpu", lambda: True)  # the GPU's chunk lengths
     patch.setattr(scalar_chunked, "_fused", chunked.takes)
     patch.setattr(scalar_chunked, "_flushes", lambda: False)
-    with simulate(dialect):
-        yield
+    if dialect == "cuda":
+        patch.setattr(precise, "_tf32_active", lambda: True)
+        patch.setattr(precise, "plain_matmul", _tf32_matmul)
+    scalar_chunked._block.cache_clear()  # its custom functions hold the matmul
+    try:
+        with simulate(dialect):
+            yield
+    finally:
+        scalar_chunked._block.cache_clear()
+
+
+_PLAIN_MATMUL = precise.plain_matmul
+
+
+def _tf32_matmul(a, b, add=None):
+    """``precise.plain_matmul`` as MLX runs it on CUDA: float32 operands
+    rounded to TF32 (a 10-bit mantissa, to nearest, ties away)."""
+    if a.dtype == mx.float32 and b.dtype == mx.float32:
+        a, b = _tf32(a), _tf32(b)
+    return _PLAIN_MATMUL(a, b, add)
+
+
+def _tf32(x: mx.array) -> mx.array:
+    bits = x.view(mx.uint32)
+    special = (bits & 0x7F800000) == 0x7F800000  # inf and nan keep their bits
+    return mx.where(special, bits, (bits + 0x1000) & 0xFFFFE000).view(mx.float32)
 
 
 @pytest.mark.usefixtures("state_passing")
