@@ -304,7 +304,8 @@ def _tiled_backward(mm, q, k, v, g, h0, before, dy, dfinal):
 def _backward(mm, q, k, v, g, h0, before, raw, qk, decay, dy, dfinal, tiled=False):
     """The backward of ``_forward``; ``tiled`` runs the state cotangents
     (``chunked.chunk_cotangents``) and the backward within the chunks
-    (``chunked.chunk_scores_grad``, which rebuilds ``qk``) on matrix tiles."""
+    (``chunked.chunk_scores_grad``, which rebuilds ``qk``: pass None) on
+    matrix tiles."""
     cum = _cumulative(g)  # [Z,R,C,T]; the forward kept decay [Z,R,C,T,T]
     w = decay[..., -1, :, None]  # [Z,R,C,T,1]
     a = cum[..., -1]  # [Z,R,C]
