@@ -405,7 +405,6 @@ def _scores(left: str, right: str, at: str, width: str, piece: str, base: str,
         "@W@", width).replace("@P@", piece).replace("@B@", base).replace("@S@", suffix)
 
 
-
 # The chunk's outputs, one threadgroup of four warps a chunk and head, on the
 # warp-level matrix tiles (chassis.TILES; TF32 on CUDA). Warp w owns output
 # rows 16w..16w+15. Threadgroup memory (at most 8192 floats, Metal's 32 KB),
@@ -416,8 +415,6 @@ def _scores(left: str, right: str, at: str, width: str, piece: str, base: str,
 # and cum [CH], the chunk's gate products. Each piece's loads for the next
 # piece are issued before its products. Row strides are padded so the
 # fragments' lanes hit distinct banks.
-
-
 CHUNK_OUTPUTS = Source(
     "chunk_outputs",
     inputs=("q", "k", "v", "g", "before"),
