@@ -305,3 +305,48 @@ def test_catches_cxx_that_metal_forbids(body, needle):
 
 def test_unmodified_probe_passes():
     check_metal(_probe(PROBE))
+
+
+METAL_THREADGROUP_BYTES = 32768  # Metal's limit on a threadgroup's memory (CUDA's static: 48 KB)
+
+
+def _threadgroup_check(source, template: dict, label: str) -> str:
+    """C++ that fails to compile where ``source``'s threadgroup arrays, with
+    these template constants, exceed Metal's limit: the body's ``constexpr
+    int`` lines (the first of each name) and the sizes of its ``SHARED``
+    arrays, in a namespace of their own."""
+    lines = [f"constexpr int {name} = {value};" for name, value in template.items()]
+    seen, sizes = set(template), []
+    for line in source.body.splitlines():
+        constant = re.match(r"\s*constexpr int (\w+) = (.+?);", line)
+        if constant and constant[1] not in seen:
+            seen.add(constant[1])
+            lines.append(f"constexpr int {constant[1]} = {constant[2]};")
+        shared = re.match(r"\s*SHARED float \w+\[(.+?)\];", line)
+        if shared:
+            sizes.append(f"({shared[1]})")
+    assert sizes, source.name
+    total = " + ".join(sizes)
+    return (f"namespace {label} {{\n" + "\n".join(lines) +
+            f'\nstatic_assert(4 * ({total}) <= {METAL_THREADGROUP_BYTES}, "{label}");\n}}\n')
+
+
+def test_tile_kernels_fit_metal_threadgroup_memory():
+    """Every chunk length and head dims the tile kernels take (``tiles_take``:
+    up to 128 value channels, any multiple of 16 keys) keeps their threadgroup
+    arrays within Metal's 32 KB; a CUDA GPU would take more, a Mac would fail
+    to launch. The check is the compiler's, on the sizes the bodies declare."""
+    checks = []
+    for steps in chunked.TILED_STEPS:
+        for dk in (16, 128, 256):
+            for dv in (8, 64, 120, 128):
+                assert chunked.tiles_take(steps, dk, dv)
+                block = {"CH": steps, "KD": dk, "VD": dv}
+                carry = chunked._carry_launch(1, 1, steps, dk, dv)["template"]
+                for source, template in ((chunked.CHUNK_OUTPUTS, block),
+                                         (chunked.CHUNK_SCORES_GRAD, block),
+                                         (chunked.CHUNK_STATES, carry),
+                                         (chunked.CHUNK_COTANGENTS, carry)):
+                    label = f"{source.name}_{steps}_{dk}_{dv}"
+                    checks.append(_threadgroup_check(source, template, label))
+    syntax_check("".join(checks))
