@@ -960,12 +960,19 @@ def chunk_outputs(q, k, v, g, before) -> mx.array:
     diagonal) and ``cum[t] = prod_{r<=t} g[r]``. Returns ``y [Z, R, C, T, V]``,
     float32 (the products in TF32 on CUDA). Shapes as ``tiles_take`` says.
     """
+    (y,) = launch(CHUNK_OUTPUTS, (q, k, v, g, before), {"y": (v.shape, mx.float32)},
+                  **_chunk_launch(q, v))
+    return y
+
+
+def _chunk_launch(q, v) -> dict:
+    """A threadgroup a chunk and head, with the chunk length and head dims
+    baked (``q [Z, C, T, K]``, ``v [Z, R, C, T, V]``)."""
     z, c, steps, dk = q.shape
     r, dv = v.shape[1], v.shape[-1]
     assert tiles_take(steps, dk, dv), (steps, dk, dv)
-    (y,) = launch(CHUNK_OUTPUTS, (q, k, v, g, before), {"y": (v.shape, mx.float32)},
-                  threads=z * r * c * THREADS_PER_GROUP, template={"CH": steps, "KD": dk, "VD": dv})
-    return y
+    return {"threads": z * r * c * THREADS_PER_GROUP,
+            "template": {"CH": steps, "KD": dk, "VD": dv}}
 
 
 def chunk_scores_grad(q, k, v, dy, g) -> tuple[mx.array, mx.array, mx.array]:
@@ -980,14 +987,11 @@ def chunk_scores_grad(q, k, v, dy, g) -> tuple[mx.array, mx.array, mx.array]:
     T, T]``), float32 (the products in TF32 on CUDA). Shapes as
     ``tiles_take`` says.
     """
-    z, c, steps, dk = q.shape
-    r, dv = v.shape[1], v.shape[-1]
-    assert tiles_take(steps, dk, dv), (steps, dk, dv)
-    square = ((z, r, c, steps, steps), mx.float32)
+    square = (g.shape + g.shape[-1:], mx.float32)  # [Z, R, C, T, T]
     return launch(CHUNK_SCORES_GRAD, (q, k, v, dy, g),
                   {"dv": (v.shape, mx.float32), "dscores": square, "ddecay": square},
-                  threads=z * r * c * THREADS_PER_GROUP,
-                  template={"CH": steps, "KD": dk, "VD": dv})
+                  **_chunk_launch(q, v))
+
 
 def _block_width(n: int, widest: int) -> int:
     """``n`` up to ``widest``, else the widest of ``widest, widest / 2, ...`` dividing ``n``."""
