@@ -133,6 +133,11 @@ DIALECTS = {"cuda": CUDA, "metal": METAL}
 #   recurops_tile_mma(t, fa, b, ldb, bt)   t += A B, B[k, j] = b[k * ldb + j]
 #                                          (b[j * ldb + k] when bt: B stored transposed)
 #   recurops_tile_store(t, c, offset, ldc) c[offset + i * ldc + j] = t[i, j]
+#   recurops_tile_dot(t, u)                this lane's share of sum t[i, j] u[i, j]
+#                                          (a warp sum of it is the whole)
+#   recurops_tile_a_split, recurops_load_a_split, recurops_tile_mma_split
+#                                          as the plain ones, float32-accurate on CUDA
+#                                          (three TF32 products of split operands)
 # Operands are read from threadgroup memory (any memory on CUDA); every lane of
 # the warp must make the same call. CUDA: one mma.sync m16n8k8 with TF32
 # operands (10-bit mantissa, rounded to nearest) and float32 accumulation;
