@@ -777,7 +777,7 @@ def in_one_dtype(*arrays) -> tuple[mx.Dtype, tuple]:
 
 LARGE_STATE = 512  # state elements per head above which the chunked fallback can train faster
 LARGE_WORK = 12 * 10**7  # ... when the sweep makes at least this many state updates (all heads x L)
-TILED_WORK = 5 * 10**7  # ... or this many, where the fallback's chunks run on matrix tiles
+TILED_WORK = 7 * 10**7  # ... or this many, where the fallback's chunks run on matrix tiles
 
 
 def large_state_crossover(dims: dict, rows: str, cols: str, seg: int, heads: int,
@@ -812,9 +812,11 @@ def large_state_crossover(dims: dict, rows: str, cols: str, seg: int, heads: int
     from 6.7e7 to 7.5e7 and 1.4x slower at 1.0e8 (ssd B=2 L=1024 H=24 N=32)
     before the backward within the chunks ran on tiles; with it the fallback
     is 1.15x faster at 7.5e7 (gla B=3 T=512 H=12 K=V=64: 1.18-1.23 against
-    1.38-1.46 ms), its time there down 13-15%. The bound sits between that
-    and 3.4e7, where the kernel's lead was larger than that gain; the shapes
-    in between are not measured since.
+    1.38-1.46 ms), its time there down 13-15%. Measured again with it
+    (``benchmarks/crossover.py``, three rounds): the kernel faster at 5.0e7
+    (ssd B=2 L=512 H=12 N=64: 1.49-1.70 against 1.72-1.77 ms; gla B=2 T=512
+    H=12 K=V=64) and 6.7e7 (ssd B=8 L=1024 H=8 N=16), level at 7.5e7, the
+    fallback 1.4x faster at 1.0e8. So the bound sits between 6.7e7 and 7.5e7.
     """
     size = dims[rows] * dims[cols]
     work = size * heads * dims["L"]
