@@ -297,6 +297,26 @@ def test_tiled_scores_grad_matches_float64(dialect, z, heads, c, steps, keys, va
         np.testing.assert_allclose(x, want, rtol=tol, atol=tol * np.abs(want).max(), err_msg=name)
 
 
+@pytest.mark.parametrize("dialect", ["cuda", "metal"])
+@given(z=st.integers(1, 2), heads=st.sampled_from([1, 2, 5]), c=st.integers(1, 3),
+       steps=st.sampled_from(chunked.TILED_STEPS), keys=st.sampled_from([16, 32, 128]),
+       values=st.sampled_from([8, 24, 64]), seed=seeds)
+def test_summed_state_products_match_float64(dialect, z, heads, c, steps, keys, values, seed):
+    """``summed_state_products`` against float64: every chunk length, keys
+    up to 16 tiles, values in pieces of 16 or of 8, one to five heads
+    summed, scales of exactly 0 and 1 (the gates)."""
+    _, _, x, scale, normal = _chunk_inputs(seed, z, heads, c, steps, keys, values)
+    states = normal(z, heads, c, keys, values)
+    with simulate(dialect):
+        got = np.array(chunked.summed_state_products(x, scale, states))
+    x, scale, states = (np.array(a, np.float64) for a in (x, scale, states))
+    want = np.einsum("zrctv,zrct,zrckv->zctk", x, scale, states)
+    size = np.einsum("zrctv,zrct,zrckv->zctk", np.abs(x), np.abs(scale), np.abs(states)).max()
+    tol = 3e-3 if dialect == "cuda" else 1e-5
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * size)
+
+
 def _states_float64(k, v, g, h0):
     """``chunk_states``'s recurrence in float64 NumPy, a chunk at a time."""
     k, v, g, h = (np.array(x, np.float64) for x in (k, v, g, h0))
@@ -359,10 +379,13 @@ def test_tiled_carries_match_float64(dialect, direction, z, heads, c, steps, key
         np.testing.assert_allclose(x, want, rtol=tol, atol=tol * size, err_msg=name)
 
 
+_TILE_KERNELS = ("chunk_outputs", "chunk_scores_grad", "summed_state_products")
+
+
 def _record_tile_kernels(patch, seen: list):
     """Append to ``seen`` the name of each run of the kernels for the
     chunks' outputs and their backward."""
-    for name in ("chunk_outputs", "chunk_scores_grad"):
+    for name in _TILE_KERNELS:
         patch.setattr(chunked, name, functools.partial(_recorded, getattr(chunked, name), seen))
 
 
@@ -410,7 +433,7 @@ def test_tiled_form_matches_spec(dialect, kind, data):
         cotangent = cotangents(call, np.random.default_rng(seed))
         _, grads = run_vjp(call, "fallback", cotangent)
         assert_gradients_match(call, grads, cotangent, tol, seed + 1)
-    assert len(set(tiled)) == 2, "the outputs or their backward did not run on matrix tiles"
+    assert set(tiled) == set(_TILE_KERNELS), "a part did not run on matrix tiles"
 
 
 @pytest.mark.skipif(gpu_backend() is None, reason="no Metal or CUDA GPU")
@@ -431,7 +454,7 @@ def test_tiled_form_on_gpu_matches_spec(kind, sizes, monkeypatch):
     cotangent = cotangents(call, np.random.default_rng(8))
     _, grads = run_vjp(call, "fallback", cotangent)
     assert_gradients_match(call, grads, cotangent, tol, 9)
-    assert len(set(tiled)) == 2, "the outputs or their backward did not run on matrix tiles"
+    assert set(tiled) == set(_TILE_KERNELS), "a part did not run on matrix tiles"
 
 
 @pytest.mark.parametrize("dialect", ["cuda", "metal"])

@@ -303,28 +303,29 @@ def _tiled_backward(mm, q, k, v, g, h0, before, dy, dfinal):
 
 def _backward(mm, q, k, v, g, h0, before, raw, qk, decay, dy, dfinal, tiled=False):
     """The backward of ``_forward``; ``tiled`` runs the state cotangents
-    (``chunked.chunk_cotangents``) and the backward within the chunks
-    (``chunked.chunk_scores_grad``, which rebuilds ``qk``: pass None) on
-    matrix tiles."""
+    (``chunked.chunk_cotangents``), the states' parts of the gradients of
+    ``q`` and ``k`` (``chunked.summed_state_products``) and the backward
+    within the chunks (``chunked.chunk_scores_grad``, which rebuilds ``qk``:
+    pass None) on matrix tiles."""
     cum = _cumulative(g)  # [Z,R,C,T]; the forward kept decay [Z,R,C,T,T]
     w = decay[..., -1, :, None]  # [Z,R,C,T,1]
     a = cum[..., -1]  # [Z,R,C]
 
-    # inter-chunk output  y += cum * (q @ S_before)
-    draw = dy * cum[..., None]  # [Z,R,C,T,V]
+    # inter-chunk output  y += cum * (q @ S_before), and the state cotangents:
+    # dS_before[c] = G[c] + a[c] dS_end[c], dS_end[c] = dS_before[c+1], G = q^T
+    # (cum * dy) the cotangent of S_before from the outputs; the local states
+    # S_end = a S_before + k^T (w * v). dq and dk sum over the heads.
     dcum = _row_dots(dy, raw)  # [Z,R,C,T]
-    dq = _heads_sum(mm(draw, _tr(before)))  # [Z,C,T,K]
-
-    # state cotangents: dS_before[c] = G[c] + a[c] dS_end[c], dS_end[c] = dS_before[c+1],
-    # G = q^T draw the cotangent of S_before from the outputs
     if tiled:
+        dq = chunked.summed_state_products(dy, cum, before)  # [Z,C,T,K]
         dend, dh0, da = chunked.chunk_cotangents(q, dy, g, dfinal, before)
+        dk_ = chunked.summed_state_products(v, w[..., 0], dend)
     else:
+        draw = dy * cum[..., None]  # [Z,R,C,T,V]
+        dq = _heads_sum(mm(draw, _tr(before)))
         local_grad = mm(_tr(q)[:, None], draw)  # [Z,R,C,K,V]
         dend, dh0, da = _heads_folded(_reverse_states, a, local_grad, dfinal, before)
-
-    # local states  S_end = a S_before + k^T (w * v)
-    dk_ = _heads_sum(mm(v * w, _tr(dend)))  # [Z,C,T,K]
+        dk_ = _heads_sum(mm(v * w, _tr(dend)))
     p = mm(k[:, None], dend)  # [Z,R,C,T,V]
     dw = _row_dots(p, v)  # [Z,R,C,T]
 

@@ -24,12 +24,15 @@ are passes over whole arrays that MLX would run as several kernels each:
   per-channel decays ``D_k`` built as running products in registers: the
   MLX code materializes them, ``[K, T, T]`` a chunk.
 
-* ``chunk_states``, ``chunk_cotangents`` and ``chunk_outputs``: with
-  half-precision inputs and one gate per head, the chunk states, their
-  cotangents and the chunks' outputs as block-level kernels on the warp-level
-  matrix tiles (``chassis.TILES``: TF32 tensor cores on CUDA,
-  ``simdgroup_matrix`` on Metal), which replace the matmuls and most of the
-  passes of the forward and the state passing of the backward.
+* ``chunk_states``, ``chunk_cotangents``, ``chunk_outputs``,
+  ``chunk_scores_grad`` and ``summed_state_products``: with half-precision
+  inputs and one gate per head, the chunk states, their cotangents, the
+  chunks' outputs, the backward within the chunks and the states' parts of
+  the gradients of ``q`` and ``k`` (summed over the heads that share them)
+  as block-level kernels on the warp-level matrix tiles (``chassis.TILES``:
+  TF32 tensor cores on CUDA, ``simdgroup_matrix`` on Metal), which replace
+  the matmuls and most of the passes of the forward and much of the
+  backward.
 
 Everything is float32. ``a`` varies along the leading state axes and is
 shared along the trailing ones: ``a [Z, C, R]`` for states ``[Z, C, E]`` with
@@ -629,6 +632,84 @@ CHUNK_SCORES_GRAD = Source(
 """,
 )
 
+# Products of the chunks' rows with their states, summed over the heads that
+# share q and k, a threadgroup of four warps a chunk (z, c) on the matrix
+# tiles: out = sum_r (x_r * scale_r) S_r^T, warp w holding rows 16w..16w+15 of
+# out in its accumulators. It walks the heads' value channels in pieces of VP,
+# each piece of x (scaled as it is loaded) and of S staged in threadgroup
+# memory while the next one loads.
+SUMMED_STATE_PRODUCTS = Source(
+    "summed_state_products",
+    inputs=("x", "scale", "states"),
+    outputs=("out",),
+    body="""
+    // x [Z, R, C, CH, VD]; scale [Z, R, C, CH]; states [Z, R, C, KD, VD]; out [Z, C, CH, KD];
+    // threadgroups of 128 threads (chassis.THREADS_PER_GROUP)
+    constexpr int VP = (VD % 16 == 0) ? 16 : 8;  // value channels a piece
+    constexpr int LDS = VP + 4;                  // the pieces' row stride
+    constexpr int XN = CH * VP / 128;            // a thread's share of a piece of x
+    constexpr int SN = KD * VP / 128;            // and of the states
+    constexpr int SPLIT = VD / VP;               // pieces a head
+    SHARED float sm[(CH + KD) * LDS];
+
+    const int Z = x_shape[0];
+    const int R = x_shape[1];
+    const int C = x_shape[2];
+    const int tid = THREAD_ID % 128;
+    const int chunk = THREAD_ID / 128;  // z * C + c
+    if (chunk >= Z * C) return;  // a whole threadgroup: no barrier is left half-met
+    const int warp = tid / 32;
+    const bool rows = warp < CH / 16;  // this warp owns rows (uniform in the warp)
+    const int z = chunk / C;
+    const int c = chunk % C;
+
+    recurops_tile out_rows[KD / 8];
+    for (int j = 0; j < KD / 8; ++j) recurops_tile_zero(out_rows[j]);
+    float xn[XN];
+    float sn[SN];
+    for (int p = 0; p < R * SPLIT + 1; ++p) {
+        if (p > 0) {  // stage the piece loaded last time round, and multiply it
+            BARRIER();  // the products are done with the last piece
+            for (int e = 0; e < XN; ++e) {
+                const int i = tid + e * 128;
+                sm[(i / VP) * LDS + i % VP] = xn[e];
+            }
+            for (int e = 0; e < SN; ++e) {
+                const int i = tid + e * 128;
+                sm[(CH + i / VP) * LDS + i % VP] = sn[e];
+            }
+            BARRIER();
+        }
+        if (p < R * SPLIT) {  // load piece p: head p / SPLIT, channels from v0
+            const int at = (z * R + p / SPLIT) * C + c;  // the head's chunk
+            const int v0 = (p % SPLIT) * VP;
+            for (int e = 0; e < XN; ++e) {
+                const int i = tid + e * 128;
+                xn[e] = x[(at * CH + i / VP) * VD + v0 + i % VP] * scale[at * CH + i / VP];
+            }
+            for (int e = 0; e < SN; ++e) {
+                const int i = tid + e * 128;
+                sn[e] = states[(at * KD + i / VP) * VD + v0 + i % VP];
+            }
+        }
+        if (p > 0 && rows) {
+            for (int ks = 0; ks < VP; ks += 8) {
+                recurops_tile_a fa;
+                recurops_load_a(fa, sm + warp * 16 * LDS + ks, LDS);
+                for (int j = 0; j < KD / 8; ++j) {
+                    recurops_tile_mma(out_rows[j], fa, sm + (CH + j * 8) * LDS + ks, LDS, true);
+                }
+            }
+        }
+    }
+    if (rows) {
+        for (int j = 0; j < KD / 8; ++j) {
+            recurops_tile_store(out_rows[j], out, (chunk * CH + warp * 16) * KD + j * 8, KD);
+        }
+    }
+""",
+)
+
 # One head's state (or its cotangent) carried through the chunks on the matrix
 # tiles, forwards (chunk_states) or backwards (chunk_cotangents): a threadgroup
 # holds a BK x BV block of it in its accumulators, warp w rows 16w..16w+15,
@@ -991,6 +1072,25 @@ def chunk_scores_grad(q, k, v, dy, g) -> tuple[mx.array, mx.array, mx.array]:
     return launch(CHUNK_SCORES_GRAD, (q, k, v, dy, g),
                   {"dv": (v.shape, mx.float32), "dscores": square, "ddecay": square},
                   **_chunk_launch(q, v))
+
+
+def summed_state_products(x, scale, states) -> mx.array:
+    """``sum_r (x_r * scale_r[..., None]) @ S_r^T`` on matrix tiles: the
+    products of each head's chunk rows with its chunk's state (or state
+    cotangent), summed over the ``R`` heads that share ``q`` and ``k``.
+
+    ``x [Z, R, C, T, V]``, ``scale [Z, R, C, T]``, ``states [Z, R, C, K, V]``.
+    Returns ``[Z, C, T, K]``, float32 (the products in TF32 on CUDA). Shapes
+    as ``tiles_take`` says.
+    """
+    z, r, c, steps, dv = x.shape
+    dk = states.shape[-2]
+    assert tiles_take(steps, dk, dv), (steps, dk, dv)
+    (out,) = launch(SUMMED_STATE_PRODUCTS, (x, scale, states),
+                    {"out": ((z, c, steps, dk), mx.float32)},
+                    threads=z * c * THREADS_PER_GROUP,
+                    template={"CH": steps, "KD": dk, "VD": dv})
+    return out
 
 
 def _block_width(n: int, widest: int) -> int:
