@@ -777,7 +777,7 @@ def in_one_dtype(*arrays) -> tuple[mx.Dtype, tuple]:
 
 LARGE_STATE = 512  # state elements per head above which the chunked fallback can train faster
 LARGE_WORK = 12 * 10**7  # ... when the sweep makes at least this many state updates (all heads x L)
-TILED_WORK = 7 * 10**7  # ... or this many, where the fallback's chunks run on matrix tiles
+TILED_WORK = 6 * 10**7  # ... or this many, where the fallback's chunks run on matrix tiles
 
 
 def large_state_crossover(dims: dict, rows: str, cols: str, seg: int, heads: int,
@@ -816,7 +816,12 @@ def large_state_crossover(dims: dict, rows: str, cols: str, seg: int, heads: int
     (``benchmarks/crossover.py``, three rounds): the kernel faster at 5.0e7
     (ssd B=2 L=512 H=12 N=64: 1.49-1.70 against 1.72-1.77 ms; gla B=2 T=512
     H=12 K=V=64) and 6.7e7 (ssd B=8 L=1024 H=8 N=16), level at 7.5e7, the
-    fallback 1.4x faster at 1.0e8. So the bound sits between 6.7e7 and 7.5e7.
+    fallback 1.4x faster at 1.0e8. With the states' parts of the gradients of
+    q and k on tiles too (06747cb) the fallback was level at 5.0e7 (ssd B=2
+    L=512 H=12 N=64: 1.05-1.28 against 1.17-1.26 ms) and faster at 6.7e7
+    (1.58-1.77 against 1.83-1.99 ms); the kernel still 1.2-1.3x faster at
+    3.4e7. So the bound sits above 5.0e7 (ties stay on the kernel, whose
+    training peak is lower) and below 6.7e7.
     """
     size = dims[rows] * dims[cols]
     work = size * heads * dims["L"]
