@@ -299,11 +299,11 @@ def test_tiled_scores_grad_matches_float64(dialect, z, heads, c, steps, keys, va
 
 @pytest.mark.parametrize("dialect", ["cuda", "metal"])
 @given(z=st.integers(1, 2), heads=st.sampled_from([1, 2, 5]), c=st.integers(1, 3),
-       steps=st.sampled_from(chunked.TILED_STEPS), keys=st.sampled_from([16, 32, 128]),
+       steps=st.sampled_from(chunked.TILED_STEPS), keys=st.sampled_from([16, 32, 128, 256]),
        values=st.sampled_from([8, 24, 64]), seed=seeds)
 def test_summed_state_products_match_float64(dialect, z, heads, c, steps, keys, values, seed):
     """``summed_state_products`` against float64: every chunk length, keys
-    up to 16 tiles, values in pieces of 16 or of 8, one to five heads
+    up to 32 tiles, values in pieces of 16 or of 8, one to five heads
     summed, scales of exactly 0 and 1 (the gates)."""
     _, _, x, scale, normal = _chunk_inputs(seed, z, heads, c, steps, keys, values)
     states = normal(z, heads, c, keys, values)
