@@ -28,9 +28,8 @@ two parts, the row sums of products and the gates' gradient in the
 backward) run as small fused kernels
 (``recurops.kernels.chunked``), float32 like the rest. With half-precision
 inputs the forward is two kernels on the tensor cores instead (the chunk
-states, then the outputs: ``_tiled_forward``), and so are the backward's
-state cotangents and its part within the chunks (``dv``, and the gradients
-of the scores and of the decays).
+states, then the outputs: ``_tiled_forward``), and so is most of the
+backward (``_tiled_backward``).
 
 The backward pass is written by hand (``mx.custom_function``): it is the
 same chunked form run backwards, with a reverse scan for the state
@@ -293,55 +292,60 @@ def _tiled_forward(mm, q, k, v, g, h0):
 
 
 def _tiled_backward(mm, q, k, v, g, h0, before, dy, dfinal):
-    """``_backward`` after rebuilding what ``_tiled_forward`` did not keep,
-    its state cotangents and the backward within the chunks on matrix tiles
-    too."""
-    decay, _ = _decays(g)
-    raw = mm(q[:, None], before)
-    return _backward(mm, q, k, v, g, h0, before, raw, None, decay, dy, dfinal, tiled=True)
+    """The backward of ``_tiled_forward``: ``_backward``'s steps, with the
+    state cotangents (``chunked.chunk_cotangents``), the states' parts of
+    ``dq`` and ``dk`` (``chunked.summed_state_products``) and the backward
+    within the chunks (``chunked.chunk_scores_grad``) on matrix tiles."""
+    decay, cum = _decays(g)  # [Z,R,C,T,T], [Z,R,C,T]
+    w = decay[..., -1, :]  # [Z,R,C,T]: decay from each step to the chunk's end
+    dcum = _row_dots(dy, mm(q[:, None], before))  # [Z,R,C,T]
+    dq = chunked.summed_state_products(dy, cum, before)  # [Z,C,T,K]
+    dend, dh0, da = chunked.chunk_cotangents(q, dy, g, dfinal, before)
+    dk_ = chunked.summed_state_products(v, w, dend)  # [Z,C,T,K]
+    p = mm(k[:, None], dend)  # [Z,R,C,T,V]
+    dv_intra, d_scores, d_decay = chunked.chunk_scores_grad(q, k, v, dy, g)
+    dq, dk_, dg = _from_scores(mm, q, k, g, decay, cum, d_scores, d_decay, dq, dk_,
+                               _row_dots(p, v), dcum, da)
+    return dq, dk_, _scaled_sum(p, w, dv_intra), dg, dh0
 
 
-def _backward(mm, q, k, v, g, h0, before, raw, qk, decay, dy, dfinal, tiled=False):
-    """The backward of ``_forward``; ``tiled`` runs the state cotangents
-    (``chunked.chunk_cotangents``), the states' parts of the gradients of
-    ``q`` and ``k`` (``chunked.summed_state_products``) and the backward
-    within the chunks (``chunked.chunk_scores_grad``, which rebuilds ``qk``:
-    pass None) on matrix tiles."""
+def _backward(mm, q, k, v, g, h0, before, raw, qk, decay, dy, dfinal):
+    """The backward of ``_forward``."""
     cum = _cumulative(g)  # [Z,R,C,T]; the forward kept decay [Z,R,C,T,T]
     w = decay[..., -1, :, None]  # [Z,R,C,T,1]
     a = cum[..., -1]  # [Z,R,C]
 
-    # inter-chunk output  y += cum * (q @ S_before), and the state cotangents:
-    # dS_before[c] = G[c] + a[c] dS_end[c], dS_end[c] = dS_before[c+1], G = q^T
-    # (cum * dy) the cotangent of S_before from the outputs; the local states
-    # S_end = a S_before + k^T (w * v). dq and dk sum over the heads.
+    # inter-chunk output  y += cum * (q @ S_before)
+    draw = dy * cum[..., None]  # [Z,R,C,T,V]
     dcum = _row_dots(dy, raw)  # [Z,R,C,T]
-    if tiled:
-        dq = chunked.summed_state_products(dy, cum, before)  # [Z,C,T,K]
-        dend, dh0, da = chunked.chunk_cotangents(q, dy, g, dfinal, before)
-        dk_ = chunked.summed_state_products(v, w[..., 0], dend)
-    else:
-        draw = dy * cum[..., None]  # [Z,R,C,T,V]
-        dq = _heads_sum(mm(draw, _tr(before)))
-        local_grad = mm(_tr(q)[:, None], draw)  # [Z,R,C,K,V]
-        dend, dh0, da = _heads_folded(_reverse_states, a, local_grad, dfinal, before)
-        dk_ = _heads_sum(mm(v * w, _tr(dend)))
+    dq = _heads_sum(mm(draw, _tr(before)))  # [Z,C,T,K]
+
+    # state cotangents: dS_before[c] = G[c] + a[c] dS_end[c], dS_end[c] = dS_before[c+1],
+    # G = q^T draw the cotangent of S_before from the outputs
+    local_grad = mm(_tr(q)[:, None], draw)  # [Z,R,C,K,V]
+    dend, dh0, da = _heads_folded(_reverse_states, a, local_grad, dfinal, before)
+
+    # local states  S_end = a S_before + k^T (w * v)
+    dk_ = _heads_sum(mm(v * w, _tr(dend)))  # [Z,C,T,K]
     p = mm(k[:, None], dend)  # [Z,R,C,T,V]
     dw = _row_dots(p, v)  # [Z,R,C,T]
 
     # intra-chunk attention  y += (qk * D) @ v: the gradients of v, of the
     # scores qk and of the decays D
-    if tiled:
-        dv_intra, d_scores, d_decay = chunked.chunk_scores_grad(q, k, v, dy, g)
-        dv_ = _scaled_sum(p, w[..., 0], dv_intra)
-    else:
-        d_att = mm(dy, _tr(v))  # [Z,R,C,T,T]
-        dv_ = mm(_tr(qk[:, None] * decay), dy, add=p * w)
-        d_scores, d_decay = d_att * decay, d_att * qk[:, None]
+    d_att = mm(dy, _tr(v))  # [Z,R,C,T,T]
+    dv_ = mm(_tr(qk[:, None] * decay), dy, add=p * w)
+    d_scores, d_decay = d_att * decay, d_att * qk[:, None]
+    dq, dk_, dg = _from_scores(mm, q, k, g, decay, cum, d_scores, d_decay, dq, dk_, dw, dcum, da)
+    return dq, dk_, dv_, dg, dh0
+
+
+def _from_scores(mm, q, k, g, decay, cum, d_scores, d_decay, dq, dk_, dw, dcum, da):
+    """``dq`` and ``dk`` with the parts through the scores ``q k^T`` added
+    (shared by the heads: ``d_scores`` summed over them), and the gates'
+    gradient (``_gate_grad``)."""
     dqk = _heads_sum(d_scores)  # [Z,C,T,T]
-    dq = mm(dqk, k, add=dq)
-    dk_ = mm(_tr(dqk), q, add=dk_)
-    return dq, dk_, dv_, _gate_grad(mm, g, decay, cum, d_decay, dw, dcum, da), dh0
+    return (mm(dqk, k, add=dq), mm(_tr(dqk), q, add=dk_),
+            _gate_grad(mm, g, decay, cum, d_decay, dw, dcum, da))
 
 
 def _gate_grad(mm, g, decay, cum, d_decay, dw, dcum, da):
