@@ -416,10 +416,10 @@ def _tiles(steps: int, dk: int, dv: int, exact_fp32: bool) -> bool:
     return not exact_fp32 and chunked.tiles_take(steps, dk, dv)
 
 
-def uses_tiles(length: int, dk: int, dv: int, exact_fp32: bool) -> bool:
+def uses_tiles(length: int, dk: int, dv: int, arrays) -> bool:
     """Whether ``scalar_gate_chunked_scan`` of ``length`` steps with these
-    head dims runs on matrix tiles on a GPU."""
-    return _tiles(min(CHUNK["gpu"], length), dk, dv, exact_fp32)
+    head dims runs on matrix tiles on a GPU, for a call on ``arrays``."""
+    return _tiles(min(CHUNK["gpu"], length), dk, dv, precise.needs_exact_fp32(*arrays))
 
 
 def scalar_gate_chunked_scan(q, k, v, g, h0, chunk: int | None = None, exact_fp32: bool = True):

@@ -778,6 +778,7 @@ def in_one_dtype(*arrays) -> tuple[mx.Dtype, tuple]:
 LARGE_STATE = 512  # state elements per head above which the chunked fallback can train faster
 LARGE_WORK = 12 * 10**7  # ... when the sweep makes at least this many state updates (all heads x L)
 TILED_WORK = 6 * 10**7  # ... or this many, where the fallback's chunks run on matrix tiles
+CROSSOVER_SEG = 32  # sequences of up to 4 x this many steps stay on the kernel, as measured
 
 
 def large_state_crossover(dims: dict, rows: str, cols: str, seg: int, heads: int,
@@ -806,22 +807,13 @@ def large_state_crossover(dims: dict, rows: str, cols: str, seg: int, heads: int
 
     ``tiled``: the fallback's chunks would run on matrix tiles (half-precision
     inputs, per-head decays; ``scalar_chunked.uses_tiles``). Then the bound is
-    ``TILED_WORK``: H100, bf16, forward+backward, in one process, the kernel
-    was faster up to 3.4e7 updates (gla B=1 T=512 H=12 and B=1 T=1024 H=8
-    K=V=64, ssd B=1 L=512 H=12 N=64 and B=2 L=256 H=8 N=128: 1.2-1.4x), level
-    from 6.7e7 to 7.5e7 and 1.4x slower at 1.0e8 (ssd B=2 L=1024 H=24 N=32)
-    before the backward within the chunks ran on tiles; with it the fallback
-    is 1.15x faster at 7.5e7 (gla B=3 T=512 H=12 K=V=64: 1.18-1.23 against
-    1.38-1.46 ms), its time there down 13-15%. Measured again with it
-    (``benchmarks/crossover.py``, three rounds): the kernel faster at 5.0e7
-    (ssd B=2 L=512 H=12 N=64: 1.49-1.70 against 1.72-1.77 ms; gla B=2 T=512
-    H=12 K=V=64) and 6.7e7 (ssd B=8 L=1024 H=8 N=16), level at 7.5e7, the
-    fallback 1.4x faster at 1.0e8. With the states' parts of the gradients of
-    q and k on tiles too (06747cb) the fallback was level at 5.0e7 (ssd B=2
-    L=512 H=12 N=64: 1.05-1.28 against 1.17-1.26 ms) and faster at 6.7e7
-    (1.58-1.77 against 1.83-1.99 ms); the kernel still 1.2-1.3x faster at
-    3.4e7. So the bound sits above 5.0e7 (ties stay on the kernel, whose
-    training peak is lower) and below 6.7e7.
+    ``TILED_WORK``: H100, bf16, forward+backward, ``benchmarks/crossover.py``
+    at 504ae84, three rounds: the kernel 1.2-1.3x faster at 3.4e7 updates,
+    level at 5.0e7 (ssd B=2 L=512 H=12 N=64: 1.17-1.26 against 1.05-1.28 ms;
+    ties stay on the kernel, whose training peak is lower), the fallback
+    faster in every round from 6.7e7 (ssd B=8 L=1024 H=8 N=16: 1.58-1.77
+    against 1.83-1.99 ms). Earlier bounds and their runs: docs/kernels.md,
+    "Dispatch".
     """
     size = dims[rows] * dims[cols]
     work = size * heads * dims["L"]

@@ -24,10 +24,10 @@ import math
 
 import mlx.core as mx
 
-from ..fallback.precise import needs_exact_fp32
 from ..fallback.scalar_chunked import uses_tiles
 from . import spans
 from .chassis import (
+    CROSSOVER_SEG,
     SPAN,
     KernelPath,
     Source,
@@ -357,14 +357,9 @@ def _unsupported(bound, arrays, backend):
     return common_unsupported(arrays, ckpt * dims["N"])
 
 
-# the crossover's short sequences (up to 4 x 32 steps stay on the kernel), as measured
-CROSSOVER_SEG = 32
-
-
 def _slower(bound, arrays):
     dims = bound.dims
-    tiled = bound.variant["A"] == 0 and uses_tiles(  # per-head decays
-        dims["L"], dims["N"], dims["P"], needs_exact_fp32(*arrays))
+    tiled = bound.variant["A"] == 0 and uses_tiles(dims["L"], dims["N"], dims["P"], arrays)
     return large_state_crossover(dims, "P", "N", CROSSOVER_SEG,
                                  math.prod(bound.batch) * dims["H"], tiled)
 

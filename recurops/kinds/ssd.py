@@ -49,14 +49,14 @@ def reference(x, dt, A, B, C, state):
 
 def fallback(x, dt, A, B, C, state):
     exact = needs_exact_fp32(x, dt, A, B, C)
+    out_dtype = mx.result_type(x, dt, A, B, C)
     if A.ndim == 1 or A.shape[-1] == 1:
-        return _fallback_per_head(x, dt, A.reshape(-1), B, C, state, exact)
+        return _fallback_per_head(x, dt, A.reshape(-1), B, C, state, exact, out_dtype)
     # A [H, N]: one gate per head and state channel, the per-channel chunked
     # form. The inputs move heads-first before x's cast, and the keys and gates
     # are made heads-first: each takes one pass over [B, H, L, X].
     b, length, h, p = x.shape
     n = A.shape[-1]
-    out_dtype = mx.result_type(x, dt, A, B, C)
     dt, A, B, C = (t.astype(state.dtype) for t in (dt, A, B, C))
     dt_heads = mx.swapaxes(dt, 1, 2)[..., None]  # [B, H, L, 1]
 
@@ -73,9 +73,8 @@ def fallback(x, dt, A, B, C, state):
     return y, mx.swapaxes(final.reshape(b, h, n, p), -1, -2)
 
 
-def _fallback_per_head(x, dt, A, B, C, state, exact):
+def _fallback_per_head(x, dt, A, B, C, state, exact, out_dtype):
     """A [H]: scalar gates per head; the R = H // G heads of a group share B and C."""
-    out_dtype = mx.result_type(x, dt, A, B, C)
     dt, A, B, C = (t.astype(state.dtype) for t in (dt, A, B, C))
     b, length, h, p = x.shape
     groups, n = B.shape[2], B.shape[3]
