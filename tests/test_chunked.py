@@ -256,13 +256,33 @@ def test_tiled_outputs_match_float64(dialect, z, heads, c, steps, keys, values, 
     np.testing.assert_allclose(y, want, rtol=tol, atol=tol * np.abs(want).max())
 
 
-def _scores_grad_float64(q, k, v, dy, g):
-    """``chunk_scores_grad``'s formulas in float64 NumPy, a chunk at a time."""
-    q, k, v, dy, g = (np.array(x, np.float64) for x in (q, k, v, dy, g))
+def _gate_grad_float64(g, d_decay, dw, dcum, da):
+    """The gates' gradient of one chunk in float64 by ``_gate_grad``'s
+    formula; with every term's magnitude in place of it, the scale of its
+    rounding."""
+    steps = g.shape[0]
+    decay = np.array([[np.prod(g[s + 1:t + 1]) if t >= s else 0.0 for s in range(steps)]
+                      for t in range(steps)])
+    d_decay = d_decay.copy()
+    d_decay[-1] += dw  # w = D[T-1, :]
+    dcum = dcum.copy()
+    dcum[-1] += da  # a = cum[T-1]
+    full = d_decay @ decay.T  # [t, r-1]: sum_s dD[t, s] D[r-1, s]
+    cum_before = np.concatenate([[1.0], np.cumprod(g)[:-1]])  # cum[r-1]
+    via_rows = np.concatenate([[0.0], (decay[:, 1:] * full[:, :-1]).sum(0)])
+    return via_rows + cum_before * (dcum @ decay)
+
+
+def _scores_grad_float64(q, k, v, dy, g, dw, dcum, da):
+    """``chunk_scores_grad``'s formulas in float64 NumPy, a chunk at a time,
+    and the magnitude of the terms of its gates' gradient."""
+    q, k, v, dy, g, dw, dcum, da = (np.array(x, np.float64)
+                                    for x in (q, k, v, dy, g, dw, dcum, da))
     steps = q.shape[2]
     later = np.arange(steps)[:, None] >= np.arange(steps)[None, :]  # t >= s
     dv = np.zeros(v.shape)
-    dscores, ddecay = (np.zeros(g.shape + (steps,)) for _ in range(2))
+    dscores = np.zeros(g.shape + (steps,))
+    dg, dg_terms = np.zeros(g.shape), np.zeros(g.shape)
     for z, r, c in np.ndindex(*v.shape[:3]):
         gates = g[z, r, c]
         decay = np.array([[np.prod(gates[s + 1:t + 1]) for s in range(steps)]
@@ -270,8 +290,13 @@ def _scores_grad_float64(q, k, v, dy, g):
         scores, dyv = q[z, c] @ k[z, c].T, dy[z, r, c] @ v[z, r, c].T
         dv[z, r, c] = (scores * decay).T @ dy[z, r, c]
         dscores[z, r, c] = dyv * decay
-        ddecay[z, r, c] = dyv * scores * later
-    return dv, dscores, ddecay
+        ends = dw[z, r, c], dcum[z, r, c], da[z, r, c]
+        dg[z, r, c] = _gate_grad_float64(gates, dyv * scores * later, *ends)
+        magnitude = (np.abs(dy[z, r, c]) @ np.abs(v[z, r, c]).T
+                     * (np.abs(q[z, c]) @ np.abs(k[z, c]).T) * later)
+        dg_terms[z, r, c] = _gate_grad_float64(np.abs(gates), magnitude,
+                                               *(np.abs(x) for x in ends))
+    return dv, dscores, dg, dg_terms
 
 
 @pytest.mark.parametrize("dialect", ["cuda", "metal"])
@@ -282,19 +307,23 @@ def test_tiled_scores_grad_matches_float64(dialect, z, heads, c, steps, keys, va
     """``chunk_scores_grad`` on matrix tiles against float64: every chunk
     length (one or two bands of 32 rows), several pieces of keys, values in
     pieces of 16 or of 8, heads sharing ``q`` and ``k``, gates of exactly 0
-    and 1; the gradients of the scores and of the decays float32-accurate in
-    both dialects (the gates' gradient sums them with cancellation)."""
+    and 1; the gradients of the scores and of the gates float32-accurate in
+    both dialects, the latter relative to the magnitude of its terms (it
+    sums them with cancellation)."""
     q, k, v, g, normal = _chunk_inputs(seed, z, heads, c, steps, keys, values)
     dy = normal(z, heads, c, steps, values)
+    ends = normal(z, heads, c, steps), normal(z, heads, c, steps), normal(z, heads, c)
     with simulate(dialect):
-        got = [np.array(x) for x in chunked.chunk_scores_grad(q, k, v, dy, g)]
-    for name, x, want in zip(["dv", "dscores", "ddecay"], got,
-                             _scores_grad_float64(q, k, v, dy, g), strict=True):
+        got = [np.array(x) for x in chunked.chunk_scores_grad(q, k, v, dy, g, *ends)]
+    *want, dg_terms = _scores_grad_float64(q, k, v, dy, g, *ends)
+    for name, x, y in zip(["dv", "dscores"], got, want, strict=False):
         # the scores' products are float32-accurate on CUDA too (split TF32);
         # dv's products with P are TF32
         tol = 3e-3 if dialect == "cuda" and name == "dv" else 1e-5
-        assert x.shape == want.shape, name
-        np.testing.assert_allclose(x, want, rtol=tol, atol=tol * np.abs(want).max(), err_msg=name)
+        assert x.shape == y.shape, name
+        np.testing.assert_allclose(x, y, rtol=tol, atol=tol * np.abs(y).max(), err_msg=name)
+    assert got[2].shape == want[2].shape
+    np.testing.assert_array_less(np.abs(got[2] - want[2]), 1e-5 * dg_terms + 1e-30, "dg")
 
 
 @pytest.mark.parametrize("dialect", ["cuda", "metal"])

@@ -225,6 +225,11 @@ def _cumulative(g: mx.array) -> mx.array:
     return _flush(mx.cumprod(g, axis=-1))
 
 
+def _to_end(g: mx.array) -> mx.array:
+    """``w [..., T]``: ``w[s] = prod_{s < r < T} g[r]`` (``D[T-1, s]``)."""
+    return _flush(mx.cumprod(g, axis=-1, reverse=True, inclusive=False))
+
+
 def _flush(x: mx.array, keep: mx.array | None = None) -> mx.array:
     """Decay factors below ``sqrt(smallest normal)`` (2^-63 in float32) -> 0,
     and those where ``keep`` is false.
@@ -295,17 +300,16 @@ def _tiled_backward(mm, q, k, v, g, h0, before, dy, dfinal):
     """The backward of ``_tiled_forward``: ``_backward``'s steps, with the
     state cotangents (``chunked.chunk_cotangents``), the states' parts of
     ``dq`` and ``dk`` (``chunked.summed_state_products``) and the backward
-    within the chunks (``chunked.chunk_scores_grad``) on matrix tiles."""
-    decay, cum = _decays(g)  # [Z,R,C,T,T], [Z,R,C,T]
-    w = decay[..., -1, :]  # [Z,R,C,T]: decay from each step to the chunk's end
+    within the chunks with the gates' gradient (``chunked.chunk_scores_grad``)
+    on matrix tiles: no decays ``[T, T]`` or their gradient in memory."""
+    cum, w = _cumulative(g), _to_end(g)  # [Z,R,C,T]
     dcum = _row_dots(dy, mm(q[:, None], before))  # [Z,R,C,T]
     dq = chunked.summed_state_products(dy, cum, before)  # [Z,C,T,K]
     dend, dh0, da = chunked.chunk_cotangents(q, dy, g, dfinal, before)
     dk_ = chunked.summed_state_products(v, w, dend)  # [Z,C,T,K]
     p = mm(k[:, None], dend)  # [Z,R,C,T,V]
-    dv_intra, d_scores, d_decay = chunked.chunk_scores_grad(q, k, v, dy, g)
-    dq, dk_, dg = _from_scores(mm, q, k, g, decay, cum, d_scores, d_decay, dq, dk_,
-                               _row_dots(p, v), dcum, da)
+    dv_intra, d_scores, dg = chunked.chunk_scores_grad(q, k, v, dy, g, _row_dots(p, v), dcum, da)
+    dq, dk_ = _through_scores(mm, q, k, d_scores, dq, dk_)
     return dq, dk_, _scaled_sum(p, w, dv_intra), dg, dh0
 
 
@@ -335,17 +339,15 @@ def _backward(mm, q, k, v, g, h0, before, raw, qk, decay, dy, dfinal):
     d_att = mm(dy, _tr(v))  # [Z,R,C,T,T]
     dv_ = mm(_tr(qk[:, None] * decay), dy, add=p * w)
     d_scores, d_decay = d_att * decay, d_att * qk[:, None]
-    dq, dk_, dg = _from_scores(mm, q, k, g, decay, cum, d_scores, d_decay, dq, dk_, dw, dcum, da)
-    return dq, dk_, dv_, dg, dh0
+    dq, dk_ = _through_scores(mm, q, k, d_scores, dq, dk_)
+    return dq, dk_, dv_, _gate_grad(mm, g, decay, cum, d_decay, dw, dcum, da), dh0
 
 
-def _from_scores(mm, q, k, g, decay, cum, d_scores, d_decay, dq, dk_, dw, dcum, da):
+def _through_scores(mm, q, k, d_scores, dq, dk_):
     """``dq`` and ``dk`` with the parts through the scores ``q k^T`` added
-    (shared by the heads: ``d_scores`` summed over them), and the gates'
-    gradient (``_gate_grad``)."""
+    (shared by the heads: ``d_scores`` summed over them)."""
     dqk = _heads_sum(d_scores)  # [Z,C,T,T]
-    return (mm(dqk, k, add=dq), mm(_tr(dqk), q, add=dk_),
-            _gate_grad(mm, g, decay, cum, d_decay, dw, dcum, da))
+    return mm(dqk, k, add=dq), mm(_tr(dqk), q, add=dk_)
 
 
 def _gate_grad(mm, g, decay, cum, d_decay, dw, dcum, da):

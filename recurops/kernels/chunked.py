@@ -532,18 +532,20 @@ CHUNK_OUTPUTS = Source(
 
 # The backward of the chunk's outputs within it, a threadgroup of four warps a
 # chunk and head on the matrix tiles: the scores q k^T and dy v^T (each in the
-# accumulators, the first then kept in threadgroup memory), their products with
-# the decays and with each other (written out), and dv = P^T dy. Threadgroup
-# memory (at most 8192 floats, Metal's 32 KB): [CH][CH+4] for q k^T, then P,
-# and after it one array used in turn for the pieces of the scores, 32 rows of
-# dy v^T at a time, and 16 rows of dy.
+# accumulators, the first then kept in threadgroup memory), the scores'
+# gradient dy v^T * D (written out), the gates' gradient from the decays'
+# dy v^T * q k^T (taken to the gates in threadgroup memory, never written
+# out), and dv = P^T dy. Threadgroup memory (at most 8192 floats, Metal's 32
+# KB): [CH][CH+4] for q k^T, then P, and after it one array used in turn for
+# the pieces of the scores, 32 rows of dy v^T at a time (then of the decays'
+# gradient), and 16 rows of dy; and the chunk's gates and cum's gradient.
 CHUNK_SCORES_GRAD = Source(
     "chunk_scores_grad",
-    inputs=("q", "k", "v", "dy", "g"),
-    outputs=("dv", "dscores", "ddecay"),
+    inputs=("q", "k", "v", "dy", "g", "dw", "dcum", "da"),
+    outputs=("dv", "dscores", "dg"),
     body="""
-    // q, k [Z, C, CH, KD]; v, dy, dv [Z, R, C, CH, VD]; g [Z, R, C, CH];
-    // dscores, ddecay [Z, R, C, CH, CH]; threadgroups of 128 threads
+    // q, k [Z, C, CH, KD]; v, dy, dv [Z, R, C, CH, VD]; g, dw, dcum, dg [Z, R, C, CH];
+    // da [Z, R, C]; dscores [Z, R, C, CH, CH]; threadgroups of 128 threads
     constexpr int KP = 16;                         // channels a piece of q k^T
     constexpr int VP = (VD % 16 == 0) ? 16 : 8;    // and of dy v^T
     constexpr int LDS = 20;                        // the pieces' row stride
@@ -554,8 +556,14 @@ CHUNK_SCORES_GRAD = Source(
     constexpr int DS = CH * LDP;                   // where that array starts
     constexpr int VN = VD / 8;  // a thread's share of 16 rows of dy
     SHARED float sm[CH * LDP + REST];
+    SHARED float gates[CH];
+    SHARED float dcums[CH];  // dcum + e_{CH-1} da
 
 """ + _CHUNK_THREADS + """
+    if (tid < CH) {
+        gates[tid] = g[g_at + tid];
+        dcums[tid] = dcum[g_at + tid] + (tid == CH - 1 ? da[chunk] : 0.0f);
+    }
     recurops_tile score[CH / 8];
 """ + _scores("q", "k", "qk_at", "KD", "KP", "DS", split=True) + """
     if (rows) {
@@ -565,9 +573,17 @@ CHUNK_SCORES_GRAD = Source(
     }
     BARRIER();  // the products are done with the last piece
 """ + _scores("dy", "v", "v_at", "VD", "VP", "DS", split=True) + """
-    // a thread a column s, 32 rows t of dy v^T at a time: D[t, s] = prod_{s<r<=t} g[r]
-    // as a running product; dscores = dy v^T * D, ddecay = dy v^T * q k^T, P = q k^T * D
-    float p = 1.0f;
+    // 32 rows t of dy v^T at a time. First a thread a column s, with D[t, s] =
+    // prod_{s<r<=t} g[r] as a running product: dscores = dy v^T * D, P = q k^T * D,
+    // and the decays' gradient dD = dy v^T * q k^T (its last row plus dw, that of
+    // w = D[CH-1, :]) in place of dy v^T. Then a thread a row t, in place again:
+    //   F_t[r] = sum_{s<r} dD[t, s] D[r-1, s] = g[r-1] F_t[r-1] + dD[t, r-1].
+    // Then a thread a column r, the gates' gradient by products only:
+    //   dg[r] = sum_{t>=r} D[t, r] (F_t[r] + cum[r-1] dcum'[t]),  cum[-1] = 1.
+    float p = 1.0f;       // D[t, s], first pass
+    float column = 1.0f;  // D[t, r], last pass
+    float via_rows = 0.0f;
+    float via_cum = 0.0f;
     for (int band = 0; band < CH; band += 32) {
         BARRIER();  // the products (or the last band) are done with the array
         if (rows && warp * 16 >= band && warp * 16 < band + 32) {
@@ -581,16 +597,42 @@ CHUNK_SCORES_GRAD = Source(
         if (tid < CH) {
             const int s = tid;
             for (int t = band; t < band + 32 && t < CH; ++t) {
-                if (t > s) p *= g[g_at + t];
+                if (t > s) p *= gates[t];
                 const bool on = t >= s;  // the tiles on or below the diagonal hold these
-                const float da = sm[DS + (t - band) * LDP + s];
+                const float dyv = sm[DS + (t - band) * LDP + s];
                 const float qk = sm[t * LDP + s];
-                const int at = (chunk * CH + t) * CH + s;
-                dscores[at] = on ? da * p : 0.0f;
-                ddecay[at] = on ? da * qk : 0.0f;
+                dscores[(chunk * CH + t) * CH + s] = on ? dyv * p : 0.0f;
+                sm[DS + (t - band) * LDP + s] =
+                    (on ? dyv * qk : 0.0f) + (t == CH - 1 ? dw[g_at + s] : 0.0f);
                 sm[t * LDP + s] = on ? qk * p : 0.0f;
             }
         }
+        BARRIER();
+        if (tid < 32 && band + tid < CH) {
+            const int row = DS + tid * LDP;
+            float f = 0.0f;
+            for (int r = 0; r < CH; ++r) {
+                const float d = sm[row + r];
+                sm[row + r] = f;
+                f = gates[r] * f + d;
+            }
+        }
+        BARRIER();
+        if (tid < CH) {
+            const int r = tid;
+            for (int t = band; t < band + 32 && t < CH; ++t) {
+                if (t > r) column *= gates[t];
+                if (t >= r) {
+                    via_rows += column * sm[DS + (t - band) * LDP + r];
+                    via_cum += column * dcums[t];
+                }
+            }
+        }
+    }
+    if (tid < CH) {
+        float cum_before = 1.0f;  // cum[r-1]
+        for (int i = 0; i < tid; ++i) cum_before *= gates[i];
+        dg[g_at + tid] = via_rows + cum_before * via_cum;
     }
 
     // dv = P^T dy over pieces of 16 rows t of dy; warp w's rows s take those with t >= s
@@ -1056,21 +1098,26 @@ def _chunk_launch(q, v) -> dict:
             "template": {"CH": steps, "KD": dk, "VD": dv}}
 
 
-def chunk_scores_grad(q, k, v, dy, g) -> tuple[mx.array, mx.array, mx.array]:
+def chunk_scores_grad(q, k, v, dy, g, dw, dcum, da) -> tuple[mx.array, mx.array, mx.array]:
     """The backward of the outputs' part within each chunk, ``y = P v`` with
-    ``P = q k^T * D``, on matrix tiles.
+    ``P = q k^T * D``, and the gates' gradient, on matrix tiles.
 
     ``q, k [Z, C, T, K]`` (shared by the ``R`` heads of a group), ``v`` and
     the outputs' gradient ``dy`` ``[Z, R, C, T, V]``, gates ``g [Z, R, C,
-    T]``; ``D[t, s] = prod_{s<r<=t} g[r]``. Returns ``dv = P^T dy`` and, for
-    ``t >= s`` (zero above the diagonal), the gradients of the scores ``q
-    k^T``, ``dy v^T * D``, and of the decays, ``dy v^T * q k^T`` (``[Z, R, C,
-    T, T]``), float32 (the products in TF32 on CUDA). Shapes as
-    ``tiles_take`` says.
+    T]``; ``D[t, s] = prod_{s<r<=t} g[r]``, ``cum[t] = prod_{r<=t} g[r]``.
+    ``dw``, ``dcum`` (``[Z, R, C, T]``) and ``da`` (``[Z, R, C]``) are the
+    gradients of ``w = D[T-1, :]``, of ``cum`` and of ``a = cum[T-1]`` from
+    the rest of the backward. Returns ``dv = P^T dy``; the gradient of the
+    scores ``q k^T``, ``dy v^T * D`` for ``t >= s`` (zero above the
+    diagonal, ``[Z, R, C, T, T]``); and the gates' gradient ``dg [Z, R, C,
+    T]`` (``scalar_chunked._gate_grad``'s formula with the decays' gradient
+    ``dy v^T * q k^T``, which is never written out). Float32, the products
+    with ``P`` in TF32 on CUDA. Shapes as ``tiles_take`` says.
     """
-    square = (g.shape + g.shape[-1:], mx.float32)  # [Z, R, C, T, T]
-    return launch(CHUNK_SCORES_GRAD, (q, k, v, dy, g),
-                  {"dv": (v.shape, mx.float32), "dscores": square, "ddecay": square},
+    return launch(CHUNK_SCORES_GRAD, (q, k, v, dy, g, dw, dcum, da),
+                  {"dv": (v.shape, mx.float32),
+                   "dscores": (g.shape + g.shape[-1:], mx.float32),  # [Z, R, C, T, T]
+                   "dg": (g.shape, mx.float32)},
                   **_chunk_launch(q, v))
 
 
