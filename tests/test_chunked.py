@@ -273,11 +273,11 @@ def _gate_grad_float64(g, d_decay, dw, dcum, da):
     return via_rows + cum_before * (dcum @ decay)
 
 
-def _scores_grad_float64(q, k, v, dy, g, dw, dcum, da):
+def _scores_grad_float64(q, k, v, dy, g, dend, dw, dcum, da):
     """``chunk_scores_grad``'s formulas in float64 NumPy, a chunk at a time,
     and the magnitude of the terms of its gates' gradient."""
-    q, k, v, dy, g, dw, dcum, da = (np.array(x, np.float64)
-                                    for x in (q, k, v, dy, g, dw, dcum, da))
+    q, k, v, dy, g, dend, dw, dcum, da = (np.array(x, np.float64)
+                                          for x in (q, k, v, dy, g, dend, dw, dcum, da))
     steps = q.shape[2]
     later = np.arange(steps)[:, None] >= np.arange(steps)[None, :]  # t >= s
     dv = np.zeros(v.shape)
@@ -288,7 +288,8 @@ def _scores_grad_float64(q, k, v, dy, g, dw, dcum, da):
         decay = np.array([[np.prod(gates[s + 1:t + 1]) for s in range(steps)]
                           for t in range(steps)]) * later
         scores, dyv = q[z, c] @ k[z, c].T, dy[z, r, c] @ v[z, r, c].T
-        dv[z, r, c] = (scores * decay).T @ dy[z, r, c]
+        dv[z, r, c] = ((scores * decay).T @ dy[z, r, c]
+                       + (decay[-1, :, None] * k[z, c]) @ dend[z, r, c])
         dscores[z, r, c] = dyv * decay
         ends = dw[z, r, c], dcum[z, r, c], da[z, r, c]
         dg[z, r, c] = _gate_grad_float64(gates, dyv * scores * later, *ends)
@@ -307,15 +308,16 @@ def test_tiled_scores_grad_matches_float64(dialect, z, heads, c, steps, keys, va
     """``chunk_scores_grad`` on matrix tiles against float64: every chunk
     length (one or two bands of 32 rows), several pieces of keys, values in
     pieces of 16 or of 8, heads sharing ``q`` and ``k``, gates of exactly 0
-    and 1; the gradients of the scores and of the gates float32-accurate in
-    both dialects, the latter relative to the magnitude of its terms (it
-    sums them with cancellation)."""
+    and 1; ``dv`` with the states' part; the gradients of the scores and of
+    the gates float32-accurate in both dialects, the latter relative to the
+    magnitude of its terms (it sums them with cancellation)."""
     q, k, v, g, normal = _chunk_inputs(seed, z, heads, c, steps, keys, values)
     dy = normal(z, heads, c, steps, values)
+    dend = normal(z, heads, c, keys, values)
     ends = normal(z, heads, c, steps), normal(z, heads, c, steps), normal(z, heads, c)
     with simulate(dialect):
-        got = [np.array(x) for x in chunked.chunk_scores_grad(q, k, v, dy, g, *ends)]
-    *want, dg_terms = _scores_grad_float64(q, k, v, dy, g, *ends)
+        got = [np.array(x) for x in chunked.chunk_scores_grad(q, k, v, dy, g, dend, *ends)]
+    *want, dg_terms = _scores_grad_float64(q, k, v, dy, g, dend, *ends)
     for name, x, y in zip(["dv", "dscores"], got, want, strict=False):
         # the scores' products are float32-accurate on CUDA too (split TF32);
         # dv's products with P are TF32

@@ -530,22 +530,24 @@ CHUNK_OUTPUTS = Source(
 )
 
 
-# The backward of the chunk's outputs within it, a threadgroup of four warps a
-# chunk and head on the matrix tiles: the scores q k^T and dy v^T (each in the
-# accumulators, the first then kept in threadgroup memory), the scores'
-# gradient dy v^T * D (written out), the gates' gradient from the decays'
-# dy v^T * q k^T (taken to the gates in threadgroup memory, never written
-# out), and dv = P^T dy. Threadgroup memory (at most 8192 floats, Metal's 32
-# KB): [CH][CH+4] for q k^T, then P, and after it one array used in turn for
+# The backward within a chunk, a threadgroup of four warps a chunk and head on
+# the matrix tiles: the scores q k^T and dy v^T (each in the accumulators, the
+# first then kept in threadgroup memory), the scores' gradient dy v^T * D
+# (written out), the gates' gradient from the decays' dy v^T * q k^T (taken to
+# the gates in threadgroup memory, never written out), and dv = P^T dy + (w *
+# k) dend. Threadgroup memory (at most 8192 floats, Metal's 32 KB): [CH][CH+4]
+# for q k^T, then P, then pieces of w * k; after it one array used in turn for
 # the pieces of the scores, 32 rows of dy v^T at a time (then of the decays'
-# gradient), and 16 rows of dy; and the chunk's gates and cum's gradient.
+# gradient), and 16 rows of dy or of dend; and the chunk's gates, cum's
+# gradient and w.
 CHUNK_SCORES_GRAD = Source(
     "chunk_scores_grad",
-    inputs=("q", "k", "v", "dy", "g", "dw", "dcum", "da"),
+    inputs=("q", "k", "v", "dy", "g", "dend", "dw", "dcum", "da"),
     outputs=("dv", "dscores", "dg"),
     body="""
     // q, k [Z, C, CH, KD]; v, dy, dv [Z, R, C, CH, VD]; g, dw, dcum, dg [Z, R, C, CH];
-    // da [Z, R, C]; dscores [Z, R, C, CH, CH]; threadgroups of 128 threads
+    // dend [Z, R, C, KD, VD]; da [Z, R, C]; dscores [Z, R, C, CH, CH];
+    // threadgroups of 128 threads
     constexpr int KP = 16;                         // channels a piece of q k^T
     constexpr int VP = (VD % 16 == 0) ? 16 : 8;    // and of dy v^T
     constexpr int LDS = 20;                        // the pieces' row stride
@@ -558,8 +560,10 @@ CHUNK_SCORES_GRAD = Source(
     SHARED float sm[CH * LDP + REST];
     SHARED float gates[CH];
     SHARED float dcums[CH];  // dcum + e_{CH-1} da
+    SHARED float ws[CH];     // w = D[CH-1, :]
 
-""" + _CHUNK_THREADS + """
+""" + _CHUNK_THREADS + """    const int s_at = chunk * KD * VD;
+
     if (tid < CH) {
         gates[tid] = g[g_at + tid];
         dcums[tid] = dcum[g_at + tid] + (tid == CH - 1 ? da[chunk] : 0.0f);
@@ -635,31 +639,60 @@ CHUNK_SCORES_GRAD = Source(
         dg[g_at + tid] = via_rows + cum_before * via_cum;
     }
 
-    // dv = P^T dy over pieces of 16 rows t of dy; warp w's rows s take those with t >= s
+    if (tid < CH) ws[tid] = p;  // D[CH-1, s]
+
+    // dv = P^T dy + (w * k) dend on the same accumulators: CH / 16 pieces of 16
+    // rows t of dy (A: P^T, warp w's rows s take those with t >= s), then KD / 16
+    // pieces of 16 channels of w * k (where P was) and 16 rows of dend
+    constexpr int INTRA = CH / 16;
+    constexpr int PIECES = INTRA + KD / 16;
+    constexpr int LDK = 20;     // a piece of w * k's row stride
+    constexpr int KN = CH / 8;  // a thread's share of it
     recurops_tile out[VD / 8];
     for (int j = 0; j < VD / 8; ++j) recurops_tile_zero(out[j]);
     float vn[VN];
+    float kn[KN];
     for (int e = 0; e < VN; ++e) {
         const int i = tid + e * 128;
         vn[e] = dy[v_at + (i / VD) * VD + i % VD];
     }
-    for (int piece = 0; piece < CH / 16; ++piece) {
+    for (int piece = 0; piece < PIECES; ++piece) {
         BARRIER();  // P is complete, or the last piece's products are done
+        if (piece >= INTRA) {
+            for (int e = 0; e < KN; ++e) {
+                const int i = tid + e * 128;
+                sm[(i / 16) * LDK + i % 16] = kn[e] * ws[i / 16];
+            }
+        }
         for (int e = 0; e < VN; ++e) {
             const int i = tid + e * 128;
             sm[DS + (i / VD) * LDV + i % VD] = vn[e];
         }
         BARRIER();
-        if (piece + 1 < CH / 16) {
+        if (piece + 1 < INTRA) {  // the next piece's loads
             for (int e = 0; e < VN; ++e) {
                 const int i = tid + e * 128;
                 vn[e] = dy[v_at + ((piece + 1) * 16 + i / VD) * VD + i % VD];
             }
+        } else if (piece + 1 < PIECES) {
+            const int k0 = (piece + 1 - INTRA) * 16;
+            for (int e = 0; e < KN; ++e) {
+                const int i = tid + e * 128;
+                kn[e] = k[qk_at + (i / 16) * KD + k0 + i % 16];
+            }
+            for (int e = 0; e < VN; ++e) {
+                const int i = tid + e * 128;
+                vn[e] = dend[s_at + (k0 + i / VD) * VD + i % VD];
+            }
         }
-        if (rows && piece >= warp) {
+        if (rows && (piece >= INTRA || piece >= warp)) {
             for (int ks = 0; ks < 16; ks += 8) {
                 recurops_tile_a fa;
-                recurops_load_a_t(fa, sm + (piece * 16 + ks) * LDP + warp * 16, LDP);
+                if (piece < INTRA) {
+                    recurops_load_a_t(fa, sm + (piece * 16 + ks) * LDP + warp * 16, LDP);
+                } else {
+                    recurops_load_a(fa, sm + warp * 16 * LDK + ks, LDK);
+                }
                 for (int j = 0; j < VD / 8; ++j) {
                     recurops_tile_mma(out[j], fa, sm + DS + ks * LDV + j * 8, LDV, false);
                 }
@@ -1098,23 +1131,25 @@ def _chunk_launch(q, v) -> dict:
             "template": {"CH": steps, "KD": dk, "VD": dv}}
 
 
-def chunk_scores_grad(q, k, v, dy, g, dw, dcum, da) -> tuple[mx.array, mx.array, mx.array]:
-    """The backward of the outputs' part within each chunk, ``y = P v`` with
-    ``P = q k^T * D``, and the gates' gradient, on matrix tiles.
+def chunk_scores_grad(q, k, v, dy, g, dend, dw, dcum, da) -> tuple[mx.array, mx.array, mx.array]:
+    """The backward within each chunk, ``y = P v`` with ``P = q k^T * D``,
+    with the states' part of ``dv`` and the gates' gradient, on matrix tiles.
 
     ``q, k [Z, C, T, K]`` (shared by the ``R`` heads of a group), ``v`` and
     the outputs' gradient ``dy`` ``[Z, R, C, T, V]``, gates ``g [Z, R, C,
-    T]``; ``D[t, s] = prod_{s<r<=t} g[r]``, ``cum[t] = prod_{r<=t} g[r]``.
-    ``dw``, ``dcum`` (``[Z, R, C, T]``) and ``da`` (``[Z, R, C]``) are the
-    gradients of ``w = D[T-1, :]``, of ``cum`` and of ``a = cum[T-1]`` from
-    the rest of the backward. Returns ``dv = P^T dy``; the gradient of the
-    scores ``q k^T``, ``dy v^T * D`` for ``t >= s`` (zero above the
-    diagonal, ``[Z, R, C, T, T]``); and the gates' gradient ``dg [Z, R, C,
-    T]`` (``scalar_chunked._gate_grad``'s formula with the decays' gradient
-    ``dy v^T * q k^T``, which is never written out). Float32, the products
-    with ``P`` in TF32 on CUDA. Shapes as ``tiles_take`` says.
+    T]``; ``D[t, s] = prod_{s<r<=t} g[r]``, ``cum[t] = prod_{r<=t} g[r]``,
+    ``w = D[T-1, :]``. From the rest of the backward: the cotangent of the
+    state after each chunk ``dend [Z, R, C, K, V]``, and the gradients of
+    ``w``, of ``cum`` (``dw``, ``dcum``, ``[Z, R, C, T]``) and of ``a =
+    cum[T-1]`` (``da [Z, R, C]``). Returns ``dv = P^T dy + (w * k) dend``;
+    the gradient of the scores ``q k^T``, ``dy v^T * D`` for ``t >= s``
+    (zero above the diagonal, ``[Z, R, C, T, T]``); and the gates' gradient
+    ``dg [Z, R, C, T]`` (``scalar_chunked._gate_grad``'s formula with the
+    decays' gradient ``dy v^T * q k^T``, which is never written out).
+    Float32, the products for ``dv`` in TF32 on CUDA. Shapes as
+    ``tiles_take`` says.
     """
-    return launch(CHUNK_SCORES_GRAD, (q, k, v, dy, g, dw, dcum, da),
+    return launch(CHUNK_SCORES_GRAD, (q, k, v, dy, g, dend, dw, dcum, da),
                   {"dv": (v.shape, mx.float32),
                    "dscores": (g.shape + g.shape[-1:], mx.float32),  # [Z, R, C, T, T]
                    "dg": (g.shape, mx.float32)},
