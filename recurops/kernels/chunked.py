@@ -27,8 +27,9 @@ are passes over whole arrays that MLX would run as several kernels each:
 * ``chunk_states``, ``chunk_cotangents``, ``chunk_outputs``,
   ``chunk_scores_grad`` and ``summed_state_products``: with half-precision
   inputs and one gate per head, the chunk states, their cotangents, the
-  chunks' outputs, the backward within the chunks and the states' parts of
-  the gradients of ``q`` and ``k`` (summed over the heads that share them)
+  chunks' outputs, the backward within the chunks (with ``dv`` and the
+  gates' gradient) and the states' parts of the gradients of ``q`` and
+  ``k`` (summed over the heads that share them)
   as block-level kernels on the warp-level matrix tiles (``chassis.TILES``:
   TF32 tensor cores on CUDA, ``simdgroup_matrix`` on Metal), which replace
   the matmuls and most of the passes of the forward and much of the
