@@ -243,17 +243,21 @@ def _outputs_float64(q, k, v, g, before):
 def test_tiled_outputs_match_float64(dialect, z, heads, c, steps, keys, values, seed):
     """``chunk_outputs`` on matrix tiles against float64: every chunk length
     it takes, several pieces of keys, values in tiles of 8 (up to 16 tiles),
-    heads sharing ``q`` and ``k``, gates of exactly 0 and 1. CUDA's tiles
+    heads sharing ``q`` and ``k``, gates of exactly 0 and 1; in bfloat16 the
+    float32 outputs rounded. CUDA's tiles
     multiply in TF32
     (10-bit mantissas; the simulator rounds as the GPU does), Metal's in
     float32."""
     q, k, v, g, normal = _chunk_inputs(seed, z, heads, c, steps, keys, values)
     before = normal(z, heads, c, keys, values)
     with simulate(dialect):
-        y = np.array(chunked.chunk_outputs(q, k, v, g, before))
+        y = chunked.chunk_outputs(q, k, v, g, before)
+        y_half = chunked.chunk_outputs(q, k, v, g, before, mx.bfloat16)
     want = _outputs_float64(q, k, v, g, before)
     tol = 3e-3 if dialect == "cuda" else 1e-5
-    np.testing.assert_allclose(y, want, rtol=tol, atol=tol * np.abs(want).max())
+    np.testing.assert_allclose(np.array(y), want, rtol=tol, atol=tol * np.abs(want).max())
+    assert y_half.dtype == mx.bfloat16  # the same sums, rounded once on the way out
+    assert mx.array_equal(y_half, y.astype(mx.bfloat16)).item()
 
 
 def _gate_grad_float64(g, d_decay, dw, dcum, da):

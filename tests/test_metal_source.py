@@ -105,9 +105,10 @@ def test_every_kernel_and_dtype_is_covered():
     assert seen == {(f"{kind}_{part}", str(dtype)) for kind in _SIZES
                     for part in ("fwd", "bwd", "ends", "carries") for dtype in DTYPES} | {
         (source.name, "None") for source in
-        (*_CHUNKED_PIECES, chunked.CHUNK_STATES, chunked.CHUNK_COTANGENTS, chunked.CHUNK_OUTPUTS,
+        (*_CHUNKED_PIECES, chunked.CHUNK_STATES, chunked.CHUNK_COTANGENTS,
          chunked.CHUNK_SCORES_GRAD, chunked.SUMMED_STATE_PRODUCTS,
-         rotlru.PASS)}
+         rotlru.PASS)} | {  # the tiles' outputs in the half-precision inputs' dtype
+        (chunked.CHUNK_OUTPUTS.name, str(dtype)) for dtype in DTYPES[1:]}
 
 
 @pytest.mark.parametrize("launch", METAL, ids=lambda launch: launch.wrapped.kernel_name[14:70])

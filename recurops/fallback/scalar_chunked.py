@@ -288,12 +288,12 @@ def _forward(mm, q, k, v, g, h0):
     return y, final, before, raw, qk, decay
 
 
-def _tiled_forward(mm, q, k, v, g, h0):
+def _tiled_forward(mm, q, k, v, g, h0, dtype=mx.float32):
     """``_forward`` as two kernels on matrix tiles, the chunk states
-    (``chunked.chunk_states``) and the outputs (``chunked.chunk_outputs``);
-    keeps only the states entering each chunk."""
+    (``chunked.chunk_states``) and the outputs (``chunked.chunk_outputs``,
+    written in ``dtype``); keeps only the states entering each chunk."""
     before, final = chunked.chunk_states(k, v, g, h0)
-    return chunked.chunk_outputs(q, k, v, g, before), final, before
+    return chunked.chunk_outputs(q, k, v, g, before, dtype), final, before
 
 
 def _tiled_backward(mm, q, k, v, g, h0, before, dy, dfinal):
@@ -303,6 +303,7 @@ def _tiled_backward(mm, q, k, v, g, h0, before, dy, dfinal):
     within the chunks with ``dv`` and the gates' gradient
     (``chunked.chunk_scores_grad``) on matrix tiles: no decays ``[T, T]`` or
     their gradient in memory."""
+    dy = dy.astype(mx.float32)  # in the outputs' dtype
     cum, w = _cumulative(g), _to_end(g)  # [Z,R,C,T]
     dcum = _row_dots(dy, mm(q[:, None], before))  # [Z,R,C,T]
     dq = chunked.summed_state_products(dy, cum, before)  # [Z,C,T,K]
@@ -390,16 +391,16 @@ def _checkpointed(forward, backward):
 
 
 @functools.cache
-def _block(form: str, exact_fp32: bool):
+def _block(form: str, exact_fp32: bool, dtype: mx.Dtype = mx.float32):
     """The custom function of one form: ``"scalar"`` gates, ``"scalar-tiled"``
     (scalar gates, the forward, the state cotangents and the backward within
-    the chunks on matrix tiles) or
+    the chunks on matrix tiles; the outputs in ``dtype``) or
     ``"channel"`` (per-channel gates). ``exact_fp32`` routes matmuls through
     ``precise.matmul`` (float32 inputs: no TF32)."""
     mm = precise.matmul if exact_fp32 else precise.plain_matmul
     forward, backward = {
         "scalar": (_forward, _backward),
-        "scalar-tiled": (_tiled_forward, _tiled_backward),
+        "scalar-tiled": (functools.partial(_tiled_forward, dtype=dtype), _tiled_backward),
         "channel": (_channel_forward, _channel_backward),
     }[form]
     return _checkpointed(functools.partial(forward, mm), functools.partial(backward, mm))
@@ -425,15 +426,18 @@ def uses_tiles(length: int, dk: int, dv: int, arrays) -> bool:
     return _tiles(min(CHUNK["gpu"], length), dk, dv, precise.needs_exact_fp32(*arrays))
 
 
-def scalar_gate_chunked_scan(q, k, v, g, h0, chunk: int | None = None, exact_fp32: bool = True):
+def scalar_gate_chunked_scan(q, k, v, g, h0, chunk: int | None = None, exact_fp32: bool = True,
+                             dtype: mx.Dtype | None = None):
     """Chunked evaluation of the recurrence in the module docstring.
 
     q, k: [Z, L, K] (shared by the R heads of a group); v: [Z, R, L, V];
     g: [Z, R, L] linear-space gates; h0: [Z, R, K, V]. Returns
-    y [Z, R, L, V] and the final state [Z, R, K, V]. Float32/64 in.
+    y [Z, R, L, V] in ``dtype`` (default ``v``'s) and the final state
+    [Z, R, K, V]. Float32/64 in.
     ``exact_fp32=False`` lets matmuls use TF32 where MLX does (enough for
     half-precision inputs); True keeps them float32-accurate.
     """
+    dtype = dtype or v.dtype
     z, r, length, dv = v.shape
     dk = q.shape[-1]
     steps = min(chunk or CHUNK["gpu" if _on_gpu() else "cpu"], length)
@@ -445,14 +449,15 @@ def scalar_gate_chunked_scan(q, k, v, g, h0, chunk: int | None = None, exact_fp3
     c = (length + pad) // steps
     tiled = _tiles(steps, dk, dv, exact_fp32) and _fused(
         q, k, v, g, h0, extent=z * r * c * max(max(dk, steps, 128) * dv, steps * steps))
-    y, final, *_ = _block("scalar-tiled" if tiled else "scalar", exact_fp32)(
+    block = _block("scalar-tiled", exact_fp32, dtype) if tiled else _block("scalar", exact_fp32)
+    y, final, *_ = block(
         q.reshape(z, c, steps, dk),
         k.reshape(z, c, steps, dk),
         v.reshape(z, r, c, steps, dv),
         g.reshape(z, r, c, steps),
         h0,
     )
-    y = y.reshape(z, r, c * steps, dv)
+    y = y.reshape(z, r, c * steps, dv).astype(dtype)  # the tiled form's already is
     return (y[:, :, :length] if pad else y), final
 
 

@@ -416,6 +416,7 @@ def _scores(left: str, right: str, at: str, width: str, piece: str, base: str,
 #   q and k pieces of KP channels (the scores q k^T, held in the accumulators),
 #   P [CH][CH+4] (the scores times the decays), then 16 rows of v, or a
 #       16-channel piece of q * cum and 16 rows of S, after it;
+#   16 rows of the outputs at a time, cast to y's dtype T on the way out;
 # and cum [CH], the chunk's gate products. Each piece's loads for the next
 # piece are issued before its products. Row strides are padded so the
 # fragments' lanes hit distinct banks.
@@ -425,7 +426,7 @@ CHUNK_OUTPUTS = Source(
     outputs=("y",),
     body="""
     // q, k [Z, C, CH, KD]; v, y [Z, R, C, CH, VD]; g [Z, R, C, CH]; before [Z, R, C, KD, VD];
-    // threadgroups of 128 threads (chassis.THREADS_PER_GROUP)
+    // y in T, the rest float32; threadgroups of 128 threads (chassis.THREADS_PER_GROUP)
     constexpr int KP = 16;                        // channels a piece of the scores
     constexpr int LDS = KP + 4;                   // their row stride
     constexpr int LDP = CH + 4;                   // P's
@@ -522,9 +523,16 @@ CHUNK_OUTPUTS = Source(
             }
         }
     }
-    if (rows) {
-        for (int j = 0; j < VD / 8; ++j) {
-            recurops_tile_store(out[j], y, v_at + warp * 16 * VD + j * 8, VD);
+    // out to y in y's dtype T, a warp's 16 rows at a time through threadgroup memory
+    constexpr int LDY = VD + 4;
+    for (int piece = 0; piece < CH / 16; ++piece) {
+        BARRIER();  // the products (or the last piece's copies) are done with the array
+        if (warp == piece) {
+            for (int j = 0; j < VD / 8; ++j) recurops_tile_store(out[j], sm, j * 8, LDY);
+        }
+        BARRIER();
+        for (int i = tid; i < 16 * VD; i += 128) {
+            y[v_at + piece * 16 * VD + i] = static_cast<T>(sm[(i / VD) * LDY + i % VD]);
         }
     }
 """,
@@ -1108,17 +1116,19 @@ def channel_scores_grad(q, k, g, dscores, dqc, dkw, da) -> tuple[mx.array, mx.ar
     return tuple(x.reshape(q.shape) for x in grads)
 
 
-def chunk_outputs(q, k, v, g, before) -> mx.array:
+def chunk_outputs(q, k, v, g, before, dtype: mx.Dtype = mx.float32) -> mx.array:
     """The chunks' outputs ``y = (q k^T * D) v + cum * (q S)`` on matrix tiles.
 
     ``q, k [Z, C, T, K]`` (shared by the ``R`` heads of a group), ``v [Z, R,
     C, T, V]``, gates ``g [Z, R, C, T]``, the states entering each chunk
     ``before [Z, R, C, K, V]``; ``D[t, s] = prod_{s<r<=t} g[r]`` (0 above the
-    diagonal) and ``cum[t] = prod_{r<=t} g[r]``. Returns ``y [Z, R, C, T, V]``,
-    float32 (the products in TF32 on CUDA). Shapes as ``tiles_take`` says.
+    diagonal) and ``cum[t] = prod_{r<=t} g[r]``. Returns ``y [Z, R, C, T, V]``
+    in ``dtype``, rounded once from float32 (the products in TF32 on CUDA).
+    Shapes as ``tiles_take`` says.
     """
-    (y,) = launch(CHUNK_OUTPUTS, (q, k, v, g, before), {"y": (v.shape, mx.float32)},
-                  **_chunk_launch(q, v))
+    config = _chunk_launch(q, v)
+    config["template"]["T"] = dtype
+    (y,) = launch(CHUNK_OUTPUTS, (q, k, v, g, before), {"y": (v.shape, dtype)}, **config)
     return y
 
 

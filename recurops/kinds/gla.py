@@ -58,7 +58,7 @@ def fallback(q, k, v, g, state):
     y, final = scalar_gate_chunked_scan(
         heads_first(q), heads_first(k), heads_first(v)[:, None],
         heads_first(g).reshape(b * h, 1, length),
-        state.reshape(b * h, 1, dk, dv), exact_fp32=exact,
+        state.reshape(b * h, 1, dk, dv), exact_fp32=exact, dtype=out_dtype,
     )
     return heads_last(y), final.reshape(b, h, dk, dv)
 

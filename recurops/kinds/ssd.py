@@ -92,6 +92,7 @@ def _fallback_per_head(x, dt, A, B, C, state, exact, out_dtype):
         groups_first(C), groups_first(B), v.reshape(b * groups, r, length, p),
         gate.reshape(b * groups, r, length),
         mx.swapaxes(state, -1, -2).reshape(b * groups, r, n, p), exact_fp32=exact,
+        dtype=out_dtype,
     )
     y = relayout(y.reshape(b, h, length, p), (0, 2, 1, 3), out_dtype)
     return y, mx.swapaxes(final.reshape(b, h, n, p), -1, -2)
