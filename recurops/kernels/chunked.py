@@ -409,6 +409,80 @@ def _scores(left: str, right: str, at: str, width: str, piece: str, base: str,
         "@W@", width).replace("@P@", piece).replace("@B@", base).replace("@S@", suffix)
 
 
+def _values_then_states(values: str, scaled: str, scale: str, states: str, a_at: str,
+                        b_at: str, transposed: bool) -> str:
+    """Body text that adds to the accumulators ``out[VD / 8]`` of the warps
+    that own rows (``rows``) ``P values`` (``P^T values`` if ``transposed``;
+    ``P [CH][LDP]`` at ``sm[0]``, lower triangular, ``values`` the chunk's
+    ``[CH, VD]`` rows from ``v_at``), then ``(scale * scaled) states``
+    (``scaled`` the chunk's ``[CH, KD]`` rows from ``qk_at``, ``scale[CH]``
+    in threadgroup memory, ``states`` the chunk's ``[KD, VD]`` from
+    ``s_at``), over pieces of 16: rows of ``values`` or of ``states`` staged
+    at ``sm[b_at]`` (stride ``LDV``), channels of ``scale * scaled`` at
+    ``sm[a_at]`` (stride ``LDA``), loading the next piece while it
+    multiplies this one. ``vn[VN]`` holds the first piece of ``values`` on
+    entry; the caller defines ``LDA``, ``LDV`` and ``VN = VD / 8``."""
+    if transposed:  # warp w's rows s take the rows t >= s of P
+        takes = "piece >= warp"
+        load_p = "recurops_load_a_t(fa, sm + (piece * 16 + ks) * LDP + warp * 16, LDP);"
+    else:  # P is zero right of the warp's rows
+        takes = "piece <= warp"
+        load_p = "recurops_load_a(fa, sm + warp * 16 * LDP + piece * 16 + ks, LDP);"
+    return """
+    {
+        constexpr int INTRA = CH / 16;
+        constexpr int PIECES = INTRA + KD / 16;
+        constexpr int AN = CH / 8;  // a thread's share of a piece of @SCALE@ * @SCALED@
+        float an[AN];
+        for (int piece = 0; piece < PIECES; ++piece) {
+            BARRIER();  // P is complete, or the last piece's products are done
+            if (piece >= INTRA) {
+                for (int e = 0; e < AN; ++e) {
+                    const int i = tid + e * 128;
+                    sm[@A@ + (i / 16) * LDA + i % 16] = an[e] * @SCALE@[i / 16];
+                }
+            }
+            for (int e = 0; e < VN; ++e) {
+                const int i = tid + e * 128;
+                sm[@B@ + (i / VD) * LDV + i % VD] = vn[e];
+            }
+            BARRIER();
+            if (piece + 1 < INTRA) {  // the next piece's loads
+                for (int e = 0; e < VN; ++e) {
+                    const int i = tid + e * 128;
+                    vn[e] = @VALUES@[v_at + ((piece + 1) * 16 + i / VD) * VD + i % VD];
+                }
+            } else if (piece + 1 < PIECES) {
+                const int k0 = (piece + 1 - INTRA) * 16;
+                for (int e = 0; e < AN; ++e) {
+                    const int i = tid + e * 128;
+                    an[e] = @SCALED@[qk_at + (i / 16) * KD + k0 + i % 16];
+                }
+                for (int e = 0; e < VN; ++e) {
+                    const int i = tid + e * 128;
+                    vn[e] = @STATES@[s_at + (k0 + i / VD) * VD + i % VD];
+                }
+            }
+            if (rows && (piece >= INTRA || @TAKES@)) {
+                for (int ks = 0; ks < 16; ks += 8) {
+                    recurops_tile_a fa;
+                    if (piece < INTRA) {
+                        @LOADP@
+                    } else {
+                        recurops_load_a(fa, sm + @A@ + warp * 16 * LDA + ks, LDA);
+                    }
+                    for (int j = 0; j < VD / 8; ++j) {
+                        recurops_tile_mma(out[j], fa, sm + @B@ + ks * LDV + j * 8, LDV, false);
+                    }
+                }
+            }
+        }
+    }
+""".replace("@VALUES@", values).replace("@SCALED@", scaled).replace("@SCALE@", scale).replace(
+        "@STATES@", states).replace("@A@", a_at).replace("@B@", b_at).replace(
+        "@TAKES@", takes).replace("@LOADP@", load_p)
+
+
 # The chunk's outputs, one threadgroup of four warps a chunk and head, on the
 # warp-level matrix tiles (chassis.TILES; TF32 on CUDA). Warp w owns output
 # rows 16w..16w+15. Threadgroup memory (at most 8192 floats, Metal's 32 KB),
@@ -430,13 +504,12 @@ CHUNK_OUTPUTS = Source(
     constexpr int KP = 16;                        // channels a piece of the scores
     constexpr int LDS = KP + 4;                   // their row stride
     constexpr int LDP = CH + 4;                   // P's
-    constexpr int LDQ = 20;                       // a 16-channel piece of q * cum's
+    constexpr int LDA = 20;                       // a 16-channel piece of q * cum's
     constexpr int LDV = VD + 8;                   // 16 rows of v or S
     constexpr int QP = CH * LDP;                  // where the piece of q * cum starts
-    constexpr int BP = QP + CH * LDQ;             // and the rows of v or S
+    constexpr int BP = QP + CH * LDA;             // and the rows of v or S
     constexpr int SIZE = BP + 16 * LDV > 2 * CH * LDS ? BP + 16 * LDV : 2 * CH * LDS;
-    constexpr int CN = CH / 8;  // a thread's share of a piece of q * cum
-    constexpr int VN = VD / 8;  // and of 16 rows of v or S
+    constexpr int VN = VD / 8;                    // a thread's share of 16 rows of v or S
     SHARED float sm[SIZE];
     SHARED float cum[CH];
 
@@ -472,57 +545,10 @@ CHUNK_OUTPUTS = Source(
         }
     }
 
-    // y = P v + (cum * q) S on the same accumulators: CH / 16 pieces of 16 rows
-    // of v (A: 16 columns of P), then KD / 16 pieces of 16 rows of S (A: 16
-    // channels of q * cum)
-    constexpr int INTRA = CH / 16;
-    constexpr int PIECES = INTRA + KD / 16;
+    // y = P v + (cum * q) S on the same accumulators
     recurops_tile out[VD / 8];
     for (int j = 0; j < VD / 8; ++j) recurops_tile_zero(out[j]);
-    float cn[CN];
-    for (int p = 0; p < PIECES; ++p) {
-        BARRIER();  // the decays, or the last piece's products, are done
-        if (p >= INTRA) {
-            for (int e = 0; e < CN; ++e) {
-                const int i = tid + e * 128;
-                sm[QP + (i / 16) * LDQ + i % 16] = cn[e] * cum[i / 16];
-            }
-        }
-        for (int e = 0; e < VN; ++e) {
-            const int i = tid + e * 128;
-            sm[BP + (i / VD) * LDV + i % VD] = vn[e];
-        }
-        BARRIER();
-        if (p + 1 < INTRA) {  // the next piece's loads
-            for (int e = 0; e < VN; ++e) {
-                const int i = tid + e * 128;
-                vn[e] = v[v_at + ((p + 1) * 16 + i / VD) * VD + i % VD];
-            }
-        } else if (p + 1 < PIECES) {
-            const int k0 = (p + 1 - INTRA) * 16;
-            for (int e = 0; e < CN; ++e) {
-                const int i = tid + e * 128;
-                cn[e] = q[qk_at + (i / 16) * KD + k0 + i % 16];
-            }
-            for (int e = 0; e < VN; ++e) {
-                const int i = tid + e * 128;
-                vn[e] = before[s_at + (k0 + i / VD) * VD + i % VD];
-            }
-        }
-        if (rows && (p >= INTRA || p <= warp)) {  // P is zero right of the warp's rows
-            for (int ks = 0; ks < 16; ks += 8) {
-                recurops_tile_a fa;
-                if (p < INTRA) {
-                    recurops_load_a(fa, sm + warp * 16 * LDP + p * 16 + ks, LDP);
-                } else {
-                    recurops_load_a(fa, sm + QP + warp * 16 * LDQ + ks, LDQ);
-                }
-                for (int j = 0; j < VD / 8; ++j) {
-                    recurops_tile_mma(out[j], fa, sm + BP + ks * LDV + j * 8, LDV, false);
-                }
-            }
-        }
-    }
+""" + _values_then_states("v", "q", "cum", "before", "QP", "BP", transposed=False) + """
     // out to y in y's dtype T, a warp's 16 rows at a time through threadgroup memory
     constexpr int LDY = VD + 4;
     for (int piece = 0; piece < CH / 16; ++piece) {
@@ -650,65 +676,16 @@ CHUNK_SCORES_GRAD = Source(
 
     if (tid < CH) ws[tid] = p;  // D[CH-1, s]
 
-    // dv = P^T dy + (w * k) dend on the same accumulators: CH / 16 pieces of 16
-    // rows t of dy (A: P^T, warp w's rows s take those with t >= s), then KD / 16
-    // pieces of 16 channels of w * k (where P was) and 16 rows of dend
-    constexpr int INTRA = CH / 16;
-    constexpr int PIECES = INTRA + KD / 16;
-    constexpr int LDK = 20;     // a piece of w * k's row stride
-    constexpr int KN = CH / 8;  // a thread's share of it
+    // dv = P^T dy + (w * k) dend on the same accumulators, w * k where P was
+    constexpr int LDA = 20;
     recurops_tile out[VD / 8];
     for (int j = 0; j < VD / 8; ++j) recurops_tile_zero(out[j]);
     float vn[VN];
-    float kn[KN];
     for (int e = 0; e < VN; ++e) {
         const int i = tid + e * 128;
         vn[e] = dy[v_at + (i / VD) * VD + i % VD];
     }
-    for (int piece = 0; piece < PIECES; ++piece) {
-        BARRIER();  // P is complete, or the last piece's products are done
-        if (piece >= INTRA) {
-            for (int e = 0; e < KN; ++e) {
-                const int i = tid + e * 128;
-                sm[(i / 16) * LDK + i % 16] = kn[e] * ws[i / 16];
-            }
-        }
-        for (int e = 0; e < VN; ++e) {
-            const int i = tid + e * 128;
-            sm[DS + (i / VD) * LDV + i % VD] = vn[e];
-        }
-        BARRIER();
-        if (piece + 1 < INTRA) {  // the next piece's loads
-            for (int e = 0; e < VN; ++e) {
-                const int i = tid + e * 128;
-                vn[e] = dy[v_at + ((piece + 1) * 16 + i / VD) * VD + i % VD];
-            }
-        } else if (piece + 1 < PIECES) {
-            const int k0 = (piece + 1 - INTRA) * 16;
-            for (int e = 0; e < KN; ++e) {
-                const int i = tid + e * 128;
-                kn[e] = k[qk_at + (i / 16) * KD + k0 + i % 16];
-            }
-            for (int e = 0; e < VN; ++e) {
-                const int i = tid + e * 128;
-                vn[e] = dend[s_at + (k0 + i / VD) * VD + i % VD];
-            }
-        }
-        if (rows && (piece >= INTRA || piece >= warp)) {
-            for (int ks = 0; ks < 16; ks += 8) {
-                recurops_tile_a fa;
-                if (piece < INTRA) {
-                    recurops_load_a_t(fa, sm + (piece * 16 + ks) * LDP + warp * 16, LDP);
-                } else {
-                    recurops_load_a(fa, sm + warp * 16 * LDK + ks, LDK);
-                }
-                for (int j = 0; j < VD / 8; ++j) {
-                    recurops_tile_mma(out[j], fa, sm + DS + ks * LDV + j * 8, LDV, false);
-                }
-            }
-        }
-    }
-    if (rows) {
+""" + _values_then_states("dy", "k", "ws", "dend", "0", "DS", transposed=True) + """    if (rows) {
         for (int j = 0; j < VD / 8; ++j) {
             recurops_tile_store(out[j], dv, v_at + warp * 16 * VD + j * 8, VD);
         }
