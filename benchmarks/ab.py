@@ -99,11 +99,13 @@ def run(packages: dict, cases, impl: str, rounds: int, repeats: int) -> list[dic
             for label, (fwd, train) in pairs.items():
                 times[label]["fwd_ms"].append(gpu.timed(fwd, repeats) * 1e3)
                 times[label]["fwd_bwd_ms"].append(gpu.timed(train, repeats) * 1e3)
+        # every tree's memory before any gradients for the comparison are alive
+        memory = {label: (gpu.peak_training_bytes(train), gpu.working_set_bytes(train))
+                  for label, (_, train) in pairs.items()}
         want = _gradients(packages["tree"], kind, inputs, impl)
         for label, package in packages.items():
             row = times[label]
-            peak = gpu.peak_training_bytes(pairs[label][1])
-            working = gpu.working_set_bytes(pairs[label][1])
+            peak, working = memory[label]
             diff = _largest_difference(_gradients(package, kind, inputs, impl), want)
             print(f"  {label:8s} fwd {_rounds_text(row['fwd_ms'])} ms  fwd+bwd "
                   f"{_rounds_text(row['fwd_bwd_ms'])} ms  peak {peak / 1e6:.0f} MB  "

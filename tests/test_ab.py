@@ -32,6 +32,9 @@ def test_prepared_revision_runs_beside_the_tree(tmp_path, monkeypatch):
     assert packages[tag].scan is not packages["tree"].scan
     a = mx.random.uniform(shape=(2, 9, 32))
     x = mx.random.normal((2, 9, 32))
+    alive = []
+    for name in ("peak_training_bytes", "working_set_bytes"):
+        monkeypatch.setattr(ab.gpu, name, _noting_active_memory(getattr(ab.gpu, name), alive))
     rows = ab.run(packages, [("tiny rglru", "rglru", (a, x))], "fallback", rounds=1, repeats=1)
     assert [row["tree"] for row in rows] == ["tree", tag]
     assert rows[0]["gradient_difference"] == 0.0
@@ -40,3 +43,15 @@ def test_prepared_revision_runs_beside_the_tree(tmp_path, monkeypatch):
     # a training step holds at least its inputs, output and gradients, with or without a limit
     assert all(row["peak_bytes"] >= 3 * x.nbytes for row in rows)
     assert all(row["working_set_bytes"] >= 3 * x.nbytes for row in rows)
+    # each tree's memory is measured with the same arrays alive (none of the
+    # gradients held for the comparison)
+    assert len(set(alive)) == 1, alive
+
+
+def _noting_active_memory(measure, alive: list):
+    def noted(train):
+        mx.synchronize()
+        alive.append(mx.get_active_memory())
+        return measure(train)
+
+    return noted
