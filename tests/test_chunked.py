@@ -224,13 +224,10 @@ def _chunk_inputs(seed, z, heads, c, steps, keys, values):
 def _outputs_float64(q, k, v, g, before):
     """``chunk_outputs``'s formula in float64 NumPy, a chunk at a time."""
     q, k, v, g, before = (np.array(x, np.float64) for x in (q, k, v, g, before))
-    steps = q.shape[2]
-    later = np.arange(steps)[:, None] >= np.arange(steps)[None, :]  # t >= s
     y = np.zeros(v.shape)
     for z, r, c in np.ndindex(*v.shape[:3]):
         gates = g[z, r, c]
-        decay = np.array([[np.prod(gates[s + 1:t + 1]) for s in range(steps)]
-                          for t in range(steps)]) * later
+        decay = _decays_float64(gates)
         y[z, r, c] = ((q[z, c] @ k[z, c].T * decay) @ v[z, r, c]
                       + np.cumprod(gates)[:, None] * (q[z, c] @ before[z, r, c]))
     return y
@@ -260,13 +257,17 @@ def test_tiled_outputs_match_float64(dialect, z, heads, c, steps, keys, values, 
     assert mx.array_equal(y_half, y.astype(mx.bfloat16)).item()
 
 
-def _gate_grad_float64(g, d_decay, dw, dcum, da):
-    """The gates' gradient of one chunk in float64 by ``_gate_grad``'s
-    formula; with every term's magnitude in place of it, the scale of its
-    rounding."""
+def _decays_float64(g):
+    """A chunk's decays ``D[t, s] = prod_{s<r<=t} g[r]`` (0 for ``t < s``) in float64."""
     steps = g.shape[0]
-    decay = np.array([[np.prod(g[s + 1:t + 1]) if t >= s else 0.0 for s in range(steps)]
-                      for t in range(steps)])
+    return np.array([[np.prod(g[s + 1:t + 1]) if t >= s else 0.0 for s in range(steps)]
+                     for t in range(steps)])
+
+
+def _gate_grad_float64(g, decay, d_decay, dw, dcum, da):
+    """The gates' gradient of one chunk in float64 by ``_gate_grad``'s
+    formula (``decay`` those of ``g``); with every term's magnitude in place
+    of it, the scale of its rounding."""
     d_decay = d_decay.copy()
     d_decay[-1] += dw  # w = D[T-1, :]
     dcum = dcum.copy()
@@ -289,17 +290,16 @@ def _scores_grad_float64(q, k, v, dy, g, dend, dw, dcum, da):
     dg, dg_terms = np.zeros(g.shape), np.zeros(g.shape)
     for z, r, c in np.ndindex(*v.shape[:3]):
         gates = g[z, r, c]
-        decay = np.array([[np.prod(gates[s + 1:t + 1]) for s in range(steps)]
-                          for t in range(steps)]) * later
+        decay = _decays_float64(gates)
         scores, dyv = q[z, c] @ k[z, c].T, dy[z, r, c] @ v[z, r, c].T
         dv[z, r, c] = ((scores * decay).T @ dy[z, r, c]
                        + (decay[-1, :, None] * k[z, c]) @ dend[z, r, c])
         dscores[z, r, c] = dyv * decay
         ends = dw[z, r, c], dcum[z, r, c], da[z, r, c]
-        dg[z, r, c] = _gate_grad_float64(gates, dyv * scores * later, *ends)
+        dg[z, r, c] = _gate_grad_float64(gates, decay, dyv * scores * later, *ends)
         magnitude = (np.abs(dy[z, r, c]) @ np.abs(v[z, r, c]).T
                      * (np.abs(q[z, c]) @ np.abs(k[z, c]).T) * later)
-        dg_terms[z, r, c] = _gate_grad_float64(np.abs(gates), magnitude,
+        dg_terms[z, r, c] = _gate_grad_float64(gates, decay, magnitude,
                                                *(np.abs(x) for x in ends))
     return dv, dscores, dg, dg_terms
 

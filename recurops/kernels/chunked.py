@@ -1109,14 +1109,20 @@ def chunk_outputs(q, k, v, g, before, dtype: mx.Dtype = mx.float32) -> mx.array:
     return y
 
 
+def _tile_template(steps: int, dk: int, dv: int) -> dict:
+    """What the tile kernels bake: the chunk length and head dims (which
+    ``tiles_take`` must admit)."""
+    assert tiles_take(steps, dk, dv), (steps, dk, dv)
+    return {"CH": steps, "KD": dk, "VD": dv}
+
+
 def _chunk_launch(q, v) -> dict:
     """A threadgroup a chunk and head, with the chunk length and head dims
     baked (``q [Z, C, T, K]``, ``v [Z, R, C, T, V]``)."""
     z, c, steps, dk = q.shape
     r, dv = v.shape[1], v.shape[-1]
-    assert tiles_take(steps, dk, dv), (steps, dk, dv)
     return {"threads": z * r * c * THREADS_PER_GROUP,
-            "template": {"CH": steps, "KD": dk, "VD": dv}}
+            "template": _tile_template(steps, dk, dv)}
 
 
 def chunk_scores_grad(q, k, v, dy, g, dend, dw, dcum, da) -> tuple[mx.array, mx.array, mx.array]:
@@ -1155,11 +1161,9 @@ def summed_state_products(x, scale, states) -> mx.array:
     """
     z, r, c, steps, dv = x.shape
     dk = states.shape[-2]
-    assert tiles_take(steps, dk, dv), (steps, dk, dv)
     (out,) = launch(SUMMED_STATE_PRODUCTS, (x, scale, states),
                     {"out": ((z, c, steps, dk), mx.float32)},
-                    threads=z * c * THREADS_PER_GROUP,
-                    template={"CH": steps, "KD": dk, "VD": dv})
+                    threads=z * c * THREADS_PER_GROUP, template=_tile_template(steps, dk, dv))
     return out
 
 
@@ -1185,7 +1189,6 @@ def chunk_states(k, v, g, h0) -> tuple[mx.array, mx.array]:
     """
     z, c, steps, dk = k.shape
     r, dv = v.shape[1], v.shape[-1]
-    assert tiles_take(steps, dk, dv), (steps, dk, dv)
     return launch(CHUNK_STATES, (k, v, g, h0),
                   {"before": ((z, r, c, dk, dv), mx.float32), "final": (h0.shape, mx.float32)},
                   **_carry_launch(z, r, steps, dk, dv))
@@ -1195,7 +1198,7 @@ def _carry_launch(z, r, steps, dk, dv) -> dict:
     bk, bv = _block_width(dk, 64), _block_width(dv, 32)
     blocks = z * r * (dk // bk) * (dv // bv)
     return {"threads": blocks * THREADS_PER_GROUP,
-            "template": {"CH": steps, "KD": dk, "VD": dv, "BK": bk, "BV": bv}}
+            "template": {**_tile_template(steps, dk, dv), "BK": bk, "BV": bv}}
 
 
 def chunk_cotangents(q, dy, g, dfinal, before) -> tuple[mx.array, mx.array, mx.array]:
@@ -1212,7 +1215,6 @@ def chunk_cotangents(q, dy, g, dfinal, before) -> tuple[mx.array, mx.array, mx.a
     """
     z, c, steps, dk = q.shape
     r, dv = dy.shape[1], dy.shape[-1]
-    assert tiles_take(steps, dk, dv), (steps, dk, dv)
     config = _carry_launch(z, r, steps, dk, dv)
     blocks = config["threads"] // THREADS_PER_GROUP // (z * r)
     after, dh0, parts = launch(
