@@ -344,12 +344,35 @@ def test_summed_state_products_match_float64(dialect, z, heads, c, steps, keys, 
     states = normal(z, heads, c, keys, values)
     with simulate(dialect):
         got = np.array(chunked.summed_state_products(x, scale, states))
-    x, scale, states = (np.array(a, np.float64) for a in (x, scale, states))
-    want = np.einsum("zrctv,zrct,zrckv->zctk", x, scale, states)
-    size = np.einsum("zrctv,zrct,zrckv->zctk", np.abs(x), np.abs(scale), np.abs(states)).max()
+    want, size = _einsum_float64("zrctv,zrct,zrckv->zctk", x, scale, states)
     tol = 3e-3 if dialect == "cuda" else 1e-5
     assert got.shape == want.shape
-    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * size)
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * size.max())
+
+
+def _einsum_float64(spec, *arrays):
+    """``np.einsum(spec, *arrays)`` in float64, and the same of their
+    magnitudes (the scale of its rounding)."""
+    arrays = [np.array(a, np.float64) for a in arrays]
+    return np.einsum(spec, *arrays), np.einsum(spec, *map(np.abs, arrays))
+
+
+@pytest.mark.parametrize("dialect", ["cuda", "metal"])
+@given(z=st.integers(1, 2), heads=st.sampled_from([1, 2, 3]), c=st.integers(1, 3),
+       steps=st.sampled_from(chunked.TILED_STEPS), keys=st.sampled_from([16, 48, 128]),
+       values=st.sampled_from([8, 24, 64, 128]), seed=seeds)
+def test_state_row_sums_match_float64(dialect, z, heads, c, steps, keys, values, seed):
+    """``chunk_state_row_sums`` against float64: every chunk length, keys in
+    pieces of 16 (up to 8), values in tiles of 8 (up to 16), heads sharing
+    the rows ``q``; CUDA's products with the states in TF32."""
+    q, _, v, _, normal = _chunk_inputs(seed, z, heads, c, steps, keys, values)
+    states = normal(z, heads, c, keys, values)
+    with simulate(dialect):
+        got = np.array(chunked.chunk_state_row_sums(q, v, states))
+    want, size = _einsum_float64("zrctv,zctk,zrckv->zrct", v, q, states)
+    tol = 3e-3 if dialect == "cuda" else 1e-5
+    assert got.shape == want.shape
+    np.testing.assert_array_less(np.abs(got - want), tol * size + 1e-30)
 
 
 def _states_float64(k, v, g, h0):
@@ -414,7 +437,8 @@ def test_tiled_carries_match_float64(dialect, direction, z, heads, c, steps, key
         np.testing.assert_allclose(x, want, rtol=tol, atol=tol * size, err_msg=name)
 
 
-_TILE_KERNELS = ("chunk_outputs", "chunk_scores_grad", "summed_state_products")
+_TILE_KERNELS = ("chunk_outputs", "chunk_scores_grad", "summed_state_products",
+                 "chunk_state_row_sums")
 
 
 def _record_tile_kernels(patch, seen: list):

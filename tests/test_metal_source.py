@@ -106,7 +106,7 @@ def test_every_kernel_and_dtype_is_covered():
                     for part in ("fwd", "bwd", "ends", "carries") for dtype in DTYPES} | {
         (source.name, "None") for source in
         (*_CHUNKED_PIECES, chunked.CHUNK_STATES, chunked.CHUNK_COTANGENTS,
-         chunked.CHUNK_SCORES_GRAD, chunked.SUMMED_STATE_PRODUCTS,
+         chunked.CHUNK_SCORES_GRAD, chunked.SUMMED_STATE_PRODUCTS, chunked.CHUNK_STATE_ROW_SUMS,
          rotlru.PASS)} | {  # the tiles' outputs in the half-precision inputs' dtype
         (chunked.CHUNK_OUTPUTS.name, str(dtype)) for dtype in DTYPES[1:]}
 
@@ -347,6 +347,7 @@ def test_tile_kernels_fit_metal_threadgroup_memory():
                 for source, template in ((chunked.CHUNK_OUTPUTS, block),
                                          (chunked.CHUNK_SCORES_GRAD, block),
                                          (chunked.SUMMED_STATE_PRODUCTS, block),
+                                         (chunked.CHUNK_STATE_ROW_SUMS, block),
                                          (chunked.CHUNK_STATES, carry),
                                          (chunked.CHUNK_COTANGENTS, carry)):
                     label = f"{source.name}_{steps}_{dk}_{dv}"

@@ -299,17 +299,18 @@ def _tiled_forward(mm, q, k, v, g, h0, dtype=mx.float32):
 def _tiled_backward(mm, q, k, v, g, h0, before, dy, dfinal):
     """The backward of ``_tiled_forward``: ``_backward``'s steps, with the
     state cotangents (``chunked.chunk_cotangents``), the states' parts of
-    ``dq`` and ``dk`` (``chunked.summed_state_products``) and the backward
+    ``dq`` and ``dk`` (``chunked.summed_state_products``), the row sums
+    with ``q S`` and ``k Y`` (``chunked.chunk_state_row_sums``) and the backward
     within the chunks with ``dv`` and the gates' gradient
     (``chunked.chunk_scores_grad``) on matrix tiles: no decays ``[T, T]`` or
     their gradient in memory."""
     dy = dy.astype(mx.float32)  # in the outputs' dtype
     cum, w = _cumulative(g), _to_end(g)  # [Z,R,C,T]
-    dcum = _row_dots(dy, mm(q[:, None], before))  # [Z,R,C,T]
+    dcum = chunked.chunk_state_row_sums(q, dy, before)  # [Z,R,C,T]: dy . (q S)
     dq = chunked.summed_state_products(dy, cum, before)  # [Z,C,T,K]
     dend, dh0, da = chunked.chunk_cotangents(q, dy, g, dfinal, before)
     dk_ = chunked.summed_state_products(v, w, dend)  # [Z,C,T,K]
-    dw = _row_dots(mm(k[:, None], dend), v)  # [Z,R,C,T]
+    dw = chunked.chunk_state_row_sums(k, v, dend)  # [Z,R,C,T]: v . (k Y)
     dv, d_scores, dg = chunked.chunk_scores_grad(q, k, v, dy, g, dend, dw, dcum, da)
     dq, dk_ = _through_scores(mm, q, k, d_scores, dq, dk_)
     return dq, dk_, dv, dg, dh0

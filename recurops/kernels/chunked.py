@@ -409,8 +409,8 @@ def _scores(left: str, right: str, at: str, width: str, piece: str, base: str,
         "@W@", width).replace("@P@", piece).replace("@B@", base).replace("@S@", suffix)
 
 
-def _values_then_states(values: str, scaled: str, scale: str, states: str, a_at: str,
-                        b_at: str, transposed: bool) -> str:
+def _values_then_states(values: str | None, scaled: str, scale: str | None, states: str,
+                        a_at: str, b_at: str, transposed: bool = False) -> str:
     """Body text that adds to the accumulators ``out[VD / 8]`` of the warps
     that own rows (``rows``) ``P values`` (``P^T values`` if ``transposed``;
     ``P [CH][LDP]`` at ``sm[0]``, lower triangular, ``values`` the chunk's
@@ -421,39 +421,11 @@ def _values_then_states(values: str, scaled: str, scale: str, states: str, a_at:
     at ``sm[b_at]`` (stride ``LDV``), channels of ``scale * scaled`` at
     ``sm[a_at]`` (stride ``LDA``), loading the next piece while it
     multiplies this one. ``vn[VN]`` holds the first piece of ``values`` on
-    entry; the caller defines ``LDA``, ``LDV`` and ``VN = VD / 8``."""
-    if transposed:  # warp w's rows s take the rows t >= s of P
-        takes = "piece >= warp"
-        load_p = "recurops_load_a_t(fa, sm + (piece * 16 + ks) * LDP + warp * 16, LDP);"
-    else:  # P is zero right of the warp's rows
-        takes = "piece <= warp"
-        load_p = "recurops_load_a(fa, sm + warp * 16 * LDP + piece * 16 + ks, LDP);"
-    return """
-    {
-        constexpr int INTRA = CH / 16;
-        constexpr int PIECES = INTRA + KD / 16;
-        constexpr int AN = CH / 8;  // a thread's share of a piece of @SCALE@ * @SCALED@
-        float an[AN];
-        for (int piece = 0; piece < PIECES; ++piece) {
-            BARRIER();  // P is complete, or the last piece's products are done
-            if (piece >= INTRA) {
-                for (int e = 0; e < AN; ++e) {
-                    const int i = tid + e * 128;
-                    sm[@A@ + (i / 16) * LDA + i % 16] = an[e] * @SCALE@[i / 16];
-                }
-            }
-            for (int e = 0; e < VN; ++e) {
-                const int i = tid + e * 128;
-                sm[@B@ + (i / VD) * LDV + i % VD] = vn[e];
-            }
-            BARRIER();
-            if (piece + 1 < INTRA) {  // the next piece's loads
-                for (int e = 0; e < VN; ++e) {
-                    const int i = tid + e * 128;
-                    vn[e] = @VALUES@[v_at + ((piece + 1) * 16 + i / VD) * VD + i % VD];
-                }
-            } else if (piece + 1 < PIECES) {
-                const int k0 = (piece + 1 - INTRA) * 16;
+    entry; the caller defines ``LDA``, ``LDV`` and ``VN = VD / 8``. Without
+    ``values`` only the states' part (its first piece loaded here), without
+    ``scale`` the rows unscaled."""
+    states_piece = """{
+                const int k0 = (@NEXT@ - INTRA) * 16;
                 for (int e = 0; e < AN; ++e) {
                     const int i = tid + e * 128;
                     an[e] = @SCALED@[qk_at + (i / 16) * KD + k0 + i % 16];
@@ -462,15 +434,52 @@ def _values_then_states(values: str, scaled: str, scale: str, states: str, a_at:
                     const int i = tid + e * 128;
                     vn[e] = @STATES@[s_at + (k0 + i / VD) * VD + i % VD];
                 }
+            }"""
+    if values is None:
+        intra, takes, load_p = "0", "true", ""
+        first = states_piece.replace("@NEXT@", "0")
+        loads = "if (piece + 1 < PIECES) " + states_piece
+    else:
+        intra, first = "CH / 16", ""
+        loads = """if (piece + 1 < INTRA) {
+                for (int e = 0; e < VN; ++e) {
+                    const int i = tid + e * 128;
+                    vn[e] = @VALUES@[v_at + ((piece + 1) * 16 + i / VD) * VD + i % VD];
+                }
+            } else if (piece + 1 < PIECES) """ + states_piece
+        if transposed:  # warp w's rows s take the rows t >= s of P
+            takes = "piece >= warp"
+            load_p = "recurops_load_a_t(fa, sm + (piece * 16 + ks) * LDP + warp * 16, LDP);"
+        else:  # P is zero right of the warp's rows
+            takes = "piece <= warp"
+            load_p = "recurops_load_a(fa, sm + warp * 16 * LDP + piece * 16 + ks, LDP);"
+        load_p = f"if (piece < INTRA) {{ {load_p} }} else "
+    return """
+    {
+        constexpr int INTRA = @INTRA@;
+        constexpr int PIECES = INTRA + KD / 16;
+        constexpr int AN = CH / 8;  // a thread's share of a piece of the scaled rows
+        float an[AN];
+        @FIRST@
+        for (int piece = 0; piece < PIECES; ++piece) {
+            BARRIER();  // P is complete, or the last piece's products are done
+            if (piece >= INTRA) {
+                for (int e = 0; e < AN; ++e) {
+                    const int i = tid + e * 128;
+                    sm[@A@ + (i / 16) * LDA + i % 16] = an[e]@TIMES@;
+                }
             }
+            for (int e = 0; e < VN; ++e) {
+                const int i = tid + e * 128;
+                sm[@B@ + (i / VD) * LDV + i % VD] = vn[e];
+            }
+            BARRIER();
+            // the next piece's loads
+            @LOADS@
             if (rows && (piece >= INTRA || @TAKES@)) {
                 for (int ks = 0; ks < 16; ks += 8) {
                     recurops_tile_a fa;
-                    if (piece < INTRA) {
-                        @LOADP@
-                    } else {
-                        recurops_load_a(fa, sm + @A@ + warp * 16 * LDA + ks, LDA);
-                    }
+                    @LOADP@recurops_load_a(fa, sm + @A@ + warp * 16 * LDA + ks, LDA);
                     for (int j = 0; j < VD / 8; ++j) {
                         recurops_tile_mma(out[j], fa, sm + @B@ + ks * LDV + j * 8, LDV, false);
                     }
@@ -478,9 +487,27 @@ def _values_then_states(values: str, scaled: str, scale: str, states: str, a_at:
             }
         }
     }
-""".replace("@VALUES@", values).replace("@SCALED@", scaled).replace("@SCALE@", scale).replace(
+""".replace("@FIRST@", first).replace("@LOADS@", loads).replace("@NEXT@", "piece + 1").replace(
+        "@INTRA@", intra).replace("@TIMES@", f" * {scale}[i / 16]" if scale else "").replace(
+        "@VALUES@", values or "").replace("@SCALED@", scaled).replace(
         "@STATES@", states).replace("@A@", a_at).replace("@B@", b_at).replace(
         "@TAKES@", takes).replace("@LOADP@", load_p)
+
+
+def _rows_out(each: str) -> str:
+    """Body text that hands the accumulators ``out[VD / 8]`` on a warp's 16
+    rows at a time through threadgroup memory (``sm``, stride ``LDY``): after
+    each warp's store, every thread runs ``each`` with the rows ``piece *
+    16`` on at ``sm[0]``."""
+    return """
+    for (int piece = 0; piece < CH / 16; ++piece) {
+        BARRIER();  // the products (or the last piece's reads) are done with the array
+        if (warp == piece) {
+            for (int j = 0; j < VD / 8; ++j) recurops_tile_store(out[j], sm, j * 8, LDY);
+        }
+        BARRIER();""" + each + """
+    }
+"""
 
 
 # The chunk's outputs, one threadgroup of four warps a chunk and head, on the
@@ -549,19 +576,12 @@ CHUNK_OUTPUTS = Source(
     recurops_tile out[VD / 8];
     for (int j = 0; j < VD / 8; ++j) recurops_tile_zero(out[j]);
 """ + _values_then_states("v", "q", "cum", "before", "QP", "BP", transposed=False) + """
-    // out to y in y's dtype T, a warp's 16 rows at a time through threadgroup memory
+    // out to y in y's dtype T
     constexpr int LDY = VD + 4;
-    for (int piece = 0; piece < CH / 16; ++piece) {
-        BARRIER();  // the products (or the last piece's copies) are done with the array
-        if (warp == piece) {
-            for (int j = 0; j < VD / 8; ++j) recurops_tile_store(out[j], sm, j * 8, LDY);
-        }
-        BARRIER();
+""" + _rows_out("""
         for (int i = tid; i < 16 * VD; i += 128) {
             y[v_at + piece * 16 * VD + i] = static_cast<T>(sm[(i / VD) * LDY + i % VD]);
-        }
-    }
-""",
+        }"""),
 )
 
 
@@ -769,6 +789,39 @@ SUMMED_STATE_PRODUCTS = Source(
         }
     }
 """,
+)
+
+# Row sums of a chunk's rows with its products with the chunk's state (or
+# state cotangent), a threadgroup of four warps a chunk and head on the matrix
+# tiles: sums[t] = sum_j v[t, j] (q S)[t, j], q S in the accumulators (warp w
+# rows 16w..16w+15, over pieces of 16 channels of q and rows of S), then 16
+# rows at a time through threadgroup memory, eight lanes a row.
+CHUNK_STATE_ROW_SUMS = Source(
+    "chunk_state_row_sums",
+    inputs=("q", "v", "states"),
+    outputs=("sums",),
+    body="""
+    // q [Z, C, CH, KD] (shared by the R heads of a group); v [Z, R, C, CH, VD];
+    // states [Z, R, C, KD, VD]; sums [Z, R, C, CH]; threadgroups of 128 threads
+    constexpr int LDA = 20;       // a 16-channel piece of q's row stride
+    constexpr int LDV = VD + 8;   // 16 rows of S
+    constexpr int LDY = VD + 4;   // 16 rows of q S
+    constexpr int VN = VD / 8;    // a thread's share of 16 rows of S
+    constexpr int STAGE = CH * LDA + 16 * LDV;
+    SHARED float sm[STAGE > 16 * LDY ? STAGE : 16 * LDY];
+
+""" + _CHUNK_THREADS + """    const int s_at = chunk * KD * VD;
+    recurops_tile out[VD / 8];
+    for (int j = 0; j < VD / 8; ++j) recurops_tile_zero(out[j]);
+    float vn[VN];
+""" + _values_then_states(None, "q", None, "states", "0", "CH * LDA") + _rows_out("""
+        const int t = piece * 16 + tid / 8;  // eight lanes a row
+        float sum = 0.0f;
+        for (int j = tid % 8; j < VD; j += 8) {
+            sum += sm[(tid / 8) * LDY + j] * v[v_at + t * VD + j];
+        }
+        sum = LANE_SUM(sum, 1, 4);
+        if (tid % 8 == 0) sums[chunk * CH + t] = sum;"""),
 )
 
 # One head's state (or its cotangent) carried through the chunks on the matrix
@@ -1165,6 +1218,20 @@ def summed_state_products(x, scale, states) -> mx.array:
                     {"out": ((z, c, steps, dk), mx.float32)},
                     threads=z * c * THREADS_PER_GROUP, template=_tile_template(steps, dk, dv))
     return out
+
+
+def chunk_state_row_sums(q, v, states) -> mx.array:
+    """``sum_j v[..., t, j] (q S)[t, j]``: the row sums of each head's chunk
+    rows with the products of the chunk's rows of ``q`` and its state (or
+    state cotangent) ``S``, on matrix tiles, without ``q S`` in memory.
+
+    ``q [Z, C, T, K]`` (shared by the ``R`` heads of a group), ``v [Z, R, C,
+    T, V]``, ``states [Z, R, C, K, V]``. Returns ``[Z, R, C, T]``, float32
+    (the products in TF32 on CUDA). Shapes as ``tiles_take`` says.
+    """
+    (sums,) = launch(CHUNK_STATE_ROW_SUMS, (q, v, states),
+                     {"sums": (v.shape[:-1], mx.float32)}, **_chunk_launch(q, v))
+    return sums
 
 
 def _block_width(n: int, widest: int) -> int:
