@@ -335,12 +335,15 @@ def test_tiled_scores_grad_matches_float64(dialect, z, heads, c, steps, keys, va
 @pytest.mark.parametrize("dialect", ["cuda", "metal"])
 @given(z=st.integers(1, 2), heads=st.sampled_from([1, 2, 5]), c=st.integers(1, 3),
        steps=st.sampled_from(chunked.TILED_STEPS), keys=st.sampled_from([16, 32, 128, 256]),
-       values=st.sampled_from([8, 24, 64]), seed=seeds)
-def test_summed_state_products_match_float64(dialect, z, heads, c, steps, keys, values, seed):
+       values=st.sampled_from([8, 24, 64]), half=st.booleans(), seed=seeds)
+def test_summed_state_products_match_float64(dialect, z, heads, c, steps, keys, values, half,
+                                             seed):
     """``summed_state_products`` against float64: every chunk length, keys
     up to 32 tiles, values in pieces of 16 or of 8, one to five heads
-    summed, scales of exactly 0 and 1 (the gates)."""
+    summed, scales of exactly 0 and 1 (the gates); the rows in float32 or
+    bfloat16 (the outputs' gradient, read as it comes)."""
     _, _, x, scale, normal = _chunk_inputs(seed, z, heads, c, steps, keys, values)
+    x = x.astype(mx.bfloat16) if half else x
     states = normal(z, heads, c, keys, values)
     with simulate(dialect):
         got = np.array(chunked.summed_state_products(x, scale, states))
@@ -353,19 +356,21 @@ def test_summed_state_products_match_float64(dialect, z, heads, c, steps, keys, 
 def _einsum_float64(spec, *arrays):
     """``np.einsum(spec, *arrays)`` in float64, and the same of their
     magnitudes (the scale of its rounding)."""
-    arrays = [np.array(a, np.float64) for a in arrays]
+    arrays = [np.array(a.astype(mx.float32), np.float64) for a in arrays]
     return np.einsum(spec, *arrays), np.einsum(spec, *map(np.abs, arrays))
 
 
 @pytest.mark.parametrize("dialect", ["cuda", "metal"])
 @given(z=st.integers(1, 2), heads=st.sampled_from([1, 2, 3]), c=st.integers(1, 3),
        steps=st.sampled_from(chunked.TILED_STEPS), keys=st.sampled_from([16, 48, 128]),
-       values=st.sampled_from([8, 24, 64, 128]), seed=seeds)
-def test_state_row_sums_match_float64(dialect, z, heads, c, steps, keys, values, seed):
+       values=st.sampled_from([8, 24, 64, 128]), half=st.booleans(), seed=seeds)
+def test_state_row_sums_match_float64(dialect, z, heads, c, steps, keys, values, half, seed):
     """``chunk_state_row_sums`` against float64: every chunk length, keys in
     pieces of 16 (up to 8), values in tiles of 8 (up to 16), heads sharing
-    the rows ``q``; CUDA's products with the states in TF32."""
+    the rows ``q``, the rows in float32 or bfloat16; CUDA's products with
+    the states in TF32."""
     q, _, v, _, normal = _chunk_inputs(seed, z, heads, c, steps, keys, values)
+    v = v.astype(mx.bfloat16) if half else v
     states = normal(z, heads, c, keys, values)
     with simulate(dialect):
         got = np.array(chunked.chunk_state_row_sums(q, v, states))

@@ -304,7 +304,6 @@ def _tiled_backward(mm, q, k, v, g, h0, before, dy, dfinal):
     within the chunks with ``dv`` and the gates' gradient
     (``chunked.chunk_scores_grad``) on matrix tiles: no decays ``[T, T]`` or
     their gradient in memory."""
-    dy = dy.astype(mx.float32)  # in the outputs' dtype
     cum, w = _cumulative(g), _to_end(g)  # [Z,R,C,T]
     dcum = chunked.chunk_state_row_sums(q, dy, before)  # [Z,R,C,T]: dy . (q S)
     dq = chunked.summed_state_products(dy, cum, before)  # [Z,C,T,K]

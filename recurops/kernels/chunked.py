@@ -35,9 +35,11 @@ are passes over whole arrays that MLX would run as several kernels each:
   the matmuls and most of the passes of the forward and much of the
   backward.
 
-Everything is float32. ``a`` varies along the leading state axes and is
-shared along the trailing ones: ``a [Z, C, R]`` for states ``[Z, C, E]`` with
-``R`` dividing ``E``, element ``e`` reading ``a[..., e // (E / R)]``.
+Everything is float32, but for the outputs' gradient ``dy``, which the tile
+kernels read in the outputs' dtype (no float32 copy of it). ``a`` varies
+along the leading state axes and is shared along the trailing ones: ``a [Z,
+C, R]`` for states ``[Z, C, E]`` with ``R`` dividing ``E``, element ``e``
+reading ``a[..., e // (E / R)]``.
 """
 
 import math
@@ -766,7 +768,8 @@ SUMMED_STATE_PRODUCTS = Source(
             const int v0 = (p % SPLIT) * VP;
             for (int e = 0; e < XN; ++e) {
                 const int i = tid + e * 128;
-                xn[e] = x[(at * CH + i / VP) * VD + v0 + i % VP] * scale[at * CH + i / VP];
+                xn[e] = static_cast<float>(x[(at * CH + i / VP) * VD + v0 + i % VP]) *
+                        scale[at * CH + i / VP];
             }
             for (int e = 0; e < SN; ++e) {
                 const int i = tid + e * 128;
@@ -818,7 +821,7 @@ CHUNK_STATE_ROW_SUMS = Source(
         const int t = piece * 16 + tid / 8;  // eight lanes a row
         float sum = 0.0f;
         for (int j = tid % 8; j < VD; j += 8) {
-            sum += sm[(tid / 8) * LDY + j] * v[v_at + t * VD + j];
+            sum += sm[(tid / 8) * LDY + j] * static_cast<float>(v[v_at + t * VD + j]);
         }
         sum = LANE_SUM(sum, 1, 4);
         if (tid % 8 == 0) sums[chunk * CH + t] = sum;"""),
@@ -1183,7 +1186,8 @@ def chunk_scores_grad(q, k, v, dy, g, dend, dw, dcum, da) -> tuple[mx.array, mx.
     with the states' part of ``dv`` and the gates' gradient, on matrix tiles.
 
     ``q, k [Z, C, T, K]`` (shared by the ``R`` heads of a group), ``v`` and
-    the outputs' gradient ``dy`` ``[Z, R, C, T, V]``, gates ``g [Z, R, C,
+    the outputs' gradient ``dy`` ``[Z, R, C, T, V]`` (``dy`` in any float
+    dtype), gates ``g [Z, R, C,
     T]``; ``D[t, s] = prod_{s<r<=t} g[r]``, ``cum[t] = prod_{r<=t} g[r]``,
     ``w = D[T-1, :]``. From the rest of the backward: the cotangent of the
     state after each chunk ``dend [Z, R, C, K, V]``, and the gradients of
@@ -1208,7 +1212,8 @@ def summed_state_products(x, scale, states) -> mx.array:
     products of each head's chunk rows with its chunk's state (or state
     cotangent), summed over the ``R`` heads that share ``q`` and ``k``.
 
-    ``x [Z, R, C, T, V]``, ``scale [Z, R, C, T]``, ``states [Z, R, C, K, V]``.
+    ``x [Z, R, C, T, V]`` (any float dtype), ``scale [Z, R, C, T]``,
+    ``states [Z, R, C, K, V]``.
     Returns ``[Z, C, T, K]``, float32 (the products in TF32 on CUDA). Shapes
     as ``tiles_take`` says.
     """
@@ -1226,7 +1231,8 @@ def chunk_state_row_sums(q, v, states) -> mx.array:
     state cotangent) ``S``, on matrix tiles, without ``q S`` in memory.
 
     ``q [Z, C, T, K]`` (shared by the ``R`` heads of a group), ``v [Z, R, C,
-    T, V]``, ``states [Z, R, C, K, V]``. Returns ``[Z, R, C, T]``, float32
+    T, V]`` (any float dtype), ``states [Z, R, C, K, V]``. Returns ``[Z, R,
+    C, T]``, float32
     (the products in TF32 on CUDA). Shapes as ``tiles_take`` says.
     """
     (sums,) = launch(CHUNK_STATE_ROW_SUMS, (q, v, states),
@@ -1274,7 +1280,8 @@ def chunk_cotangents(q, dy, g, dfinal, before) -> tuple[mx.array, mx.array, mx.a
     ``cum[t] = prod_{r<=t} g[r]`` over the chunk's steps.
 
     ``q [Z, C, T, K]`` (shared by the ``R`` heads of a group), ``dy [Z, R,
-    C, T, V]``, ``g [Z, R, C, T]``, ``dfinal [Z, R, K, V]``, the states
+    C, T, V]`` (any float dtype), ``g [Z, R, C, T]``, ``dfinal [Z, R, K,
+    V]``, the states
     entering each chunk ``before [Z, R, C, K, V]``. Returns ``Y[1..C]`` (the
     cotangent of the state after each chunk), ``Y[0]`` (that of the initial
     state) and the gradient of ``a``, ``sum Y[c+1] * before[c]`` (``[Z, R,
