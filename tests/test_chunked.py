@@ -240,17 +240,17 @@ def _outputs_float64(q, k, v, g, before):
 def test_tiled_outputs_match_float64(dialect, z, heads, c, steps, keys, values, seed):
     """``chunk_outputs`` on matrix tiles against float64: every chunk length
     it takes, several pieces of keys, values in tiles of 8 (up to 16 tiles),
-    heads sharing ``q`` and ``k``, gates of exactly 0 and 1; in bfloat16 the
-    float32 outputs rounded. CUDA's tiles
+    heads sharing ``q`` and ``k``, gates of exactly 0 and 1, the values' rows
+    scaled; in bfloat16 the float32 outputs rounded. CUDA's tiles
     multiply in TF32
     (10-bit mantissas; the simulator rounds as the GPU does), Metal's in
     float32."""
     q, k, v, g, normal = _chunk_inputs(seed, z, heads, c, steps, keys, values)
-    before = normal(z, heads, c, keys, values)
+    before, vs = normal(z, heads, c, keys, values), normal(z, heads, c, steps)
     with simulate(dialect):
-        y = chunked.chunk_outputs(q, k, v, g, before)
-        y_half = chunked.chunk_outputs(q, k, v, g, before, mx.bfloat16)
-    want = _outputs_float64(q, k, v, g, before)
+        y = chunked.chunk_outputs(q, k, v, vs, g, before)
+        y_half = chunked.chunk_outputs(q, k, v, vs, g, before, mx.bfloat16)
+    want = _outputs_float64(q, k, v * vs[..., None], g, before)
     tol = 3e-3 if dialect == "cuda" else 1e-5
     np.testing.assert_allclose(np.array(y), want, rtol=tol, atol=tol * np.abs(want).max())
     assert y_half.dtype == mx.bfloat16  # the same sums, rounded once on the way out
@@ -278,30 +278,30 @@ def _gate_grad_float64(g, decay, d_decay, dw, dcum, da):
     return via_rows + cum_before * (dcum @ decay)
 
 
-def _scores_grad_float64(q, k, v, dy, g, dend, dw, dcum, da):
+def _scores_grad_float64(q, k, v, vs, dy, g, dend, dw, dcum, da):
     """``chunk_scores_grad``'s formulas in float64 NumPy, a chunk at a time,
     and the magnitude of the terms of its gates' gradient."""
-    q, k, v, dy, g, dend, dw, dcum, da = (np.array(x, np.float64)
-                                          for x in (q, k, v, dy, g, dend, dw, dcum, da))
+    q, k, v, vs, dy, g, dend, dw, dcum, da = (
+        np.array(x, np.float64) for x in (q, k, v, vs, dy, g, dend, dw, dcum, da))
     steps = q.shape[2]
     later = np.arange(steps)[:, None] >= np.arange(steps)[None, :]  # t >= s
     dv = np.zeros(v.shape)
     dscores = np.zeros(g.shape + (steps,))
-    dg, dg_terms = np.zeros(g.shape), np.zeros(g.shape)
+    dvs, dg, dg_terms = np.zeros(g.shape), np.zeros(g.shape), np.zeros(g.shape)
     for z, r, c in np.ndindex(*v.shape[:3]):
-        gates = g[z, r, c]
+        gates, rows = g[z, r, c], vs[z, r, c, :, None] * v[z, r, c]
         decay = _decays_float64(gates)
-        scores, dyv = q[z, c] @ k[z, c].T, dy[z, r, c] @ v[z, r, c].T
-        dv[z, r, c] = ((scores * decay).T @ dy[z, r, c]
-                       + (decay[-1, :, None] * k[z, c]) @ dend[z, r, c])
+        scores, dyv = q[z, c] @ k[z, c].T, dy[z, r, c] @ rows.T
+        u = (scores * decay).T @ dy[z, r, c] + (decay[-1, :, None] * k[z, c]) @ dend[z, r, c]
+        dv[z, r, c], dvs[z, r, c] = vs[z, r, c, :, None] * u, (u * v[z, r, c]).sum(-1)
         dscores[z, r, c] = dyv * decay
         ends = dw[z, r, c], dcum[z, r, c], da[z, r, c]
         dg[z, r, c] = _gate_grad_float64(gates, decay, dyv * scores * later, *ends)
-        magnitude = (np.abs(dy[z, r, c]) @ np.abs(v[z, r, c]).T
+        magnitude = (np.abs(dy[z, r, c]) @ np.abs(rows).T
                      * (np.abs(q[z, c]) @ np.abs(k[z, c]).T) * later)
         dg_terms[z, r, c] = _gate_grad_float64(gates, decay, magnitude,
                                                *(np.abs(x) for x in ends))
-    return dv, dscores, dg, dg_terms
+    return dv, dvs, dscores, dg, dg_terms
 
 
 @pytest.mark.parametrize("dialect", ["cuda", "metal"])
@@ -312,24 +312,25 @@ def test_tiled_scores_grad_matches_float64(dialect, z, heads, c, steps, keys, va
     """``chunk_scores_grad`` on matrix tiles against float64: every chunk
     length (one or two bands of 32 rows), several pieces of keys, values in
     pieces of 16 or of 8, heads sharing ``q`` and ``k``, gates of exactly 0
-    and 1; ``dv`` with the states' part; the gradients of the scores and of
-    the gates float32-accurate in both dialects, the latter relative to the
-    magnitude of its terms (it sums them with cancellation)."""
+    and 1, the values' rows scaled; the values' gradients with the states'
+    part; the gradients of the scores and of the gates float32-accurate in
+    both dialects, the latter relative to the magnitude of its terms (it
+    sums them with cancellation)."""
     q, k, v, g, normal = _chunk_inputs(seed, z, heads, c, steps, keys, values)
     dy = normal(z, heads, c, steps, values)
-    dend = normal(z, heads, c, keys, values)
+    dend, vs = normal(z, heads, c, keys, values), normal(z, heads, c, steps)
     ends = normal(z, heads, c, steps), normal(z, heads, c, steps), normal(z, heads, c)
     with simulate(dialect):
-        got = [np.array(x) for x in chunked.chunk_scores_grad(q, k, v, dy, g, dend, *ends)]
-    *want, dg_terms = _scores_grad_float64(q, k, v, dy, g, dend, *ends)
-    for name, x, y in zip(["dv", "dscores"], got, want, strict=False):
+        got = [np.array(x) for x in chunked.chunk_scores_grad(q, k, v, vs, dy, g, dend, *ends)]
+    *want, dg_terms = _scores_grad_float64(q, k, v, vs, dy, g, dend, *ends)
+    for name, x, y in zip(["dv", "dvs", "dscores"], got, want, strict=False):
         # the scores' products are float32-accurate on CUDA too (split TF32);
-        # dv's products with P are TF32
-        tol = 3e-3 if dialect == "cuda" and name == "dv" else 1e-5
+        # the values' gradients' products with P are TF32
+        tol = 3e-3 if dialect == "cuda" and name != "dscores" else 1e-5
         assert x.shape == y.shape, name
         np.testing.assert_allclose(x, y, rtol=tol, atol=tol * np.abs(y).max(), err_msg=name)
-    assert got[2].shape == want[2].shape
-    np.testing.assert_array_less(np.abs(got[2] - want[2]), 1e-5 * dg_terms + 1e-30, "dg")
+    assert got[3].shape == want[3].shape
+    np.testing.assert_array_less(np.abs(got[3] - want[3]), 1e-5 * dg_terms + 1e-30, "dg")
 
 
 @pytest.mark.parametrize("dialect", ["cuda", "metal"])
@@ -380,9 +381,10 @@ def test_state_row_sums_match_float64(dialect, z, heads, c, steps, keys, values,
     np.testing.assert_array_less(np.abs(got - want), tol * size + 1e-30)
 
 
-def _states_float64(k, v, g, h0):
+def _states_float64(k, v, vs, g, h0):
     """``chunk_states``'s recurrence in float64 NumPy, a chunk at a time."""
-    k, v, g, h = (np.array(x, np.float64) for x in (k, v, g, h0))
+    k, v, vs, g, h = (np.array(x, np.float64) for x in (k, v, vs, g, h0))
+    v = v * vs[..., None]
     before = np.zeros(v.shape[:3] + h.shape[-2:])
     for c in range(v.shape[2]):
         before[:, :, c] = h
@@ -422,12 +424,13 @@ def test_tiled_carries_match_float64(dialect, direction, z, heads, c, steps, key
         pytest.skip(executor.available())
     rng = np.random.default_rng(seed)
     normal = functools.partial(_normal, rng)
-    args = (normal(z, c, steps, keys), normal(z, heads, c, steps, values),
-            _gates(rng, (z, heads, c, steps)), normal(z, heads, keys, values))
-    if direction == "states":
+    rows, values_ = normal(z, c, steps, keys), normal(z, heads, c, steps, values)
+    gates, start = _gates(rng, (z, heads, c, steps)), normal(z, heads, keys, values)
+    if direction == "states":  # the values' rows scaled
+        args = (rows, values_, normal(z, heads, c, steps), gates, start)
         run, reference, names = chunked.chunk_states, _states_float64, ["before", "final"]
-    else:
-        args += (normal(z, heads, c, keys, values),)  # the states entering the chunks
+    else:  # and the states entering the chunks
+        args = (rows, values_, gates, start, normal(z, heads, c, keys, values))
         run, reference = chunked.chunk_cotangents, _cotangents_float64
         names = ["after", "dh0", "da"]
     with simulate(dialect):

@@ -41,9 +41,12 @@ _SIZES = {
            dict(u=(1, 5, 33), delta=(1, 5, 33), A=(33, 20), B=(1, 5, 20), C=(1, 5, 20))],
 }
 DTYPES = (mx.float32, mx.bfloat16, mx.float16)
-# A half-precision fallback call whose chunks run on matrix tiles (chunked's
-# tile kernels: 32-step chunks, 16 key and 8 value channels)
-_TILED = dict(q=(1, 40, 2, 16), k=(1, 40, 2, 16), v=(1, 40, 2, 8), g=(1, 40, 2))
+# Half-precision fallback calls whose chunks run on matrix tiles (chunked's
+# tile kernels: 32-step chunks, 16 key and 8 value channels; ssd's values'
+# rows read in the inputs' dtype, gla's in float32)
+_TILED = {"gla": dict(q=(1, 40, 2, 16), k=(1, 40, 2, 16), v=(1, 40, 2, 8), g=(1, 40, 2)),
+          "ssd": dict(x=(1, 40, 2, 8), dt=(1, 40, 2), A=(2,), B=(1, 40, 1, 16),
+                      C=(1, 40, 1, 16))}
 
 
 def _call(kind, sizes, dtype):
@@ -86,7 +89,8 @@ def _launches(dialect):
             for sizes in _SIZES[kind]:
                 mx.eval(_grads(kind, _call(kind, sizes, mx.float32), impl="fallback"))
         for dtype in (mx.bfloat16, mx.float16):  # outputs on matrix tiles
-            mx.eval(_grads("gla", _call("gla", _TILED, dtype), impl="fallback"))
+            for kind, sizes in _TILED.items():
+                mx.eval(_grads(kind, _call(kind, sizes, dtype), impl="fallback"))
     unique = {launch.wrapped.kernel_name: launch for launch in sim.launches}
     return list(unique.values())
 
@@ -106,9 +110,10 @@ def test_every_kernel_and_dtype_is_covered():
                     for part in ("fwd", "bwd", "ends", "carries") for dtype in DTYPES} | {
         (source.name, "None") for source in
         (*_CHUNKED_PIECES, chunked.CHUNK_STATES, chunked.CHUNK_COTANGENTS,
-         chunked.CHUNK_SCORES_GRAD, chunked.SUMMED_STATE_PRODUCTS, chunked.CHUNK_STATE_ROW_SUMS,
-         rotlru.PASS)} | {  # the tiles' outputs in the half-precision inputs' dtype
-        (chunked.CHUNK_OUTPUTS.name, str(dtype)) for dtype in DTYPES[1:]}
+         chunked.SUMMED_STATE_PRODUCTS, chunked.CHUNK_STATE_ROW_SUMS,
+         rotlru.PASS)} | {  # the tiles' outputs in the half-precision inputs' dtype,
+        (chunked.CHUNK_OUTPUTS.name, str(dtype)) for dtype in DTYPES[1:]} | {
+        (chunked.CHUNK_SCORES_GRAD.name, str(dtype)) for dtype in DTYPES}  # the values' too
 
 
 @pytest.mark.parametrize("launch", METAL, ids=lambda launch: launch.wrapped.kernel_name[14:70])

@@ -116,13 +116,13 @@ def _scaled_sum(x: mx.array, s: mx.array, y: mx.array) -> mx.array:
 
 
 @mx.custom_function
-def scaled_rows(s: mx.array, x: mx.array) -> mx.array:
+def _scaled_rows(s: mx.array, x: mx.array) -> mx.array:
     """``s[..., None] * x`` (``s [...]``, ``x [..., N]`` of one dtype), whose
     backward takes the gradient of ``s`` as fused row dot products on a GPU."""
     return s[..., None] * x
 
 
-@scaled_rows.vjp
+@_scaled_rows.vjp
 def _scaled_rows_vjp(primals, cotangent, _):
     s, x = primals
     return _row_dots(cotangent, x), cotangent * s[..., None]
@@ -288,31 +288,33 @@ def _forward(mm, q, k, v, g, h0):
     return y, final, before, raw, qk, decay
 
 
-def _tiled_forward(mm, q, k, v, g, h0, dtype=mx.float32):
+def _tiled_forward(mm, q, k, v, vs, g, h0, dtype=mx.float32):
     """``_forward`` as two kernels on matrix tiles, the chunk states
     (``chunked.chunk_states``) and the outputs (``chunked.chunk_outputs``,
-    written in ``dtype``); keeps only the states entering each chunk."""
-    before, final = chunked.chunk_states(k, v, g, h0)
-    return chunked.chunk_outputs(q, k, v, g, before, dtype), final, before
+    written in ``dtype``), with the values' rows ``vs * v`` (``v`` in any
+    float dtype) formed inside them; keeps only the states entering each
+    chunk."""
+    before, final = chunked.chunk_states(k, v, vs, g, h0)
+    return chunked.chunk_outputs(q, k, v, vs, g, before, dtype), final, before
 
 
-def _tiled_backward(mm, q, k, v, g, h0, before, dy, dfinal):
+def _tiled_backward(mm, q, k, v, vs, g, h0, before, dy, dfinal):
     """The backward of ``_tiled_forward``: ``_backward``'s steps, with the
     state cotangents (``chunked.chunk_cotangents``), the states' parts of
     ``dq`` and ``dk`` (``chunked.summed_state_products``), the row sums
     with ``q S`` and ``k Y`` (``chunked.chunk_state_row_sums``) and the backward
-    within the chunks with ``dv`` and the gates' gradient
-    (``chunked.chunk_scores_grad``) on matrix tiles: no decays ``[T, T]`` or
-    their gradient in memory."""
+    within the chunks with the values' gradients and the gates' gradient
+    (``chunked.chunk_scores_grad``) on matrix tiles: no decays ``[T, T]``
+    or their gradient in memory, ``dy`` read in the outputs' dtype."""
     cum, w = _cumulative(g), _to_end(g)  # [Z,R,C,T]
     dcum = chunked.chunk_state_row_sums(q, dy, before)  # [Z,R,C,T]: dy . (q S)
     dq = chunked.summed_state_products(dy, cum, before)  # [Z,C,T,K]
     dend, dh0, da = chunked.chunk_cotangents(q, dy, g, dfinal, before)
-    dk_ = chunked.summed_state_products(v, w, dend)  # [Z,C,T,K]
-    dw = chunked.chunk_state_row_sums(k, v, dend)  # [Z,R,C,T]: v . (k Y)
-    dv, d_scores, dg = chunked.chunk_scores_grad(q, k, v, dy, g, dend, dw, dcum, da)
+    dk_ = chunked.summed_state_products(v, w * vs, dend)  # [Z,C,T,K]
+    dw = vs * chunked.chunk_state_row_sums(k, v, dend)  # [Z,R,C,T]: (vs v) . (k Y)
+    dv, dvs, d_scores, dg = chunked.chunk_scores_grad(q, k, v, vs, dy, g, dend, dw, dcum, da)
     dq, dk_ = _through_scores(mm, q, k, d_scores, dq, dk_)
-    return dq, dk_, dv, dg, dh0
+    return dq, dk_, dv, dvs, dg, dh0
 
 
 def _backward(mm, q, k, v, g, h0, before, raw, qk, decay, dy, dfinal):
@@ -379,8 +381,8 @@ def _checkpointed(forward, backward):
     custom function whose vjp is ``backward``; both split over CPU streams."""
 
     @mx.custom_function
-    def block(q, k, v, g, h0):
-        return split_rows(forward, (q, k, v, g, h0), q.shape[0])
+    def block(*arrays):
+        return split_rows(forward, arrays, arrays[0].shape[0])
 
     @block.vjp
     def block_vjp(primals, cotangents, outputs):
@@ -427,36 +429,41 @@ def uses_tiles(length: int, dk: int, dv: int, arrays) -> bool:
 
 
 def scalar_gate_chunked_scan(q, k, v, g, h0, chunk: int | None = None, exact_fp32: bool = True,
-                             dtype: mx.Dtype | None = None):
+                             dtype: mx.Dtype | None = None, v_scale: mx.array | None = None):
     """Chunked evaluation of the recurrence in the module docstring.
 
-    q, k: [Z, L, K] (shared by the R heads of a group); v: [Z, R, L, V];
-    g: [Z, R, L] linear-space gates; h0: [Z, R, K, V]. Returns
-    y [Z, R, L, V] in ``dtype`` (default ``v``'s) and the final state
-    [Z, R, K, V]. Float32/64 in.
+    q, k: [Z, L, K] (shared by the R heads of a group); v: [Z, R, L, V] in
+    any float dtype, its rows scaled by ``v_scale [Z, R, L]`` where given
+    (``ssd``'s ``dt * x``); g: [Z, R, L] linear-space gates; h0: [Z, R, K,
+    V]; all but ``v`` float32/64. Returns y [Z, R, L, V] in ``dtype``
+    (default ``q``'s) and the final state [Z, R, K, V].
     ``exact_fp32=False`` lets matmuls use TF32 where MLX does (enough for
     half-precision inputs); True keeps them float32-accurate.
     """
-    dtype = dtype or v.dtype
+    dtype = dtype or q.dtype
     z, r, length, dv = v.shape
     dk = q.shape[-1]
     steps = min(chunk or CHUNK["gpu" if _on_gpu() else "cpu"], length)
     pad = -length % steps
+    if v_scale is None:
+        v_scale = mx.ones(g.shape, q.dtype)
     if pad:
         q, k = (mx.pad(x, [(0, 0), (0, pad), (0, 0)]) for x in (q, k))
         v = mx.pad(v, [(0, 0), (0, 0), (0, pad), (0, 0)])
         g = mx.pad(g, [(0, 0), (0, 0), (0, pad)], constant_values=1.0)
+        v_scale = mx.pad(v_scale, [(0, 0), (0, 0), (0, pad)])
     c = (length + pad) // steps
-    tiled = _tiles(steps, dk, dv, exact_fp32) and _fused(
-        q, k, v, g, h0, extent=z * r * c * max(max(dk, steps, 128) * dv, steps * steps))
-    block = _block("scalar-tiled", exact_fp32, dtype) if tiled else _block("scalar", exact_fp32)
-    y, final, *_ = block(
-        q.reshape(z, c, steps, dk),
-        k.reshape(z, c, steps, dk),
-        v.reshape(z, r, c, steps, dv),
-        g.reshape(z, r, c, steps),
-        h0,
-    )
+    rows = (q.reshape(z, c, steps, dk), k.reshape(z, c, steps, dk))
+    g = g.reshape(z, r, c, steps)
+    # the tiles read v as it comes and scale its rows themselves
+    if _tiles(steps, dk, dv, exact_fp32) and _fused(
+            q, k, g, h0, v_scale,
+            extent=z * r * c * max(max(dk, steps, 128) * dv, steps * steps)):
+        y, final, *_ = _block("scalar-tiled", exact_fp32, dtype)(
+            *rows, v.reshape(z, r, c, steps, dv), v_scale.reshape(g.shape), g, h0)
+    else:
+        v = _scaled_rows(v_scale, v.astype(q.dtype))
+        y, final, *_ = _block("scalar", exact_fp32)(*rows, v.reshape(z, r, c, steps, dv), g, h0)
     y = y.reshape(z, r, c * steps, dv).astype(dtype)  # the tiled form's already is
     return (y[:, :, :length] if pad else y), final
 

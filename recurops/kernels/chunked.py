@@ -525,11 +525,12 @@ def _rows_out(each: str) -> str:
 # fragments' lanes hit distinct banks.
 CHUNK_OUTPUTS = Source(
     "chunk_outputs",
-    inputs=("q", "k", "v", "g", "before"),
+    inputs=("q", "k", "v", "vs", "g", "before"),
     outputs=("y",),
     body="""
-    // q, k [Z, C, CH, KD]; v, y [Z, R, C, CH, VD]; g [Z, R, C, CH]; before [Z, R, C, KD, VD];
-    // y in T, the rest float32; threadgroups of 128 threads (chassis.THREADS_PER_GROUP)
+    // q, k [Z, C, CH, KD]; v, y [Z, R, C, CH, VD]; vs, g [Z, R, C, CH]; before [Z, R, C, KD, VD];
+    // the values' rows vs * v (v in any float dtype); y in T, the rest float32;
+    // threadgroups of 128 threads (chassis.THREADS_PER_GROUP)
     constexpr int KP = 16;                        // channels a piece of the scores
     constexpr int LDS = KP + 4;                   // their row stride
     constexpr int LDP = CH + 4;                   // P's
@@ -558,10 +559,11 @@ CHUNK_OUTPUTS = Source(
     }
     BARRIER();
 
-    // times the decays D[t, s] = prod_{s<r<=t} g[r], a thread a column; zero above
+    // times the decays D[t, s] = prod_{s<r<=t} g[r] and the rows' scales vs[s], a
+    // thread a column; zero above
     if (tid < CH) {
         const int s = tid;
-        float p = 1.0f;
+        float p = vs[g_at + s];
         for (int t = 0; t < CH; ++t) {
             if (t > s) p *= g[g_at + t];
             sm[t * LDP + s] = (t >= s) ? sm[t * LDP + s] * p : 0.0f;
@@ -599,12 +601,12 @@ CHUNK_OUTPUTS = Source(
 # gradient and w.
 CHUNK_SCORES_GRAD = Source(
     "chunk_scores_grad",
-    inputs=("q", "k", "v", "dy", "g", "dend", "dw", "dcum", "da"),
-    outputs=("dv", "dscores", "dg"),
+    inputs=("q", "k", "v", "vs", "dy", "g", "dend", "dw", "dcum", "da"),
+    outputs=("dv", "dvs", "dscores", "dg"),
     body="""
-    // q, k [Z, C, CH, KD]; v, dy, dv [Z, R, C, CH, VD]; g, dw, dcum, dg [Z, R, C, CH];
-    // dend [Z, R, C, KD, VD]; da [Z, R, C]; dscores [Z, R, C, CH, CH];
-    // threadgroups of 128 threads
+    // q, k [Z, C, CH, KD]; v, dy, dv [Z, R, C, CH, VD]; vs, g, dw, dcum, dg, dvs [Z, R, C, CH];
+    // dend [Z, R, C, KD, VD]; da [Z, R, C]; dscores [Z, R, C, CH, CH]; the values' rows
+    // vs * v (v in any float dtype, dv in T); threadgroups of 128 threads
     constexpr int KP = 16;                         // channels a piece of q k^T
     constexpr int VP = (VD % 16 == 0) ? 16 : 8;    // and of dy v^T
     constexpr int LDS = 20;                        // the pieces' row stride
@@ -657,10 +659,11 @@ CHUNK_SCORES_GRAD = Source(
         BARRIER();
         if (tid < CH) {
             const int s = tid;
+            const float vs_s = vs[g_at + s];
             for (int t = band; t < band + 32 && t < CH; ++t) {
                 if (t > s) p *= gates[t];
                 const bool on = t >= s;  // the tiles on or below the diagonal hold these
-                const float dyv = sm[DS + (t - band) * LDP + s];
+                const float dyv = sm[DS + (t - band) * LDP + s] * vs_s;  // dy (vs * v)^T
                 const float qk = sm[t * LDP + s];
                 dscores[(chunk * CH + t) * CH + s] = on ? dyv * p : 0.0f;
                 sm[DS + (t - band) * LDP + s] =
@@ -707,12 +710,20 @@ CHUNK_SCORES_GRAD = Source(
         const int i = tid + e * 128;
         vn[e] = dy[v_at + (i / VD) * VD + i % VD];
     }
-""" + _values_then_states("dy", "k", "ws", "dend", "0", "DS", transposed=True) + """    if (rows) {
-        for (int j = 0; j < VD / 8; ++j) {
-            recurops_tile_store(out[j], dv, v_at + warp * 16 * VD + j * 8, VD);
+""" + _values_then_states("dy", "k", "ws", "dend", "0", "DS", transposed=True) + """
+    // the rows' gradient: dv = vs * out in T, dvs = sum out * v, eight lanes a row
+    constexpr int LDY = VD + 4;
+""" + _rows_out("""
+        const int t = piece * 16 + tid / 8;
+        const float scale = vs[g_at + t];
+        float sum = 0.0f;
+        for (int j = tid % 8; j < VD; j += 8) {
+            const float d = sm[(tid / 8) * LDY + j];
+            sum += d * static_cast<float>(v[v_at + t * VD + j]);
+            dv[v_at + t * VD + j] = static_cast<T>(scale * d);
         }
-    }
-""",
+        sum = LANE_SUM(sum, 1, 4);
+        if (tid % 8 == 0) dvs[g_at + t] = sum;"""),
 )
 
 # Products of the chunks' rows with their states, summed over the heads that
@@ -962,14 +973,14 @@ def _carry(name, inputs, outputs, hooks: dict) -> Source:
     return Source(name, inputs=inputs, outputs=outputs, body=body)
 
 
-# The states entering each chunk: S[c+1] = a[c] S[c] + k^T (w * v), w[s] =
+# The states entering each chunk: S[c+1] = a[c] S[c] + k^T (w * vs * v), w[s] =
 # prod_{s<r<CH} g[r].
 CHUNK_STATES = _carry(
-    "chunk_tile_states", ("k", "v", "g", "h0"), ("before", "final"),
+    "chunk_tile_states", ("k", "v", "vs", "g", "h0"), ("before", "final"),
     {"A": "k", "B": "v", "START": "h0", "OUT": "before", "LAST": "final",
      "CHUNK": "", "DECLARE": "", "WRITTEN": "", "AFTER_WRITE": "",
      "WEIGHT": """
-            float p = 1.0f;
+            float p = vs[g_at + c * CH + tid];  // the row's scale, then w
             for (int r = CH - 1; r > tid; --r) p *= gs[r];
             ws[tid] = p;"""})
 
@@ -1149,11 +1160,13 @@ def channel_scores_grad(q, k, g, dscores, dqc, dkw, da) -> tuple[mx.array, mx.ar
     return tuple(x.reshape(q.shape) for x in grads)
 
 
-def chunk_outputs(q, k, v, g, before, dtype: mx.Dtype = mx.float32) -> mx.array:
-    """The chunks' outputs ``y = (q k^T * D) v + cum * (q S)`` on matrix tiles.
+def chunk_outputs(q, k, v, vs, g, before, dtype: mx.Dtype = mx.float32) -> mx.array:
+    """The chunks' outputs ``y = (q k^T * D) (vs * v) + cum * (q S)`` on
+    matrix tiles.
 
-    ``q, k [Z, C, T, K]`` (shared by the ``R`` heads of a group), ``v [Z, R,
-    C, T, V]``, gates ``g [Z, R, C, T]``, the states entering each chunk
+    ``q, k [Z, C, T, K]`` (shared by the ``R`` heads of a group), the
+    values' rows ``v [Z, R, C, T, V]`` (any float dtype) scaled by ``vs [Z,
+    R, C, T]``, gates ``g [Z, R, C, T]``, the states entering each chunk
     ``before [Z, R, C, K, V]``; ``D[t, s] = prod_{s<r<=t} g[r]`` (0 above the
     diagonal) and ``cum[t] = prod_{r<=t} g[r]``. Returns ``y [Z, R, C, T, V]``
     in ``dtype``, rounded once from float32 (the products in TF32 on CUDA).
@@ -1161,7 +1174,7 @@ def chunk_outputs(q, k, v, g, before, dtype: mx.Dtype = mx.float32) -> mx.array:
     """
     config = _chunk_launch(q, v)
     config["template"]["T"] = dtype
-    (y,) = launch(CHUNK_OUTPUTS, (q, k, v, g, before), {"y": (v.shape, dtype)}, **config)
+    (y,) = launch(CHUNK_OUTPUTS, (q, k, v, vs, g, before), {"y": (v.shape, dtype)}, **config)
     return y
 
 
@@ -1181,30 +1194,34 @@ def _chunk_launch(q, v) -> dict:
             "template": _tile_template(steps, dk, dv)}
 
 
-def chunk_scores_grad(q, k, v, dy, g, dend, dw, dcum, da) -> tuple[mx.array, mx.array, mx.array]:
-    """The backward within each chunk, ``y = P v`` with ``P = q k^T * D``,
-    with the states' part of ``dv`` and the gates' gradient, on matrix tiles.
+def chunk_scores_grad(q, k, v, vs, dy, g, dend, dw, dcum, da):
+    """The backward within each chunk, ``y = P (vs * v)`` with ``P = q k^T *
+    D``, with the states' part of the values' gradient and the gates'
+    gradient, on matrix tiles.
 
-    ``q, k [Z, C, T, K]`` (shared by the ``R`` heads of a group), ``v`` and
-    the outputs' gradient ``dy`` ``[Z, R, C, T, V]`` (``dy`` in any float
-    dtype), gates ``g [Z, R, C,
-    T]``; ``D[t, s] = prod_{s<r<=t} g[r]``, ``cum[t] = prod_{r<=t} g[r]``,
-    ``w = D[T-1, :]``. From the rest of the backward: the cotangent of the
-    state after each chunk ``dend [Z, R, C, K, V]``, and the gradients of
-    ``w``, of ``cum`` (``dw``, ``dcum``, ``[Z, R, C, T]``) and of ``a =
-    cum[T-1]`` (``da [Z, R, C]``). Returns ``dv = P^T dy + (w * k) dend``;
-    the gradient of the scores ``q k^T``, ``dy v^T * D`` for ``t >= s``
-    (zero above the diagonal, ``[Z, R, C, T, T]``); and the gates' gradient
-    ``dg [Z, R, C, T]`` (``scalar_chunked._gate_grad``'s formula with the
-    decays' gradient ``dy v^T * q k^T``, which is never written out).
-    Float32, the products for ``dv`` in TF32 on CUDA. Shapes as
-    ``tiles_take`` says.
+    ``q, k [Z, C, T, K]`` (shared by the ``R`` heads of a group), the
+    values' rows ``v [Z, R, C, T, V]`` (any float dtype) scaled by ``vs [Z,
+    R, C, T]``, the outputs' gradient ``dy`` ``[Z, R, C, T, V]`` (any float
+    dtype), gates ``g [Z, R, C, T]``; ``D[t, s] = prod_{s<r<=t} g[r]``,
+    ``cum[t] = prod_{r<=t} g[r]``, ``w = D[T-1, :]``. From the rest of the
+    backward: the cotangent of the state after each chunk ``dend [Z, R, C,
+    K, V]``, and the gradients of ``w``, of ``cum`` (``dw``, ``dcum``, ``[Z,
+    R, C, T]``) and of ``a = cum[T-1]`` (``da [Z, R, C]``). With ``u = P^T
+    dy + (w * k) dend`` (the gradient of the rows ``vs * v``), returns the
+    gradients of ``v``, ``vs * u`` in ``v``'s dtype, and of ``vs``, ``sum_j
+    u * v``; the gradient of the scores ``q k^T``, ``dy (vs * v)^T * D`` for
+    ``t >= s`` (zero above the diagonal, ``[Z, R, C, T, T]``); and the
+    gates' gradient ``dg [Z, R, C, T]`` (``scalar_chunked._gate_grad``'s
+    formula with the decays' gradient ``dy (vs * v)^T * q k^T``, which is
+    never written out). Float32 but ``v``'s gradient, the products for
+    ``u`` in TF32 on CUDA. Shapes as ``tiles_take`` says.
     """
-    return launch(CHUNK_SCORES_GRAD, (q, k, v, dy, g, dend, dw, dcum, da),
-                  {"dv": (v.shape, mx.float32),
+    config = _chunk_launch(q, v)
+    config["template"]["T"] = v.dtype
+    return launch(CHUNK_SCORES_GRAD, (q, k, v, vs, dy, g, dend, dw, dcum, da),
+                  {"dv": (v.shape, v.dtype), "dvs": (g.shape, mx.float32),
                    "dscores": (g.shape + g.shape[-1:], mx.float32),  # [Z, R, C, T, T]
-                   "dg": (g.shape, mx.float32)},
-                  **_chunk_launch(q, v))
+                   "dg": (g.shape, mx.float32)}, **config)
 
 
 def summed_state_products(x, scale, states) -> mx.array:
@@ -1250,19 +1267,20 @@ def _block_width(n: int, widest: int) -> int:
     return width
 
 
-def chunk_states(k, v, g, h0) -> tuple[mx.array, mx.array]:
+def chunk_states(k, v, vs, g, h0) -> tuple[mx.array, mx.array]:
     """The states entering each chunk on matrix tiles: ``S[c+1] = a[c] S[c]
-    + k^T (w * v)`` from ``S[0] = h0``, where ``a = prod_r g[r]`` and ``w[s]
-    = prod_{s<r<T} g[r]`` over the chunk's steps.
+    + k^T (w * vs * v)`` from ``S[0] = h0``, where ``a = prod_r g[r]`` and
+    ``w[s] = prod_{s<r<T} g[r]`` over the chunk's steps.
 
-    ``k [Z, C, T, K]`` (shared by the ``R`` heads of a group), ``v [Z, R, C,
-    T, V]``, ``g [Z, R, C, T]``, ``h0 [Z, R, K, V]``. Returns ``before [Z, R,
+    ``k [Z, C, T, K]`` (shared by the ``R`` heads of a group), the values'
+    rows ``v [Z, R, C, T, V]`` (any float dtype) scaled by ``vs [Z, R, C,
+    T]``, ``g [Z, R, C, T]``, ``h0 [Z, R, K, V]``. Returns ``before [Z, R,
     C, K, V]`` (``S[0..C-1]``) and the final state ``S[C]``, float32 (the
     products in TF32 on CUDA). Shapes as ``tiles_take`` says.
     """
     z, c, steps, dk = k.shape
     r, dv = v.shape[1], v.shape[-1]
-    return launch(CHUNK_STATES, (k, v, g, h0),
+    return launch(CHUNK_STATES, (k, v, vs, g, h0),
                   {"before": ((z, r, c, dk, dv), mx.float32), "final": (h0.shape, mx.float32)},
                   **_carry_launch(z, r, steps, dk, dv))
 
