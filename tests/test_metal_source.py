@@ -42,8 +42,8 @@ _SIZES = {
 }
 DTYPES = (mx.float32, mx.bfloat16, mx.float16)
 # Half-precision fallback calls whose chunks run on matrix tiles (chunked's
-# tile kernels: 32-step chunks, 16 key and 8 value channels; ssd's values'
-# rows read in the inputs' dtype, gla's in float32)
+# tile kernels: 32-step chunks, 16 key and 8 value channels; the values'
+# rows read in the inputs' dtype)
 _TILED = {"gla": dict(q=(1, 40, 2, 16), k=(1, 40, 2, 16), v=(1, 40, 2, 8), g=(1, 40, 2)),
           "ssd": dict(x=(1, 40, 2, 8), dt=(1, 40, 2), A=(2,), B=(1, 40, 1, 16),
                       C=(1, 40, 1, 16))}
@@ -111,9 +111,9 @@ def test_every_kernel_and_dtype_is_covered():
         (source.name, "None") for source in
         (*_CHUNKED_PIECES, chunked.CHUNK_STATES, chunked.CHUNK_COTANGENTS,
          chunked.SUMMED_STATE_PRODUCTS, chunked.CHUNK_STATE_ROW_SUMS,
-         rotlru.PASS)} | {  # the tiles' outputs in the half-precision inputs' dtype,
-        (chunked.CHUNK_OUTPUTS.name, str(dtype)) for dtype in DTYPES[1:]} | {
-        (chunked.CHUNK_SCORES_GRAD.name, str(dtype)) for dtype in DTYPES}  # the values' too
+         rotlru.PASS)} | {  # the tiles' outputs and values' gradients in the inputs' dtype
+        (source.name, str(dtype)) for source in (chunked.CHUNK_OUTPUTS, chunked.CHUNK_SCORES_GRAD)
+        for dtype in DTYPES[1:]}
 
 
 @pytest.mark.parametrize("launch", METAL, ids=lambda launch: launch.wrapped.kernel_name[14:70])

@@ -40,9 +40,9 @@ def fallback(q, k, v, g, state):
     b, length, h, dk = q.shape
     dv = v.shape[-1]
 
-    def heads_first(x):  # [B, L, H, X] -> [B*H, L, X] in float32, moved before the cast
+    def heads_first(x, dtype=state.dtype):  # [B, L, H, X] -> [B*H, L, X], moved before the cast
         x = x.transpose(0, 2, 1, 3) if x.ndim == 4 else x.transpose(0, 2, 1)
-        return x.reshape(b * h, length, -1).astype(state.dtype)
+        return x.reshape(b * h, length, -1).astype(dtype)
 
     def heads_last(y):  # [B*H, L, V] -> [B, L, H, V] in the inputs' dtype
         return relayout(y.reshape(b, h, length, dv), (0, 2, 1, 3), out_dtype)
@@ -55,8 +55,8 @@ def fallback(q, k, v, g, state):
         return heads_last(y), final.reshape(b, h, dk, dv)
     # per-head gates: the scalar-gate chunked form, heads folded into the batch
 
-    y, final = scalar_gate_chunked_scan(
-        heads_first(q), heads_first(k), heads_first(v)[:, None],
+    y, final = scalar_gate_chunked_scan(  # v as it comes: the chunks' tiles read it so
+        heads_first(q), heads_first(k), heads_first(v, v.dtype)[:, None],
         heads_first(g).reshape(b * h, 1, length),
         state.reshape(b * h, 1, dk, dv), exact_fp32=exact, dtype=out_dtype,
     )
