@@ -221,6 +221,31 @@ def _chunk_inputs(seed, z, heads, c, steps, keys, values):
     return q, k, v, _gates(rng, (z, heads, c, steps)), normal
 
 
+# The values' layouts the tile kernels take: heads first [Z, R, C, T, V], or
+# time first [B, C, T, H, V] (head b * H + h is head z * R + r) with the Z
+# rows from the batch (B = Z) or from groups of heads (B = 1, H = Z R).
+LAYOUTS = st.sampled_from(["heads first", "time first", "time first, groups"])
+
+
+def _laid_out(x, layout):
+    """``x [Z, R, C, T, V]`` in ``layout``."""
+    if layout == "heads first":
+        return x
+    z, r, c, t, v = x.shape
+    b = z if layout == "time first" else 1
+    x = x.reshape(b, z // b, r, c, t, v).transpose(0, 3, 4, 1, 2, 5)
+    return mx.contiguous(x.reshape(b, c, t, z // b * r, v))
+
+
+def _heads_first(x, layout, heads):
+    """The inverse of ``_laid_out`` (``heads``: ``R``)."""
+    if layout == "heads first":
+        return x
+    b, c, t, h, v = x.shape
+    x = x.reshape(b, c, t, h // heads, heads, v).transpose(0, 3, 4, 1, 2, 5)
+    return x.reshape(b * h // heads, heads, c, t, v)
+
+
 def _outputs_float64(q, k, v, g, before):
     """``chunk_outputs``'s formula in float64 NumPy, a chunk at a time."""
     q, k, v, g, before = (np.array(x, np.float64) for x in (q, k, v, g, before))
@@ -236,20 +261,22 @@ def _outputs_float64(q, k, v, g, before):
 @pytest.mark.parametrize("dialect", ["cuda", "metal"])
 @given(z=st.integers(1, 2), heads=st.sampled_from([1, 2, 3, 6]), c=st.integers(1, 3),
        steps=st.sampled_from(chunked.TILED_STEPS), keys=st.sampled_from([16, 32, 48]),
-       values=st.sampled_from([8, 40, 96, 128]), seed=seeds)
-def test_tiled_outputs_match_float64(dialect, z, heads, c, steps, keys, values, seed):
+       values=st.sampled_from([8, 40, 96, 128]), layout=LAYOUTS, seed=seeds)
+def test_tiled_outputs_match_float64(dialect, z, heads, c, steps, keys, values, layout, seed):
     """``chunk_outputs`` on matrix tiles against float64: every chunk length
     it takes, several pieces of keys, values in tiles of 8 (up to 16 tiles),
     heads sharing ``q`` and ``k``, gates of exactly 0 and 1, the values' rows
-    scaled; in bfloat16 the float32 outputs rounded. CUDA's tiles
-    multiply in TF32
-    (10-bit mantissas; the simulator rounds as the GPU does), Metal's in
-    float32."""
+    scaled, in each of the values' layouts; in bfloat16 the float32 outputs
+    rounded. CUDA's tiles multiply in TF32 (10-bit mantissas; the simulator
+    rounds as the GPU does), Metal's in float32."""
     q, k, v, g, normal = _chunk_inputs(seed, z, heads, c, steps, keys, values)
     before, vs = normal(z, heads, c, keys, values), normal(z, heads, c, steps)
+    tf = layout != "heads first"
     with simulate(dialect):
-        y = chunked.chunk_outputs(q, k, v, vs, g, before)
-        y_half = chunked.chunk_outputs(q, k, v, vs, g, before, mx.bfloat16)
+        y = chunked.chunk_outputs(q, k, _laid_out(v, layout), vs, g, before, time_first=tf)
+        y_half = chunked.chunk_outputs(q, k, _laid_out(v, layout), vs, g, before, mx.bfloat16,
+                                       time_first=tf)
+    y, y_half = (_heads_first(x, layout, heads) for x in (y, y_half))
     want = _outputs_float64(q, k, v * vs[..., None], g, before)
     tol = 3e-3 if dialect == "cuda" else 1e-5
     np.testing.assert_allclose(np.array(y), want, rtol=tol, atol=tol * np.abs(want).max())
@@ -307,21 +334,25 @@ def _scores_grad_float64(q, k, v, vs, dy, g, dend, dw, dcum, da):
 @pytest.mark.parametrize("dialect", ["cuda", "metal"])
 @given(z=st.integers(1, 2), heads=st.sampled_from([1, 2, 3]), c=st.integers(1, 2),
        steps=st.sampled_from(chunked.TILED_STEPS), keys=st.sampled_from([16, 32, 48]),
-       values=st.sampled_from([8, 24, 96, 128]), seed=seeds)
-def test_tiled_scores_grad_matches_float64(dialect, z, heads, c, steps, keys, values, seed):
+       values=st.sampled_from([8, 24, 96, 128]), layout=LAYOUTS, seed=seeds)
+def test_tiled_scores_grad_matches_float64(dialect, z, heads, c, steps, keys, values, layout,
+                                           seed):
     """``chunk_scores_grad`` on matrix tiles against float64: every chunk
     length (one or two bands of 32 rows), several pieces of keys, values in
     pieces of 16 or of 8, heads sharing ``q`` and ``k``, gates of exactly 0
     and 1, the values' rows scaled; the values' gradients with the states'
     part; the gradients of the scores and of the gates float32-accurate in
     both dialects, the latter relative to the magnitude of its terms (it
-    sums them with cancellation)."""
+    sums them with cancellation); in each of the values' layouts."""
     q, k, v, g, normal = _chunk_inputs(seed, z, heads, c, steps, keys, values)
     dy = normal(z, heads, c, steps, values)
     dend, vs = normal(z, heads, c, keys, values), normal(z, heads, c, steps)
     ends = normal(z, heads, c, steps), normal(z, heads, c, steps), normal(z, heads, c)
+    v_, dy_ = (_laid_out(x, layout) for x in (v, dy))
     with simulate(dialect):
-        got = [np.array(x) for x in chunked.chunk_scores_grad(q, k, v, vs, dy, g, dend, *ends)]
+        got = chunked.chunk_scores_grad(q, k, v_, vs, dy_, g, dend, *ends,
+                                        time_first=layout != "heads first")
+    got = [np.array(x) for x in (_heads_first(got[0], layout, heads), *got[1:])]
     *want, dg_terms = _scores_grad_float64(q, k, v, vs, dy, g, dend, *ends)
     for name, x, y in zip(["dv", "dvs", "dscores"], got, want, strict=False):
         # the scores' products are float32-accurate on CUDA too (split TF32);
@@ -336,18 +367,20 @@ def test_tiled_scores_grad_matches_float64(dialect, z, heads, c, steps, keys, va
 @pytest.mark.parametrize("dialect", ["cuda", "metal"])
 @given(z=st.integers(1, 2), heads=st.sampled_from([1, 2, 5]), c=st.integers(1, 3),
        steps=st.sampled_from(chunked.TILED_STEPS), keys=st.sampled_from([16, 32, 128, 256]),
-       values=st.sampled_from([8, 24, 64]), half=st.booleans(), seed=seeds)
+       values=st.sampled_from([8, 24, 64]), half=st.booleans(), layout=LAYOUTS, seed=seeds)
 def test_summed_state_products_match_float64(dialect, z, heads, c, steps, keys, values, half,
-                                             seed):
+                                             layout, seed):
     """``summed_state_products`` against float64: every chunk length, keys
     up to 32 tiles, values in pieces of 16 or of 8, one to five heads
     summed, scales of exactly 0 and 1 (the gates); the rows in float32 or
-    bfloat16 (the outputs' gradient, read as it comes)."""
+    bfloat16 (the outputs' gradient, read as it comes), in each of the
+    values' layouts."""
     _, _, x, scale, normal = _chunk_inputs(seed, z, heads, c, steps, keys, values)
     x = x.astype(mx.bfloat16) if half else x
     states = normal(z, heads, c, keys, values)
     with simulate(dialect):
-        got = np.array(chunked.summed_state_products(x, scale, states))
+        got = np.array(chunked.summed_state_products(_laid_out(x, layout), scale, states,
+                                                     time_first=layout != "heads first"))
     want, size = _einsum_float64("zrctv,zrct,zrckv->zctk", x, scale, states)
     tol = 3e-3 if dialect == "cuda" else 1e-5
     assert got.shape == want.shape
@@ -364,17 +397,19 @@ def _einsum_float64(spec, *arrays):
 @pytest.mark.parametrize("dialect", ["cuda", "metal"])
 @given(z=st.integers(1, 2), heads=st.sampled_from([1, 2, 3]), c=st.integers(1, 3),
        steps=st.sampled_from(chunked.TILED_STEPS), keys=st.sampled_from([16, 48, 128]),
-       values=st.sampled_from([8, 24, 64, 128]), half=st.booleans(), seed=seeds)
-def test_state_row_sums_match_float64(dialect, z, heads, c, steps, keys, values, half, seed):
+       values=st.sampled_from([8, 24, 64, 128]), half=st.booleans(), layout=LAYOUTS, seed=seeds)
+def test_state_row_sums_match_float64(dialect, z, heads, c, steps, keys, values, half, layout,
+                                      seed):
     """``chunk_state_row_sums`` against float64: every chunk length, keys in
     pieces of 16 (up to 8), values in tiles of 8 (up to 16), heads sharing
-    the rows ``q``, the rows in float32 or bfloat16; CUDA's products with
-    the states in TF32."""
+    the rows ``q``, the rows in float32 or bfloat16 in each of the values'
+    layouts; CUDA's products with the states in TF32."""
     q, _, v, _, normal = _chunk_inputs(seed, z, heads, c, steps, keys, values)
     v = v.astype(mx.bfloat16) if half else v
     states = normal(z, heads, c, keys, values)
     with simulate(dialect):
-        got = np.array(chunked.chunk_state_row_sums(q, v, states))
+        got = np.array(chunked.chunk_state_row_sums(q, _laid_out(v, layout), states,
+                                                    time_first=layout != "heads first"))
     want, size = _einsum_float64("zrctv,zctk,zrckv->zrct", v, q, states)
     tol = 3e-3 if dialect == "cuda" else 1e-5
     assert got.shape == want.shape
@@ -412,14 +447,16 @@ def _cotangents_float64(q, dy, g, dfinal, before):
 @pytest.mark.parametrize("direction", ["states", "cotangents"])
 @given(z=st.integers(1, 2), heads=st.integers(1, 2), c=st.integers(1, 4),
        steps=st.sampled_from(chunked.TILED_STEPS), keys=st.sampled_from([16, 48, 80, 128]),
-       values=st.sampled_from([8, 40, 96, 128]), seed=seeds)
-def test_tiled_carries_match_float64(dialect, direction, z, heads, c, steps, keys, values, seed):
+       values=st.sampled_from([8, 40, 96, 128]), layout=LAYOUTS, seed=seeds)
+def test_tiled_carries_match_float64(dialect, direction, z, heads, c, steps, keys, values, layout,
+                                     seed):
     """``chunk_states`` and ``chunk_cotangents`` (the state cotangents newest
     chunk first, and the chunk gate products' gradient summed over the
     threadgroups' blocks) on matrix tiles against float64: every chunk length
     (one to three pieces a chunk), the state split into blocks of rows and of
     columns (80 keys in blocks of 16, 96 values in blocks of 32), heads
-    sharing ``k`` or ``q``, gates of exactly 0 and 1, several chunks."""
+    sharing ``k`` or ``q``, gates of exactly 0 and 1, several chunks, the
+    values (or the outputs' gradient) in each of their layouts."""
     if executor.available() is not None:
         pytest.skip(executor.available())
     rng = np.random.default_rng(seed)
@@ -433,8 +470,9 @@ def test_tiled_carries_match_float64(dialect, direction, z, heads, c, steps, key
         args = (rows, values_, gates, start, normal(z, heads, c, keys, values))
         run, reference = chunked.chunk_cotangents, _cotangents_float64
         names = ["after", "dh0", "da"]
+    laid_out = (args[0], _laid_out(args[1], layout), *args[2:])
     with simulate(dialect):
-        got = [np.array(x) for x in run(*args)]
+        got = [np.array(x) for x in run(*laid_out, time_first=layout != "heads first")]
     tol = 3e-3 if dialect == "cuda" else 1e-5
     wants = reference(*args)
     sizes = [np.abs(want).max() for want in wants]
@@ -462,9 +500,10 @@ def _recorded(kernel, seen, *args):
 
 
 _TILED_SIZES = {
-    "ssd": st.fixed_dictionaries({"H": st.sampled_from([1, 2, 4]), "G": st.just(1),
+    "ssd": st.fixed_dictionaries({"HG": st.sampled_from([(1, 1), (2, 1), (4, 1), (2, 2), (4, 2)]),
                                   "P": st.sampled_from([8, 16]), "N": st.just(16),
-                                  "A_per_channel": st.just(False)}),
+                                  "A_per_channel": st.just(False)}).map(
+        lambda d: {"H": d["HG"][0], "G": d["HG"][1], **{k: d[k] for k in d if k != "HG"}}),
     "gla": st.fixed_dictionaries({"H": st.integers(1, 2), "K": st.just(16),
                                   "V": st.sampled_from([8, 24]),
                                   "g_per_channel": st.just(False)}),

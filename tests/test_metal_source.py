@@ -348,7 +348,7 @@ def test_tile_kernels_fit_metal_threadgroup_memory():
             for dv in (8, 64, 120, 128):
                 assert chunked.tiles_take(steps, dk, dv)
                 block = {"CH": steps, "KD": dk, "VD": dv}
-                carry = chunked._carry_launch(1, 1, steps, dk, dv)["template"]
+                carry = chunked._carry_launch(1, 1, steps, dk, dv, False)["template"]
                 for source, template in ((chunked.CHUNK_OUTPUTS, block),
                                          (chunked.CHUNK_SCORES_GRAD, block),
                                          (chunked.SUMMED_STATE_PRODUCTS, block),

@@ -288,17 +288,18 @@ def _forward(mm, q, k, v, g, h0):
     return y, final, before, raw, qk, decay
 
 
-def _tiled_forward(mm, q, k, v, vs, g, h0, dtype=mx.float32):
+def _tiled_forward(mm, q, k, v, vs, g, h0, dtype=mx.float32, time_first=False):
     """``_forward`` as two kernels on matrix tiles, the chunk states
     (``chunked.chunk_states``) and the outputs (``chunked.chunk_outputs``,
     written in ``dtype``), with the values' rows ``vs * v`` (``v`` in any
-    float dtype) formed inside them; keeps only the states entering each
+    float dtype, and with ``y`` time first where ``time_first``: ``[B, C,
+    T, H, V]``) formed inside them; keeps only the states entering each
     chunk."""
-    before, final = chunked.chunk_states(k, v, vs, g, h0)
-    return chunked.chunk_outputs(q, k, v, vs, g, before, dtype), final, before
+    before, final = chunked.chunk_states(k, v, vs, g, h0, time_first)
+    return chunked.chunk_outputs(q, k, v, vs, g, before, dtype, time_first), final, before
 
 
-def _tiled_backward(mm, q, k, v, vs, g, h0, before, dy, dfinal):
+def _tiled_backward(mm, q, k, v, vs, g, h0, before, dy, dfinal, time_first=False):
     """The backward of ``_tiled_forward``: ``_backward``'s steps, with the
     state cotangents (``chunked.chunk_cotangents``), the states' parts of
     ``dq`` and ``dk`` (``chunked.summed_state_products``), the row sums
@@ -306,13 +307,14 @@ def _tiled_backward(mm, q, k, v, vs, g, h0, before, dy, dfinal):
     within the chunks with the values' gradients and the gates' gradient
     (``chunked.chunk_scores_grad``) on matrix tiles: no decays ``[T, T]``
     or their gradient in memory, ``dy`` read in the outputs' dtype."""
+    tf = time_first
     cum, w = _cumulative(g), _to_end(g)  # [Z,R,C,T]
-    dcum = chunked.chunk_state_row_sums(q, dy, before)  # [Z,R,C,T]: dy . (q S)
-    dq = chunked.summed_state_products(dy, cum, before)  # [Z,C,T,K]
-    dend, dh0, da = chunked.chunk_cotangents(q, dy, g, dfinal, before)
-    dk_ = chunked.summed_state_products(v, w * vs, dend)  # [Z,C,T,K]
-    dw = vs * chunked.chunk_state_row_sums(k, v, dend)  # [Z,R,C,T]: (vs v) . (k Y)
-    dv, dvs, d_scores, dg = chunked.chunk_scores_grad(q, k, v, vs, dy, g, dend, dw, dcum, da)
+    dcum = chunked.chunk_state_row_sums(q, dy, before, tf)  # [Z,R,C,T]: dy . (q S)
+    dq = chunked.summed_state_products(dy, cum, before, tf)  # [Z,C,T,K]
+    dend, dh0, da = chunked.chunk_cotangents(q, dy, g, dfinal, before, tf)
+    dk_ = chunked.summed_state_products(v, w * vs, dend, tf)  # [Z,C,T,K]
+    dw = vs * chunked.chunk_state_row_sums(k, v, dend, tf)  # [Z,R,C,T]: (vs v) . (k Y)
+    dv, dvs, d_scores, dg = chunked.chunk_scores_grad(q, k, v, vs, dy, g, dend, dw, dcum, da, tf)
     dq, dk_ = _through_scores(mm, q, k, d_scores, dq, dk_)
     return dq, dk_, dv, dvs, dg, dh0
 
@@ -376,36 +378,42 @@ def _gate_grad(mm, g, decay, cum, d_decay, dw, dcum, da):
     return shifted + cum_shift * mm(dcum[..., None, :], decay)[..., 0, :]
 
 
-def _checkpointed(forward, backward):
+def _checkpointed(forward, backward, by_rows: bool = True):
     """``forward`` (outputs y, final state and what ``backward`` needs) as a
-    custom function whose vjp is ``backward``; both split over CPU streams."""
+    custom function whose vjp is ``backward``; both split over CPU streams
+    along the leading axis if ``by_rows`` (every array's leading axis ``Z``)."""
+    run = split_rows if by_rows else lambda fn, arrays, _: fn(*arrays)
 
     @mx.custom_function
     def block(*arrays):
-        return split_rows(forward, arrays, arrays[0].shape[0])
+        return run(forward, arrays, arrays[0].shape[0])
 
     @block.vjp
     def block_vjp(primals, cotangents, outputs):
         saved, (dy, dfinal) = outputs[2:], cotangents[:2]
-        return split_rows(backward, (*primals, *saved, dy, dfinal), primals[0].shape[0])
+        return run(backward, (*primals, *saved, dy, dfinal), primals[0].shape[0])
 
     return block
 
 
 @functools.cache
-def _block(form: str, exact_fp32: bool, dtype: mx.Dtype = mx.float32):
+def _block(form: str, exact_fp32: bool, dtype: mx.Dtype = mx.float32, time_first: bool = False):
     """The custom function of one form: ``"scalar"`` gates, ``"scalar-tiled"``
     (scalar gates, the forward, the state cotangents and the backward within
-    the chunks on matrix tiles; the outputs in ``dtype``) or
-    ``"channel"`` (per-channel gates). ``exact_fp32`` routes matmuls through
-    ``precise.matmul`` (float32 inputs: no TF32)."""
+    the chunks on matrix tiles; the outputs in ``dtype``, the values time
+    first where ``time_first``) or ``"channel"`` (per-channel gates).
+    ``exact_fp32`` routes matmuls through ``precise.matmul`` (float32
+    inputs: no TF32)."""
     mm = precise.matmul if exact_fp32 else precise.plain_matmul
     forward, backward = {
         "scalar": (_forward, _backward),
-        "scalar-tiled": (functools.partial(_tiled_forward, dtype=dtype), _tiled_backward),
+        "scalar-tiled": (functools.partial(_tiled_forward, dtype=dtype, time_first=time_first),
+                         functools.partial(_tiled_backward, time_first=time_first)),
         "channel": (_channel_forward, _channel_backward),
     }[form]
-    return _checkpointed(functools.partial(forward, mm), functools.partial(backward, mm))
+    # the tiles run on a GPU (on the CPU only simulated), where nothing is split
+    return _checkpointed(functools.partial(forward, mm), functools.partial(backward, mm),
+                         by_rows=form != "scalar-tiled")
 
 
 # Chunk lengths, chosen by measurement (benchmarks/chunk_sweep.py for per-head
@@ -429,7 +437,8 @@ def uses_tiles(length: int, dk: int, dv: int, arrays) -> bool:
 
 
 def scalar_gate_chunked_scan(q, k, v, g, h0, chunk: int | None = None, exact_fp32: bool = True,
-                             dtype: mx.Dtype | None = None, v_scale: mx.array | None = None):
+                             dtype: mx.Dtype | None = None, v_scale: mx.array | None = None,
+                             values_time_first: bool = False):
     """Chunked evaluation of the recurrence in the module docstring.
 
     q, k: [Z, L, K] (shared by the R heads of a group); v: [Z, R, L, V] in
@@ -437,35 +446,47 @@ def scalar_gate_chunked_scan(q, k, v, g, h0, chunk: int | None = None, exact_fp3
     (``ssd``'s ``dt * x``); g: [Z, R, L] linear-space gates; h0: [Z, R, K,
     V]; all but ``v`` float32/64. Returns y [Z, R, L, V] in ``dtype``
     (default ``q``'s) and the final state [Z, R, K, V].
+    ``values_time_first``: v and y laid out [B, L, H, V] instead, head ``b *
+    H + h`` being head ``z * R + r`` (``B H = Z R``): the matrix tiles read
+    and write that layout as it is, the other forms take a transposed copy.
     ``exact_fp32=False`` lets matmuls use TF32 where MLX does (enough for
     half-precision inputs); True keeps them float32-accurate.
     """
     dtype = dtype or q.dtype
-    z, r, length, dv = v.shape
-    dk = q.shape[-1]
+    z, r, length = g.shape
+    dk, dv = q.shape[-1], v.shape[-1]
     steps = min(chunk or CHUNK["gpu" if _on_gpu() else "cpu"], length)
-    pad = -length % steps
+    c = -(-length // steps)
     if v_scale is None:
         v_scale = mx.ones(g.shape, q.dtype)
+    tiled = _tiles(steps, dk, dv, exact_fp32) and _fused(
+        q, k, g, h0, v_scale, extent=z * r * c * max(max(dk, steps, 128) * dv, steps * steps))
+    if values_time_first and not tiled:
+        b, _, h, _ = v.shape
+        v = relayout(v, (0, 2, 1, 3), v.dtype).reshape(z, r, length, dv)
+        y, final = scalar_gate_chunked_scan(q, k, v, g, h0, chunk, exact_fp32, dtype, v_scale)
+        return relayout(y.reshape(b, h, length, dv), (0, 2, 1, 3), dtype), final
+    pad = c * steps - length
+    time_axis = 1 if values_time_first else 2
     if pad:
         q, k = (mx.pad(x, [(0, 0), (0, pad), (0, 0)]) for x in (q, k))
-        v = mx.pad(v, [(0, 0), (0, 0), (0, pad), (0, 0)])
+        v = mx.pad(v, [(0, pad if axis == time_axis else 0) for axis in range(4)])
         g = mx.pad(g, [(0, 0), (0, 0), (0, pad)], constant_values=1.0)
         v_scale = mx.pad(v_scale, [(0, 0), (0, 0), (0, pad)])
-    c = (length + pad) // steps
     rows = (q.reshape(z, c, steps, dk), k.reshape(z, c, steps, dk))
     g = g.reshape(z, r, c, steps)
-    # the tiles read v as it comes and scale its rows themselves
-    if _tiles(steps, dk, dv, exact_fp32) and _fused(
-            q, k, g, h0, v_scale,
-            extent=z * r * c * max(max(dk, steps, 128) * dv, steps * steps)):
-        y, final, *_ = _block("scalar-tiled", exact_fp32, dtype)(
-            *rows, v.reshape(z, r, c, steps, dv), v_scale.reshape(g.shape), g, h0)
+    if tiled:  # the tiles read v as it comes and scale its rows themselves
+        chunks = v.shape[:time_axis] + (c, steps) + v.shape[time_axis + 1:]
+        y, final, *_ = _block("scalar-tiled", exact_fp32, dtype, values_time_first)(
+            *rows, v.reshape(chunks), v_scale.reshape(g.shape), g, h0)
+        y = y.reshape(v.shape)
     else:
         v = _scaled_rows(v_scale, v.astype(q.dtype))
         y, final, *_ = _block("scalar", exact_fp32)(*rows, v.reshape(z, r, c, steps, dv), g, h0)
-    y = y.reshape(z, r, c * steps, dv).astype(dtype)  # the tiled form's already is
-    return (y[:, :, :length] if pad else y), final
+        y = y.reshape(v.shape).astype(dtype)
+    if pad:
+        y = y[:, :length] if values_time_first else y[:, :, :length]
+    return y, final
 
 
 # --------------------------------------------------------------------------

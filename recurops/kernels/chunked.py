@@ -340,10 +340,29 @@ CHANNEL_SCORES_GRAD = Source(
 # ``c`` flattened), warp w owning rows 16w..16w+15 of the chunk's steps, and
 # where the chunk's rows of q and k, of the per-head v-shaped arrays and of
 # the gates start.
+def _value_layout(array: str) -> str:
+    """Body text that declares how ``array`` and the arrays laid out as it (the
+    values, the outputs and their gradients) are laid out: heads first ``[Z,
+    R, C, CH, VD]``, or time first ``[B, C, CH, H, VD]`` (baked ``VT``; head
+    ``zr = b * H + h``, so that ``[B, L, H, V]`` needs no copy). ``v_row``
+    steps from a row of a chunk to the next."""
+    return f"""
+    const int HV = VT ? {array}_shape[3] : 1;  // H, time first
+    const int v_row = VT ? HV * VD : VD;
+"""
+
+
+def _value_at(zr: str, c: str) -> str:
+    """The offset of the first row of chunk ``c`` of head ``zr`` in the
+    values' layout (``_value_layout``)."""
+    return (f"(VT ? ((({zr}) / HV * C + ({c})) * CH * HV + ({zr}) % HV) * VD"
+            f" : (({zr}) * C + ({c})) * CH * VD)")
+
+
 _CHUNK_THREADS = """
     const int Z = q_shape[0];
     const int C = q_shape[1];
-    const int R = v_shape[1];
+    const int R = HEADS_shape[1];
     const int tid = THREAD_ID % 128;
     const int chunk = THREAD_ID / 128;
     if (chunk >= Z * R * C) return;  // a whole threadgroup: no barrier is left half-met
@@ -352,19 +371,26 @@ _CHUNK_THREADS = """
     const int c = chunk % C;
     const int zr = chunk / C;
     const int qk_at = ((zr / R) * C + c) * CH * KD;
-    const int v_at = chunk * CH * VD;
     const int g_at = chunk * CH;
+""" + _value_layout("v") + f"""    const int v_at = {_value_at("zr", "c")};
 """
 
 
+def _chunk_threads(heads: str) -> str:
+    """``_CHUNK_THREADS`` with ``R`` read from ``heads``, an input laid out
+    heads first ``[Z, R, C, ...]``."""
+    return _CHUNK_THREADS.replace("HEADS", heads)
+
+
 def _scores(left: str, right: str, at: str, width: str, piece: str, base: str,
-            split: bool = False) -> str:
+            split: bool = False, stride: str | None = None) -> str:
     """Body text that computes the scores ``left right^T`` of a chunk (both
     ``[CH, width]`` rows from ``at``) into the accumulators ``score[CH / 8]``
     of the warps that own rows (``rows``), only the tiles on or below the
     diagonal, over pieces of ``piece`` channels staged at ``sm[base]`` (``2 *
     CH * LDS`` floats), loading the next piece while it multiplies this one.
-    ``split``: float32-accurate products (``chassis.TILES``' split ones)."""
+    ``split``: float32-accurate products (``chassis.TILES``' split ones);
+    ``stride``: from one row to the next (default ``width``)."""
     suffix = "_split" if split else ""
     return """
     // the scores @L@ @R@^T over pieces of @P@ channels; only tiles on or below the diagonal
@@ -375,8 +401,8 @@ def _scores(left: str, right: str, at: str, width: str, piece: str, base: str,
         float rn[N];
         for (int e = 0; e < N; ++e) {
             const int i = tid + e * 128;
-            ln[e] = @L@[@AT@ + (i / @P@) * @W@ + i % @P@];
-            rn[e] = @R@[@AT@ + (i / @P@) * @W@ + i % @P@];
+            ln[e] = @L@[@AT@ + (i / @P@) * @ST@ + i % @P@];
+            rn[e] = @R@[@AT@ + (i / @P@) * @ST@ + i % @P@];
         }
         for (int k0 = 0; k0 < @W@; k0 += @P@) {
             if (k0 > 0) BARRIER();  // the products are done with the last piece
@@ -389,8 +415,8 @@ def _scores(left: str, right: str, at: str, width: str, piece: str, base: str,
             if (k0 + @P@ < @W@) {
                 for (int e = 0; e < N; ++e) {
                     const int i = tid + e * 128;
-                    ln[e] = @L@[@AT@ + (i / @P@) * @W@ + k0 + @P@ + i % @P@];
-                    rn[e] = @R@[@AT@ + (i / @P@) * @W@ + k0 + @P@ + i % @P@];
+                    ln[e] = @L@[@AT@ + (i / @P@) * @ST@ + k0 + @P@ + i % @P@];
+                    rn[e] = @R@[@AT@ + (i / @P@) * @ST@ + k0 + @P@ + i % @P@];
                 }
             }
             if (rows) {
@@ -408,7 +434,8 @@ def _scores(left: str, right: str, at: str, width: str, piece: str, base: str,
         }
     }
 """.replace("@L@", left).replace("@R@", right).replace("@AT@", at).replace(
-        "@W@", width).replace("@P@", piece).replace("@B@", base).replace("@S@", suffix)
+        "@ST@", stride or width).replace("@W@", width).replace("@P@", piece).replace(
+        "@B@", base).replace("@S@", suffix)
 
 
 def _values_then_states(values: str | None, scaled: str, scale: str | None, states: str,
@@ -446,7 +473,7 @@ def _values_then_states(values: str | None, scaled: str, scale: str | None, stat
         loads = """if (piece + 1 < INTRA) {
                 for (int e = 0; e < VN; ++e) {
                     const int i = tid + e * 128;
-                    vn[e] = @VALUES@[v_at + ((piece + 1) * 16 + i / VD) * VD + i % VD];
+                    vn[e] = @VALUES@[v_at + ((piece + 1) * 16 + i / VD) * v_row + i % VD];
                 }
             } else if (piece + 1 < PIECES) """ + states_piece
         if transposed:  # warp w's rows s take the rows t >= s of P
@@ -528,7 +555,8 @@ CHUNK_OUTPUTS = Source(
     inputs=("q", "k", "v", "vs", "g", "before"),
     outputs=("y",),
     body="""
-    // q, k [Z, C, CH, KD]; v, y [Z, R, C, CH, VD]; vs, g [Z, R, C, CH]; before [Z, R, C, KD, VD];
+    // q, k [Z, C, CH, KD]; v, y [Z, R, C, CH, VD] or time first; vs, g [Z, R, C, CH];
+    // before [Z, R, C, KD, VD];
     // the values' rows vs * v (v in any float dtype); y in T, the rest float32;
     // threadgroups of 128 threads (chassis.THREADS_PER_GROUP)
     constexpr int KP = 16;                        // channels a piece of the scores
@@ -543,13 +571,13 @@ CHUNK_OUTPUTS = Source(
     SHARED float sm[SIZE];
     SHARED float cum[CH];
 
-""" + _CHUNK_THREADS + """    const int s_at = chunk * KD * VD;
+""" + _chunk_threads("before") + """    const int s_at = chunk * KD * VD;
 
     recurops_tile score[CH / 8];
 """ + _scores("q", "k", "qk_at", "KD", "KP", "0") + """    float vn[VN];
     for (int e = 0; e < VN; ++e) {
         const int i = tid + e * 128;
-        vn[e] = v[v_at + (i / VD) * VD + i % VD];
+        vn[e] = v[v_at + (i / VD) * v_row + i % VD];
     }
     BARRIER();  // P overwrites the last piece
     if (rows) {
@@ -584,7 +612,8 @@ CHUNK_OUTPUTS = Source(
     constexpr int LDY = VD + 4;
 """ + _rows_out("""
         for (int i = tid; i < 16 * VD; i += 128) {
-            y[v_at + piece * 16 * VD + i] = static_cast<T>(sm[(i / VD) * LDY + i % VD]);
+            y[v_at + (piece * 16 + i / VD) * v_row + i % VD] =
+                static_cast<T>(sm[(i / VD) * LDY + i % VD]);
         }"""),
 )
 
@@ -604,7 +633,8 @@ CHUNK_SCORES_GRAD = Source(
     inputs=("q", "k", "v", "vs", "dy", "g", "dend", "dw", "dcum", "da"),
     outputs=("dv", "dvs", "dscores", "dg"),
     body="""
-    // q, k [Z, C, CH, KD]; v, dy, dv [Z, R, C, CH, VD]; vs, g, dw, dcum, dg, dvs [Z, R, C, CH];
+    // q, k [Z, C, CH, KD]; v, dy, dv [Z, R, C, CH, VD] or time first;
+    // vs, g, dw, dcum, dg, dvs [Z, R, C, CH];
     // dend [Z, R, C, KD, VD]; da [Z, R, C]; dscores [Z, R, C, CH, CH]; the values' rows
     // vs * v (v in any float dtype, dv in T); threadgroups of 128 threads
     constexpr int KP = 16;                         // channels a piece of q k^T
@@ -621,7 +651,7 @@ CHUNK_SCORES_GRAD = Source(
     SHARED float dcums[CH];  // dcum + e_{CH-1} da
     SHARED float ws[CH];     // w = D[CH-1, :]
 
-""" + _CHUNK_THREADS + """    const int s_at = chunk * KD * VD;
+""" + _chunk_threads("dend") + """    const int s_at = chunk * KD * VD;
 
     if (tid < CH) {
         gates[tid] = g[g_at + tid];
@@ -635,7 +665,8 @@ CHUNK_SCORES_GRAD = Source(
         }
     }
     BARRIER();  // the products are done with the last piece
-""" + _scores("dy", "v", "v_at", "VD", "VP", "DS", split=True) + """
+""" + _scores("dy", "v", "v_at", "VD", "VP", "DS", split=True,
+                                              stride="v_row") + """
     // 32 rows t of dy v^T at a time. First a thread a column s, with D[t, s] =
     // prod_{s<r<=t} g[r] as a running product: dscores = dy v^T * D, P = q k^T * D,
     // and the decays' gradient dD = dy v^T * q k^T (its last row plus dw, that of
@@ -708,7 +739,7 @@ CHUNK_SCORES_GRAD = Source(
     float vn[VN];
     for (int e = 0; e < VN; ++e) {
         const int i = tid + e * 128;
-        vn[e] = dy[v_at + (i / VD) * VD + i % VD];
+        vn[e] = dy[v_at + (i / VD) * v_row + i % VD];
     }
 """ + _values_then_states("dy", "k", "ws", "dend", "0", "DS", transposed=True) + """
     // the rows' gradient: dv = vs * out in T, dvs = sum out * v, eight lanes a row
@@ -719,8 +750,8 @@ CHUNK_SCORES_GRAD = Source(
         float sum = 0.0f;
         for (int j = tid % 8; j < VD; j += 8) {
             const float d = sm[(tid / 8) * LDY + j];
-            sum += d * static_cast<float>(v[v_at + t * VD + j]);
-            dv[v_at + t * VD + j] = static_cast<T>(scale * d);
+            sum += d * static_cast<float>(v[v_at + t * v_row + j]);
+            dv[v_at + t * v_row + j] = static_cast<T>(scale * d);
         }
         sum = LANE_SUM(sum, 1, 4);
         if (tid % 8 == 0) dvs[g_at + t] = sum;"""),
@@ -737,7 +768,8 @@ SUMMED_STATE_PRODUCTS = Source(
     inputs=("x", "scale", "states"),
     outputs=("out",),
     body="""
-    // x [Z, R, C, CH, VD]; scale [Z, R, C, CH]; states [Z, R, C, KD, VD]; out [Z, C, CH, KD];
+    // x [Z, R, C, CH, VD] or time first; scale [Z, R, C, CH]; states [Z, R, C, KD, VD];
+    // out [Z, C, CH, KD];
     // threadgroups of 128 threads (chassis.THREADS_PER_GROUP)
     constexpr int VP = (VD % 16 == 0) ? 16 : 8;  // value channels a piece
     constexpr int LDS = VP + 4;                  // the pieces' row stride
@@ -746,10 +778,10 @@ SUMMED_STATE_PRODUCTS = Source(
     constexpr int SPLIT = VD / VP;               // pieces a head
     SHARED float sm[(CH + KD) * LDS];
 
-    const int Z = x_shape[0];
-    const int R = x_shape[1];
-    const int C = x_shape[2];
-    const int tid = THREAD_ID % 128;
+    const int Z = states_shape[0];
+    const int R = states_shape[1];
+    const int C = states_shape[2];
+""" + _value_layout("x") + """    const int tid = THREAD_ID % 128;
     const int chunk = THREAD_ID / 128;  // z * C + c
     if (chunk >= Z * C) return;  // a whole threadgroup: no barrier is left half-met
     const int warp = tid / 32;
@@ -777,9 +809,10 @@ SUMMED_STATE_PRODUCTS = Source(
         if (p < R * SPLIT) {  // load piece p: head p / SPLIT, channels from v0
             const int at = (z * R + p / SPLIT) * C + c;  // the head's chunk
             const int v0 = (p % SPLIT) * VP;
+            const int x_at = """ + _value_at("z * R + p / SPLIT", "c") + """ + v0;
             for (int e = 0; e < XN; ++e) {
                 const int i = tid + e * 128;
-                xn[e] = static_cast<float>(x[(at * CH + i / VP) * VD + v0 + i % VP]) *
+                xn[e] = static_cast<float>(x[x_at + (i / VP) * v_row + i % VP]) *
                         scale[at * CH + i / VP];
             }
             for (int e = 0; e < SN; ++e) {
@@ -815,7 +848,7 @@ CHUNK_STATE_ROW_SUMS = Source(
     inputs=("q", "v", "states"),
     outputs=("sums",),
     body="""
-    // q [Z, C, CH, KD] (shared by the R heads of a group); v [Z, R, C, CH, VD];
+    // q [Z, C, CH, KD] (shared by the R heads of a group); v [Z, R, C, CH, VD] or time first;
     // states [Z, R, C, KD, VD]; sums [Z, R, C, CH]; threadgroups of 128 threads
     constexpr int LDA = 20;       // a 16-channel piece of q's row stride
     constexpr int LDV = VD + 8;   // 16 rows of S
@@ -824,7 +857,7 @@ CHUNK_STATE_ROW_SUMS = Source(
     constexpr int STAGE = CH * LDA + 16 * LDV;
     SHARED float sm[STAGE > 16 * LDY ? STAGE : 16 * LDY];
 
-""" + _CHUNK_THREADS + """    const int s_at = chunk * KD * VD;
+""" + _chunk_threads("states") + """    const int s_at = chunk * KD * VD;
     recurops_tile out[VD / 8];
     for (int j = 0; j < VD / 8; ++j) recurops_tile_zero(out[j]);
     float vn[VN];
@@ -832,7 +865,7 @@ CHUNK_STATE_ROW_SUMS = Source(
         const int t = piece * 16 + tid / 8;  // eight lanes a row
         float sum = 0.0f;
         for (int j = tid % 8; j < VD; j += 8) {
-            sum += sm[(tid / 8) * LDY + j] * static_cast<float>(v[v_at + t * VD + j]);
+            sum += sm[(tid / 8) * LDY + j] * static_cast<float>(v[v_at + t * v_row + j]);
         }
         sum = LANE_SUM(sum, 1, 4);
         if (tid % 8 == 0) sums[chunk * CH + t] = sum;"""),
@@ -846,7 +879,7 @@ CHUNK_STATE_ROW_SUMS = Source(
 # next piece while it multiplies this one. The @...@ hooks are each
 # direction's own: the chunk order, the step weights and what follows the write.
 _CARRY = """
-    // @A@ [Z, C, CH, KD] (shared by the R heads of a group); @B@ [Z, R, C, CH, VD];
+    // @A@ [Z, C, CH, KD] (shared by the R heads of a group); @B@ [Z, R, C, CH, VD] or time first;
     // g [Z, R, C, CH]; @START@, @LAST@ [Z, R, KD, VD]; @OUT@ [Z, R, C, KD, VD];
     // threadgroups of 128 threads (chassis.THREADS_PER_GROUP)
     constexpr int SP = (CH % 32 == 0) ? 32 : 16;  // steps a piece
@@ -862,8 +895,8 @@ _CARRY = """
 @DECLARE@
     const int Z = @A@_shape[0];
     const int C = @A@_shape[1];
-    const int R = @B@_shape[1];
-    const int KB = KD / BK;
+    const int R = g_shape[1];
+""" + _value_layout("@B@") + """    const int KB = KD / BK;
     const int VB = VD / BV;
     const int tid = THREAD_ID % 128;
     const int block = THREAD_ID / 128;
@@ -874,7 +907,7 @@ _CARRY = """
     const int kb = (block / VB) % KB;
     const int zr = block / (VB * KB);
     const int a_at = (zr / R) * C * CH * KD + kb * BK;  // @A@[z, 0, 0, kb * BK]
-    const int b_at = zr * C * CH * VD + vb * BV;
+    const int b_at = """ + _value_at("zr", "0") + """ + vb * BV;
     const int g_at = zr * C * CH;
     const int row = kb * BK + warp * 16;  // the warp's first state row
 
@@ -893,7 +926,7 @@ _CARRY = """
     }
     for (int e = 0; e < BN; ++e) {
         const int i = tid + e * 128;
-        bn[e] = @B@[b_at + (first + i / BV) * VD + i % BV];
+        bn[e] = @B@[b_at + (first + i / BV) * v_row + i % BV];
     }
     float gn = (tid < CH) ? g[g_at + first + tid] : 0.0f;
 
@@ -942,7 +975,7 @@ _CARRY = """
                 }
                 for (int e = 0; e < BN; ++e) {
                     const int i = tid + e * 128;
-                    bn[e] = @B@[b_at + (step + i / BV) * VD + i % BV];
+                    bn[e] = @B@[b_at + (step + i / BV) * v_row + i % BV];
                 }
             }
             if (rows) {
@@ -1160,7 +1193,8 @@ def channel_scores_grad(q, k, g, dscores, dqc, dkw, da) -> tuple[mx.array, mx.ar
     return tuple(x.reshape(q.shape) for x in grads)
 
 
-def chunk_outputs(q, k, v, vs, g, before, dtype: mx.Dtype = mx.float32) -> mx.array:
+def chunk_outputs(q, k, v, vs, g, before, dtype: mx.Dtype = mx.float32,
+                  time_first: bool = False) -> mx.array:
     """The chunks' outputs ``y = (q k^T * D) (vs * v) + cum * (q S)`` on
     matrix tiles.
 
@@ -1170,31 +1204,32 @@ def chunk_outputs(q, k, v, vs, g, before, dtype: mx.Dtype = mx.float32) -> mx.ar
     ``before [Z, R, C, K, V]``; ``D[t, s] = prod_{s<r<=t} g[r]`` (0 above the
     diagonal) and ``cum[t] = prod_{r<=t} g[r]``. Returns ``y [Z, R, C, T, V]``
     in ``dtype``, rounded once from float32 (the products in TF32 on CUDA).
+    ``time_first``: ``v`` and ``y`` laid out ``[B, C, T, H, V]`` instead,
+    head ``b * H + h`` for ``Z R = B H`` (``[B, L, H, V]`` as it comes).
     Shapes as ``tiles_take`` says.
     """
-    config = _chunk_launch(q, v)
+    config = _chunk_launch(q, g, v, time_first)
     config["template"]["T"] = dtype
     (y,) = launch(CHUNK_OUTPUTS, (q, k, v, vs, g, before), {"y": (v.shape, dtype)}, **config)
     return y
 
 
-def _tile_template(steps: int, dk: int, dv: int) -> dict:
+def _tile_template(steps: int, dk: int, dv: int, time_first: bool) -> dict:
     """What the tile kernels bake: the chunk length and head dims (which
-    ``tiles_take`` must admit)."""
+    ``tiles_take`` must admit) and the values' layout."""
     assert tiles_take(steps, dk, dv), (steps, dk, dv)
-    return {"CH": steps, "KD": dk, "VD": dv}
+    return {"CH": steps, "KD": dk, "VD": dv, "VT": int(time_first)}
 
 
-def _chunk_launch(q, v) -> dict:
-    """A threadgroup a chunk and head, with the chunk length and head dims
-    baked (``q [Z, C, T, K]``, ``v [Z, R, C, T, V]``)."""
+def _chunk_launch(q, heads, v, time_first: bool) -> dict:
+    """A threadgroup a chunk and head, with the chunk length, head dims and
+    values' layout baked (``q [Z, C, T, K]``, ``heads [Z, R, C, ...]``)."""
     z, c, steps, dk = q.shape
-    r, dv = v.shape[1], v.shape[-1]
-    return {"threads": z * r * c * THREADS_PER_GROUP,
-            "template": _tile_template(steps, dk, dv)}
+    return {"threads": z * heads.shape[1] * c * THREADS_PER_GROUP,
+            "template": _tile_template(steps, dk, v.shape[-1], time_first)}
 
 
-def chunk_scores_grad(q, k, v, vs, dy, g, dend, dw, dcum, da):
+def chunk_scores_grad(q, k, v, vs, dy, g, dend, dw, dcum, da, time_first: bool = False):
     """The backward within each chunk, ``y = P (vs * v)`` with ``P = q k^T *
     D``, with the states' part of the values' gradient and the gates'
     gradient, on matrix tiles.
@@ -1214,9 +1249,11 @@ def chunk_scores_grad(q, k, v, vs, dy, g, dend, dw, dcum, da):
     gates' gradient ``dg [Z, R, C, T]`` (``scalar_chunked._gate_grad``'s
     formula with the decays' gradient ``dy (vs * v)^T * q k^T``, which is
     never written out). Float32 but ``v``'s gradient, the products for
-    ``u`` in TF32 on CUDA. Shapes as ``tiles_take`` says.
+    ``u`` in TF32 on CUDA. ``time_first``: ``v``, ``dy`` and ``v``'s
+    gradient laid out as ``chunk_outputs`` says. Shapes as ``tiles_take``
+    says.
     """
-    config = _chunk_launch(q, v)
+    config = _chunk_launch(q, g, v, time_first)
     config["template"]["T"] = v.dtype
     return launch(CHUNK_SCORES_GRAD, (q, k, v, vs, dy, g, dend, dw, dcum, da),
                   {"dv": (v.shape, v.dtype), "dvs": (g.shape, mx.float32),
@@ -1224,36 +1261,37 @@ def chunk_scores_grad(q, k, v, vs, dy, g, dend, dw, dcum, da):
                    "dg": (g.shape, mx.float32)}, **config)
 
 
-def summed_state_products(x, scale, states) -> mx.array:
+def summed_state_products(x, scale, states, time_first: bool = False) -> mx.array:
     """``sum_r (x_r * scale_r[..., None]) @ S_r^T`` on matrix tiles: the
     products of each head's chunk rows with its chunk's state (or state
     cotangent), summed over the ``R`` heads that share ``q`` and ``k``.
 
-    ``x [Z, R, C, T, V]`` (any float dtype), ``scale [Z, R, C, T]``,
-    ``states [Z, R, C, K, V]``.
-    Returns ``[Z, C, T, K]``, float32 (the products in TF32 on CUDA). Shapes
-    as ``tiles_take`` says.
+    ``x [Z, R, C, T, V]`` (any float dtype; ``time_first`` as
+    ``chunk_outputs`` says), ``scale [Z, R, C, T]``, ``states [Z, R, C, K,
+    V]``. Returns ``[Z, C, T, K]``, float32 (the products in TF32 on CUDA).
+    Shapes as ``tiles_take`` says.
     """
-    z, r, c, steps, dv = x.shape
-    dk = states.shape[-2]
+    z, _, c, steps = scale.shape
+    dk, dv = states.shape[-2:]
     (out,) = launch(SUMMED_STATE_PRODUCTS, (x, scale, states),
-                    {"out": ((z, c, steps, dk), mx.float32)},
-                    threads=z * c * THREADS_PER_GROUP, template=_tile_template(steps, dk, dv))
+                    {"out": ((z, c, steps, dk), mx.float32)}, threads=z * c * THREADS_PER_GROUP,
+                    template=_tile_template(steps, dk, dv, time_first))
     return out
 
 
-def chunk_state_row_sums(q, v, states) -> mx.array:
+def chunk_state_row_sums(q, v, states, time_first: bool = False) -> mx.array:
     """``sum_j v[..., t, j] (q S)[t, j]``: the row sums of each head's chunk
     rows with the products of the chunk's rows of ``q`` and its state (or
     state cotangent) ``S``, on matrix tiles, without ``q S`` in memory.
 
     ``q [Z, C, T, K]`` (shared by the ``R`` heads of a group), ``v [Z, R, C,
-    T, V]`` (any float dtype), ``states [Z, R, C, K, V]``. Returns ``[Z, R,
-    C, T]``, float32
-    (the products in TF32 on CUDA). Shapes as ``tiles_take`` says.
+    T, V]`` (any float dtype; ``time_first`` as ``chunk_outputs`` says),
+    ``states [Z, R, C, K, V]``. Returns ``[Z, R, C, T]``, float32 (the
+    products in TF32 on CUDA). Shapes as ``tiles_take`` says.
     """
     (sums,) = launch(CHUNK_STATE_ROW_SUMS, (q, v, states),
-                     {"sums": (v.shape[:-1], mx.float32)}, **_chunk_launch(q, v))
+                     {"sums": (states.shape[:3] + q.shape[2:3], mx.float32)},
+                     **_chunk_launch(q, states, v, time_first))
     return sums
 
 
@@ -1267,7 +1305,7 @@ def _block_width(n: int, widest: int) -> int:
     return width
 
 
-def chunk_states(k, v, vs, g, h0) -> tuple[mx.array, mx.array]:
+def chunk_states(k, v, vs, g, h0, time_first: bool = False) -> tuple[mx.array, mx.array]:
     """The states entering each chunk on matrix tiles: ``S[c+1] = a[c] S[c]
     + k^T (w * vs * v)`` from ``S[0] = h0``, where ``a = prod_r g[r]`` and
     ``w[s] = prod_{s<r<T} g[r]`` over the chunk's steps.
@@ -1276,38 +1314,40 @@ def chunk_states(k, v, vs, g, h0) -> tuple[mx.array, mx.array]:
     rows ``v [Z, R, C, T, V]`` (any float dtype) scaled by ``vs [Z, R, C,
     T]``, ``g [Z, R, C, T]``, ``h0 [Z, R, K, V]``. Returns ``before [Z, R,
     C, K, V]`` (``S[0..C-1]``) and the final state ``S[C]``, float32 (the
-    products in TF32 on CUDA). Shapes as ``tiles_take`` says.
+    products in TF32 on CUDA). ``time_first``: ``v`` laid out as
+    ``chunk_outputs`` says. Shapes as ``tiles_take`` says.
     """
     z, c, steps, dk = k.shape
-    r, dv = v.shape[1], v.shape[-1]
+    r, dv = g.shape[1], v.shape[-1]
     return launch(CHUNK_STATES, (k, v, vs, g, h0),
                   {"before": ((z, r, c, dk, dv), mx.float32), "final": (h0.shape, mx.float32)},
-                  **_carry_launch(z, r, steps, dk, dv))
+                  **_carry_launch(z, r, steps, dk, dv, time_first))
 
 
-def _carry_launch(z, r, steps, dk, dv) -> dict:
+def _carry_launch(z, r, steps, dk, dv, time_first: bool) -> dict:
     bk, bv = _block_width(dk, 64), _block_width(dv, 32)
     blocks = z * r * (dk // bk) * (dv // bv)
     return {"threads": blocks * THREADS_PER_GROUP,
-            "template": {**_tile_template(steps, dk, dv), "BK": bk, "BV": bv}}
+            "template": {**_tile_template(steps, dk, dv, time_first), "BK": bk, "BV": bv}}
 
 
-def chunk_cotangents(q, dy, g, dfinal, before) -> tuple[mx.array, mx.array, mx.array]:
+def chunk_cotangents(q, dy, g, dfinal, before,
+                     time_first: bool = False) -> tuple[mx.array, mx.array, mx.array]:
     """The reverse of ``chunk_states`` on matrix tiles, from the outputs'
     gradient: ``Y[c] = a[c] Y[c+1] + q^T (cum * dy)`` from ``Y[C] = dfinal``,
     ``cum[t] = prod_{r<=t} g[r]`` over the chunk's steps.
 
     ``q [Z, C, T, K]`` (shared by the ``R`` heads of a group), ``dy [Z, R,
-    C, T, V]`` (any float dtype), ``g [Z, R, C, T]``, ``dfinal [Z, R, K,
-    V]``, the states
-    entering each chunk ``before [Z, R, C, K, V]``. Returns ``Y[1..C]`` (the
-    cotangent of the state after each chunk), ``Y[0]`` (that of the initial
-    state) and the gradient of ``a``, ``sum Y[c+1] * before[c]`` (``[Z, R,
-    C]``), float32.
+    C, T, V]`` (any float dtype; ``time_first`` as ``chunk_outputs`` says),
+    ``g [Z, R, C, T]``, ``dfinal [Z, R, K, V]``, the states entering each
+    chunk ``before [Z, R, C, K, V]``. Returns ``Y[1..C]`` (the cotangent of
+    the state after each chunk), ``Y[0]`` (that of the initial state) and
+    the gradient of ``a``, ``sum Y[c+1] * before[c]`` (``[Z, R, C]``),
+    float32.
     """
     z, c, steps, dk = q.shape
-    r, dv = dy.shape[1], dy.shape[-1]
-    config = _carry_launch(z, r, steps, dk, dv)
+    r, dv = g.shape[1], dy.shape[-1]
+    config = _carry_launch(z, r, steps, dk, dv, time_first)
     blocks = config["threads"] // THREADS_PER_GROUP // (z * r)
     after, dh0, parts = launch(
         CHUNK_COTANGENTS, (q, dy, g, dfinal, before),

@@ -85,15 +85,12 @@ def _fallback_per_head(x, dt, A, B, C, state, exact, out_dtype):
         return t.reshape(b * groups, length, n)
 
     dt_heads = mx.swapaxes(dt, 1, 2)  # [B, H, L]
-    x = relayout(x, (0, 2, 1, 3), x.dtype)  # [B, H, L, P], values dt * x
     gate = mx.exp(dt_heads * A[:, None])
-    y, final = scalar_gate_chunked_scan(
-        groups_first(C), groups_first(B), x.reshape(b * groups, r, length, p),
-        gate.reshape(b * groups, r, length),
+    y, final = scalar_gate_chunked_scan(  # values dt * x, x [B, L, H, P] as it comes
+        groups_first(C), groups_first(B), x, gate.reshape(b * groups, r, length),
         mx.swapaxes(state, -1, -2).reshape(b * groups, r, n, p), exact_fp32=exact,
-        dtype=out_dtype, v_scale=dt_heads.reshape(b * groups, r, length),
+        dtype=out_dtype, v_scale=dt_heads.reshape(b * groups, r, length), values_time_first=True,
     )
-    y = relayout(y.reshape(b, h, length, p), (0, 2, 1, 3), out_dtype)
     return y, mx.swapaxes(final.reshape(b, h, n, p), -1, -2)
 
 
