@@ -308,6 +308,7 @@ def _tiled_backward(mm, q, k, v, vs, g, h0, before, dy, dfinal, time_first=False
     (``chunked.chunk_scores_grad``) on matrix tiles: no decays ``[T, T]``
     or their gradient in memory, ``dy`` read in the outputs' dtype."""
     tf = time_first
+    dy = mx.contiguous(dy)  # read by four kernels: one copy if it comes strided, not four
     cum, w = _cumulative(g), _to_end(g)  # [Z,R,C,T]
     dcum = chunked.chunk_state_row_sums(q, dy, before, tf)  # [Z,R,C,T]: dy . (q S)
     dq = chunked.summed_state_products(dy, cum, before, tf)  # [Z,C,T,K]
@@ -477,6 +478,7 @@ def scalar_gate_chunked_scan(q, k, v, g, h0, chunk: int | None = None, exact_fp3
     g = g.reshape(z, r, c, steps)
     if tiled:  # the tiles read v as it comes and scale its rows themselves
         chunks = v.shape[:time_axis] + (c, steps) + v.shape[time_axis + 1:]
+        v = mx.contiguous(v)  # read by five kernels: one copy if it comes strided, not five
         y, final, *_ = _block("scalar-tiled", exact_fp32, dtype, values_time_first)(
             *rows, v.reshape(chunks), v_scale.reshape(g.shape), g, h0)
         y = y.reshape(v.shape)
