@@ -777,7 +777,7 @@ def in_one_dtype(*arrays) -> tuple[mx.Dtype, tuple]:
 
 LARGE_STATE = 512  # state elements per head above which the chunked fallback can train faster
 LARGE_WORK = 12 * 10**7  # ... when the sweep makes at least this many state updates (all heads x L)
-TILED_WORK = 6 * 10**7  # ... or this many, where the fallback's chunks run on matrix tiles
+TILED_WORK = 4 * 10**7  # ... or this many, where the fallback's chunks run on matrix tiles
 CROSSOVER_SEG = 32  # sequences of up to 4 x this many steps stay on the kernel, as measured
 
 
@@ -808,12 +808,12 @@ def large_state_crossover(dims: dict, rows: str, cols: str, seg: int, heads: int
     ``tiled``: the fallback's chunks would run on matrix tiles (half-precision
     inputs, per-head decays; ``scalar_chunked.uses_tiles``). Then the bound is
     ``TILED_WORK``: H100, bf16, forward+backward, ``benchmarks/crossover.py``
-    at 504ae84, three rounds: the kernel 1.2-1.3x faster at 3.4e7 updates,
-    level at 5.0e7 (ssd B=2 L=512 H=12 N=64: 1.17-1.26 against 1.05-1.28 ms;
-    ties stay on the kernel, whose training peak is lower), the fallback
-    faster in every round from 6.7e7 (ssd B=8 L=1024 H=8 N=16: 1.58-1.77
-    against 1.83-1.99 ms). Earlier bounds and their runs: docs/kernels.md,
-    "Dispatch".
+    with the values read time first (8199e5b and the next commit), three
+    rounds: the kernel 1.1x faster at 3.4e7 updates (ssd B=2 L=256 H=8
+    N=128: 1.11-1.21 against 1.24-1.30 ms), the fallback faster in every
+    round from 5.0e7 (ssd B=2 L=512 H=12 N=64: 1.31-1.63 against 1.73-1.86
+    ms; gla B=2 T=512 H=12 K=V=64: 1.22-1.30 against 1.40-1.47). Earlier
+    bounds and their runs: docs/kernels.md, "Dispatch".
     """
     size = dims[rows] * dims[cols]
     work = size * heads * dims["L"]
