@@ -313,7 +313,7 @@ def _scores_grad_float64(q, k, v, vs, dy, g, dend, dw, dcum, da):
     steps = q.shape[2]
     later = np.arange(steps)[:, None] >= np.arange(steps)[None, :]  # t >= s
     dv = np.zeros(v.shape)
-    dscores = np.zeros(g.shape + (steps,))
+    dscores = np.zeros(g.shape[:1] + g.shape[2:] + (steps,))  # summed over the heads
     dvs, dg, dg_terms = np.zeros(g.shape), np.zeros(g.shape), np.zeros(g.shape)
     for z, r, c in np.ndindex(*v.shape[:3]):
         gates, rows = g[z, r, c], vs[z, r, c, :, None] * v[z, r, c]
@@ -321,7 +321,7 @@ def _scores_grad_float64(q, k, v, vs, dy, g, dend, dw, dcum, da):
         scores, dyv = q[z, c] @ k[z, c].T, dy[z, r, c] @ rows.T
         u = (scores * decay).T @ dy[z, r, c] + (decay[-1, :, None] * k[z, c]) @ dend[z, r, c]
         dv[z, r, c], dvs[z, r, c] = vs[z, r, c, :, None] * u, (u * v[z, r, c]).sum(-1)
-        dscores[z, r, c] = dyv * decay
+        dscores[z, c] += dyv * decay
         ends = dw[z, r, c], dcum[z, r, c], da[z, r, c]
         dg[z, r, c] = _gate_grad_float64(gates, decay, dyv * scores * later, *ends)
         magnitude = (np.abs(dy[z, r, c]) @ np.abs(rows).T

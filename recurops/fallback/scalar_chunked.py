@@ -315,8 +315,8 @@ def _tiled_backward(mm, q, k, v, vs, g, h0, before, dy, dfinal, time_first=False
     dend, dh0, da = chunked.chunk_cotangents(q, dy, g, dfinal, before, tf)
     dk_ = chunked.summed_state_products(v, w * vs, dend, tf)  # [Z,C,T,K]
     dw = vs * chunked.chunk_state_row_sums(k, v, dend, tf)  # [Z,R,C,T]: (vs v) . (k Y)
-    dv, dvs, d_scores, dg = chunked.chunk_scores_grad(q, k, v, vs, dy, g, dend, dw, dcum, da, tf)
-    dq, dk_ = _through_scores(mm, q, k, d_scores, dq, dk_)
+    dv, dvs, dqk, dg = chunked.chunk_scores_grad(q, k, v, vs, dy, g, dend, dw, dcum, da, tf)
+    dq, dk_ = _through_scores(mm, q, k, dqk, dq, dk_)
     return dq, dk_, dv, dvs, dg, dh0
 
 
@@ -346,14 +346,14 @@ def _backward(mm, q, k, v, g, h0, before, raw, qk, decay, dy, dfinal):
     d_att = mm(dy, _tr(v))  # [Z,R,C,T,T]
     dv_ = mm(_tr(qk[:, None] * decay), dy, add=p * w)
     d_scores, d_decay = d_att * decay, d_att * qk[:, None]
-    dq, dk_ = _through_scores(mm, q, k, d_scores, dq, dk_)
+    dq, dk_ = _through_scores(mm, q, k, _heads_sum(d_scores), dq, dk_)
     return dq, dk_, dv_, _gate_grad(mm, g, decay, cum, d_decay, dw, dcum, da), dh0
 
 
-def _through_scores(mm, q, k, d_scores, dq, dk_):
-    """``dq`` and ``dk`` with the parts through the scores ``q k^T`` added
-    (shared by the heads: ``d_scores`` summed over them)."""
-    dqk = _heads_sum(d_scores)  # [Z,C,T,T]
+def _through_scores(mm, q, k, dqk, dq, dk_):
+    """``dq`` and ``dk`` with the parts through the scores ``q k^T`` added,
+    from their gradient ``dqk [Z,C,T,T]`` (summed over the heads that share
+    them)."""
     return mm(dqk, k, add=dq), mm(_tr(dqk), q, add=dk_)
 
 

@@ -621,13 +621,13 @@ CHUNK_OUTPUTS = Source(
 # The backward within a chunk, a threadgroup of four warps a chunk and head on
 # the matrix tiles: the scores q k^T and dy v^T (each in the accumulators, the
 # first then kept in threadgroup memory), the scores' gradient dy v^T * D
-# (written out), the gates' gradient from the decays' dy v^T * q k^T (taken to
-# the gates in threadgroup memory, never written out), and dv = P^T dy + (w *
-# k) dend. Threadgroup memory (at most 8192 floats, Metal's 32 KB): [CH][CH+4]
-# for q k^T, then P, then pieces of w * k; after it one array used in turn for
-# the pieces of the scores, 32 rows of dy v^T at a time (then of the decays'
-# gradient), and 16 rows of dy or of dend; and the chunk's gates, cum's
-# gradient and w.
+# (added up over the heads that share q and k), the gates' gradient from the
+# decays' dy v^T * q k^T (taken to the gates in threadgroup memory, never
+# written out), and dv = P^T dy + (w * k) dend. Threadgroup memory (at most
+# 8192 floats, Metal's 32 KB): [CH][CH+4] for q k^T, then P, then pieces of
+# w * k; after it one array used in turn for the pieces of the scores, 32
+# rows of dy v^T at a time (then of the decays' gradient), and 16 rows of dy
+# or of dend; and the chunk's gates, cum's gradient and w.
 CHUNK_SCORES_GRAD = Source(
     "chunk_scores_grad",
     inputs=("q", "k", "v", "vs", "dy", "g", "dend", "dw", "dcum", "da"),
@@ -635,7 +635,7 @@ CHUNK_SCORES_GRAD = Source(
     body="""
     // q, k [Z, C, CH, KD]; v, dy, dv [Z, R, C, CH, VD] or time first;
     // vs, g, dw, dcum, dg, dvs [Z, R, C, CH];
-    // dend [Z, R, C, KD, VD]; da [Z, R, C]; dscores [Z, R, C, CH, CH]; the values' rows
+    // dend [Z, R, C, KD, VD]; da [Z, R, C]; dscores [Z, C, CH, CH]; the values' rows
     // vs * v (v in any float dtype, dv in T); threadgroups of 128 threads
     constexpr int KP = 16;                         // channels a piece of q k^T
     constexpr int VP = (VD % 16 == 0) ? 16 : 8;    // and of dy v^T
@@ -652,6 +652,7 @@ CHUNK_SCORES_GRAD = Source(
     SHARED float ws[CH];     // w = D[CH-1, :]
 
 """ + _chunk_threads("dend") + """    const int s_at = chunk * KD * VD;
+    const int ds_at = ((zr / R) * C + c) * CH * CH;  // the chunk's scores' gradient
 
     if (tid < CH) {
         gates[tid] = g[g_at + tid];
@@ -696,7 +697,11 @@ CHUNK_SCORES_GRAD = Source(
                 const bool on = t >= s;  // the tiles on or below the diagonal hold these
                 const float dyv = sm[DS + (t - band) * LDP + s] * vs_s;  // dy (vs * v)^T
                 const float qk = sm[t * LDP + s];
-                dscores[(chunk * CH + t) * CH + s] = on ? dyv * p : 0.0f;
+                if (R == 1) {
+                    dscores[ds_at + t * CH + s] = on ? dyv * p : 0.0f;
+                } else if (on) {  // summed over the heads that share q and k; zeros above
+                    ATOMIC_ADD(&dscores[ds_at + t * CH + s], dyv * p);
+                }
                 sm[DS + (t - band) * LDP + s] =
                     (on ? dyv * qk : 0.0f) + (t == CH - 1 ? dw[g_at + s] : 0.0f);
                 sm[t * LDP + s] = on ? qk * p : 0.0f;
@@ -1245,7 +1250,9 @@ def chunk_scores_grad(q, k, v, vs, dy, g, dend, dw, dcum, da, time_first: bool =
     dy + (w * k) dend`` (the gradient of the rows ``vs * v``), returns the
     gradients of ``v``, ``vs * u`` in ``v``'s dtype, and of ``vs``, ``sum_j
     u * v``; the gradient of the scores ``q k^T``, ``dy (vs * v)^T * D`` for
-    ``t >= s`` (zero above the diagonal, ``[Z, R, C, T, T]``); and the
+    ``t >= s`` (zero above the diagonal) summed over the heads that share
+    them (``[Z, C, T, T]``; atomic float adds where ``R > 1``, so their
+    order, and the last bits, vary from run to run); and the
     gates' gradient ``dg [Z, R, C, T]`` (``scalar_chunked._gate_grad``'s
     formula with the decays' gradient ``dy (vs * v)^T * q k^T``, which is
     never written out). Float32 but ``v``'s gradient, the products for
@@ -1255,10 +1262,12 @@ def chunk_scores_grad(q, k, v, vs, dy, g, dend, dw, dcum, da, time_first: bool =
     """
     config = _chunk_launch(q, g, v, time_first)
     config["template"]["T"] = v.dtype
+    z, r, c, steps = g.shape
     return launch(CHUNK_SCORES_GRAD, (q, k, v, vs, dy, g, dend, dw, dcum, da),
                   {"dv": (v.shape, v.dtype), "dvs": (g.shape, mx.float32),
-                   "dscores": (g.shape + g.shape[-1:], mx.float32),  # [Z, R, C, T, T]
-                   "dg": (g.shape, mx.float32)}, **config)
+                   "dscores": ((z, c, steps, steps), mx.float32),
+                   "dg": (g.shape, mx.float32)},
+                  init_value=0.0 if r > 1 else None, **config)
 
 
 def summed_state_products(x, scale, states, time_first: bool = False) -> mx.array:
