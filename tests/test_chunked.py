@@ -564,6 +564,40 @@ def test_tiled_form_on_gpu_matches_spec(kind, sizes, monkeypatch):
 
 
 @pytest.mark.parametrize("dialect", ["cuda", "metal"])
+def test_tiled_lengths_and_batches_compile_nothing_new(dialect, monkeypatch):
+    """The tile kernels bake the chunk length, head dims, dtypes and layout,
+    never the batch or the length: after one training call, calls of other
+    lengths (whole chunks or not) and batch sizes compile nothing."""
+    from recurops.kernels import chassis
+
+    if executor.available() is not None:
+        pytest.skip(executor.available())
+    monkeypatch.setattr(chassis, "COMPILED", set())  # this test's compiles alone
+    monkeypatch.setattr(scalar_chunked, "_on_gpu", lambda: True)
+    monkeypatch.setattr(scalar_chunked, "_fused", chunked.takes)
+    monkeypatch.setitem(scalar_chunked.CHUNK, "gpu", 16)
+    tiled = []
+    _record_tile_kernels(monkeypatch, tiled)
+
+    def train(batch, length):
+        call = make_call("ssd", np.random.default_rng(length), length=length, batch=(batch,),
+                         sizes={"H": 2, "G": 1, "P": 8, "N": 16, "A_per_channel": False},
+                         dtype=mx.bfloat16, with_state=True)
+        def loss(*inputs):
+            return recurops.scan("ssd", *inputs, state=call.state, impl="fallback")[0].sum()
+
+        mx.eval(mx.grad(loss, tuple(range(len(call.inputs))))(*call.inputs))
+
+    with simulate(dialect):
+        train(1, 32)
+        compiled = set(chassis.COMPILED)
+        for batch, length in ((2, 40), (3, 64), (1, 100)):
+            train(batch, length)
+    assert set(tiled) == set(_TILE_KERNELS)
+    assert chassis.COMPILED == compiled
+
+
+@pytest.mark.parametrize("dialect", ["cuda", "metal"])
 def test_per_channel_lengths_compile_few_kernels(dialect, monkeypatch):
     """The per-channel kernels bake the chunk length in: a call shorter than
     a chunk takes the power of two at or above its length, so after a short
