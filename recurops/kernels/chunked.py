@@ -25,18 +25,20 @@ are passes over whole arrays that MLX would run as several kernels each:
   MLX code materializes them, ``[K, T, T]`` a chunk.
 
 * ``chunk_states``, ``chunk_cotangents``, ``chunk_outputs``,
-  ``chunk_scores_grad`` and ``summed_state_products``: with half-precision
-  inputs and one gate per head, the chunk states, their cotangents, the
-  chunks' outputs, the backward within the chunks (with ``dv`` and the
-  gates' gradient) and the states' parts of the gradients of ``q`` and
-  ``k`` (summed over the heads that share them)
-  as block-level kernels on the warp-level matrix tiles (``chassis.TILES``:
-  TF32 tensor cores on CUDA, ``simdgroup_matrix`` on Metal), which replace
-  the matmuls and most of the passes of the forward and much of the
-  backward.
+  ``chunk_scores_grad``, ``summed_state_products`` and
+  ``chunk_state_row_sums``: with half-precision inputs and one gate per
+  head, the chunk states, their cotangents, the chunks' outputs, the
+  backward within the chunks (with the values' and the gates' gradients),
+  the states' parts of the gradients of ``q`` and ``k`` (summed over the
+  heads that share them) and the row sums with the products of the rows
+  and the states, as block-level kernels on the warp-level matrix tiles
+  (``chassis.TILES``: TF32 tensor cores on CUDA, ``simdgroup_matrix`` on
+  Metal), which replace the matmuls and most of the passes of the forward
+  and the backward.
 
-Everything is float32, but for the outputs' gradient ``dy``, which the tile
-kernels read in the outputs' dtype (no float32 copy of it). ``a`` varies
+Everything is float32, but for the values, the outputs and their
+gradients, which the tile kernels read and write in their own dtype, heads
+first or in the caller's time-first layout (``_value_layout``). ``a`` varies
 along the leading state axes and is shared along the trailing ones: ``a [Z,
 C, R]`` for states ``[Z, C, E]`` with ``R`` dividing ``E``, element ``e``
 reading ``a[..., e // (E / R)]``.
