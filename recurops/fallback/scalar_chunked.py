@@ -458,22 +458,24 @@ def scalar_gate_chunked_scan(q, k, v, g, h0, chunk: int | None = None, exact_fp3
     dk, dv = q.shape[-1], v.shape[-1]
     steps = min(chunk or CHUNK["gpu" if _on_gpu() else "cpu"], length)
     c = -(-length // steps)
-    if v_scale is None:
-        v_scale = mx.ones(g.shape, q.dtype)
+    scales = () if v_scale is None else (v_scale,)
     tiled = _tiles(steps, dk, dv, exact_fp32) and _fused(
-        q, k, g, h0, v_scale, extent=z * r * c * max(max(dk, steps, 128) * dv, steps * steps))
+        q, k, g, h0, *scales, extent=z * r * c * max(max(dk, steps, 128) * dv, steps * steps))
     if values_time_first and not tiled:
         b, _, h, _ = v.shape
         v = relayout(v, (0, 2, 1, 3), v.dtype).reshape(z, r, length, dv)
         y, final = scalar_gate_chunked_scan(q, k, v, g, h0, chunk, exact_fp32, dtype, v_scale)
         return relayout(y.reshape(b, h, length, dv), (0, 2, 1, 3), dtype), final
+    if tiled and v_scale is None:  # the tiles scale every row
+        v_scale = mx.ones(g.shape, h0.dtype)
     pad = c * steps - length
     time_axis = 1 if values_time_first else 2
     if pad:
         q, k = (mx.pad(x, [(0, 0), (0, pad), (0, 0)]) for x in (q, k))
         v = mx.pad(v, [(0, pad if axis == time_axis else 0) for axis in range(4)])
         g = mx.pad(g, [(0, 0), (0, 0), (0, pad)], constant_values=1.0)
-        v_scale = mx.pad(v_scale, [(0, 0), (0, 0), (0, pad)])
+        if v_scale is not None:
+            v_scale = mx.pad(v_scale, [(0, 0), (0, 0), (0, pad)])
     rows = (q.reshape(z, c, steps, dk), k.reshape(z, c, steps, dk))
     g = g.reshape(z, r, c, steps)
     if tiled:  # the tiles read v as it comes and scale its rows themselves
@@ -483,7 +485,9 @@ def scalar_gate_chunked_scan(q, k, v, g, h0, chunk: int | None = None, exact_fp3
             *rows, v.reshape(chunks), v_scale.reshape(g.shape), g, h0)
         y = y.reshape(v.shape)
     else:
-        v = _scaled_rows(v_scale, v.astype(q.dtype))
+        v = v.astype(q.dtype)
+        if v_scale is not None:
+            v = _scaled_rows(v_scale, v)
         y, final, *_ = _block("scalar", exact_fp32)(*rows, v.reshape(z, r, c, steps, dv), g, h0)
         y = y.reshape(v.shape).astype(dtype)
     if pad:

@@ -338,10 +338,6 @@ CHANNEL_SCORES_GRAD = Source(
 )
 
 
-# A threadgroup of four warps a chunk and head (``chunk``: z, head and chunk
-# ``c`` flattened), warp w owning rows 16w..16w+15 of the chunk's steps, and
-# where the chunk's rows of q and k, of the per-head v-shaped arrays and of
-# the gates start.
 def _value_layout(array: str) -> str:
     """Body text that declares how ``array`` and the arrays laid out as it (the
     values, the outputs and their gradients) are laid out: heads first ``[Z,
@@ -361,6 +357,10 @@ def _value_at(zr: str, c: str) -> str:
             f" : (({zr}) * C + ({c})) * CH * VD)")
 
 
+# A threadgroup of four warps a chunk and head (``chunk``: z, head and chunk
+# ``c`` flattened), warp w owning rows 16w..16w+15 of the chunk's steps, and
+# where the chunk's rows of q and k, of the per-head v-shaped arrays and of
+# the gates start.
 _CHUNK_THREADS = """
     const int Z = q_shape[0];
     const int C = q_shape[1];

@@ -40,9 +40,9 @@ def fallback(q, k, v, g, state):
     b, length, h, dk = q.shape
     dv = v.shape[-1]
 
-    def heads_first(x, dtype=state.dtype):  # [B, L, H, X] -> [B*H, L, X], moved before the cast
+    def heads_first(x):  # [B, L, H, X] -> [B*H, L, X] in float32, moved before the cast
         x = x.transpose(0, 2, 1, 3) if x.ndim == 4 else x.transpose(0, 2, 1)
-        return x.reshape(b * h, length, -1).astype(dtype)
+        return x.reshape(b * h, length, -1).astype(state.dtype)
 
     def heads_last(y):  # [B*H, L, V] -> [B, L, H, V] in the inputs' dtype
         return relayout(y.reshape(b, h, length, dv), (0, 2, 1, 3), out_dtype)
