@@ -221,16 +221,19 @@ def _chunk_inputs(seed, z, heads, c, steps, keys, values):
     return q, k, v, _gates(rng, (z, heads, c, steps)), normal
 
 
-# The values' layouts the tile kernels take: heads first [Z, R, C, T, V], or
-# time first [B, C, T, H, V] (head b * H + h is head z * R + r) with the Z
-# rows from the batch (B = Z) or from groups of heads (B = 1, H = Z R).
+# The layouts the tile kernels take: heads first (values [Z, R, C, T, V], q
+# and k [Z, C, T, K]), or time first (values [B, C, T, H, V], q and k [B, C,
+# T, G, K]; head b * H + h is head z * R + r, group b * G + g is z) with the
+# Z rows from the batch (B = Z) or from groups (B = 1, G = Z).
 LAYOUTS = st.sampled_from(["heads first", "time first", "time first, groups"])
 
 
 def _laid_out(x, layout):
-    """``x [Z, R, C, T, V]`` in ``layout``."""
+    """``x [Z, R, C, T, V]`` (or ``[Z, C, T, K]``, one head) in ``layout``."""
     if layout == "heads first":
         return x
+    rows = x.ndim == 4
+    x = x[:, None] if rows else x
     z, r, c, t, v = x.shape
     b = z if layout == "time first" else 1
     x = x.reshape(b, z // b, r, c, t, v).transpose(0, 3, 4, 1, 2, 5)
@@ -238,12 +241,15 @@ def _laid_out(x, layout):
 
 
 def _heads_first(x, layout, heads):
-    """The inverse of ``_laid_out`` (``heads``: ``R``)."""
+    """The inverse of ``_laid_out`` (``heads``: ``R``, None for ``[Z, C,
+    T, K]``)."""
     if layout == "heads first":
         return x
     b, c, t, h, v = x.shape
-    x = x.reshape(b, c, t, h // heads, heads, v).transpose(0, 3, 4, 1, 2, 5)
-    return x.reshape(b * h // heads, heads, c, t, v)
+    r = heads or 1
+    x = x.reshape(b, c, t, h // r, r, v).transpose(0, 3, 4, 1, 2, 5)
+    x = x.reshape(b * h // r, r, c, t, v)
+    return x if heads else x[:, 0]
 
 
 def _outputs_float64(q, k, v, g, before):
@@ -273,9 +279,9 @@ def test_tiled_outputs_match_float64(dialect, z, heads, c, steps, keys, values, 
     before, vs = normal(z, heads, c, keys, values), normal(z, heads, c, steps)
     tf = layout != "heads first"
     with simulate(dialect):
-        y = chunked.chunk_outputs(q, k, _laid_out(v, layout), vs, g, before, time_first=tf)
-        y_half = chunked.chunk_outputs(q, k, _laid_out(v, layout), vs, g, before, mx.bfloat16,
-                                       time_first=tf)
+        q_, k_, v_ = (_laid_out(x, layout) for x in (q, k, v))
+        y = chunked.chunk_outputs(q_, k_, v_, vs, g, before, time_first=tf)
+        y_half = chunked.chunk_outputs(q_, k_, v_, vs, g, before, mx.bfloat16, time_first=tf)
     y, y_half = (_heads_first(x, layout, heads) for x in (y, y_half))
     want = _outputs_float64(q, k, v * vs[..., None], g, before)
     tol = 3e-3 if dialect == "cuda" else 1e-5
@@ -348,9 +354,9 @@ def test_tiled_scores_grad_matches_float64(dialect, z, heads, c, steps, keys, va
     dy = normal(z, heads, c, steps, values)
     dend, vs = normal(z, heads, c, keys, values), normal(z, heads, c, steps)
     ends = normal(z, heads, c, steps), normal(z, heads, c, steps), normal(z, heads, c)
-    v_, dy_ = (_laid_out(x, layout) for x in (v, dy))
+    q_, k_, v_, dy_ = (_laid_out(x, layout) for x in (q, k, v, dy))
     with simulate(dialect):
-        got = chunked.chunk_scores_grad(q, k, v_, vs, dy_, g, dend, *ends,
+        got = chunked.chunk_scores_grad(q_, k_, v_, vs, dy_, g, dend, *ends,
                                         time_first=layout != "heads first")
     got = [np.array(x) for x in (_heads_first(got[0], layout, heads), *got[1:])]
     *want, dg_terms = _scores_grad_float64(q, k, v, vs, dy, g, dend, *ends)
@@ -367,24 +373,33 @@ def test_tiled_scores_grad_matches_float64(dialect, z, heads, c, steps, keys, va
 @pytest.mark.parametrize("dialect", ["cuda", "metal"])
 @given(z=st.integers(1, 2), heads=st.sampled_from([1, 2, 5]), c=st.integers(1, 3),
        steps=st.sampled_from(chunked.TILED_STEPS), keys=st.sampled_from([16, 32, 128, 256]),
-       values=st.sampled_from([8, 24, 64]), half=st.booleans(), layout=LAYOUTS, seed=seeds)
+       values=st.sampled_from([8, 24, 64]), half=st.booleans(), transposed=st.booleans(),
+       layout=LAYOUTS, seed=seeds)
 def test_summed_state_products_match_float64(dialect, z, heads, c, steps, keys, values, half,
-                                             layout, seed):
+                                             transposed, layout, seed):
     """``summed_state_products`` against float64: every chunk length, keys
     up to 32 tiles, values in pieces of 16 or of 8, one to five heads
-    summed, scales of exactly 0 and 1 (the gates); the rows in float32 or
-    bfloat16 (the outputs' gradient, read as it comes), in each of the
-    values' layouts."""
-    _, _, x, scale, normal = _chunk_inputs(seed, z, heads, c, steps, keys, values)
-    x = x.astype(mx.bfloat16) if half else x
-    states = normal(z, heads, c, keys, values)
+    summed, scales of exactly 0 and 1 (the gates), plus the scores'
+    gradient (or its transpose) times the rows; the value rows and the rows
+    in float32 or bfloat16 (read as they come; the result then rounded to
+    bfloat16 once), in each layout."""
+    rows, _, x, scale, normal = _chunk_inputs(seed, z, heads, c, steps, keys, values)
+    x, rows = (a.astype(mx.bfloat16) if half else a for a in (x, rows))
+    states, dqk = normal(z, heads, c, keys, values), normal(z, c, steps, steps)
     with simulate(dialect):
-        got = np.array(chunked.summed_state_products(_laid_out(x, layout), scale, states,
-                                                     time_first=layout != "heads first"))
+        got = chunked.summed_state_products(_laid_out(x, layout), scale, states, dqk,
+                                            _laid_out(rows, layout), transposed,
+                                            time_first=layout != "heads first")
+    assert got.dtype == rows.dtype
+    got = np.array(_heads_first(got, layout, None).astype(mx.float32))
     want, size = _einsum_float64("zrctv,zrct,zrckv->zctk", x, scale, states)
+    intra, intra_size = _einsum_float64("zcst,zcsk->zctk" if transposed else "zcts,zcsk->zctk",
+                                        dqk, rows)
+    want, size = want + intra, size + intra_size
     tol = 3e-3 if dialect == "cuda" else 1e-5
+    rounding = 2.0**-8 * np.abs(want) if half else 0.0  # bfloat16's half an ulp
     assert got.shape == want.shape
-    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * size.max())
+    np.testing.assert_array_less(np.abs(got - want), tol * size.max() + rounding + 1e-30)
 
 
 def _einsum_float64(spec, *arrays):
@@ -408,8 +423,8 @@ def test_state_row_sums_match_float64(dialect, z, heads, c, steps, keys, values,
     v = v.astype(mx.bfloat16) if half else v
     states = normal(z, heads, c, keys, values)
     with simulate(dialect):
-        got = np.array(chunked.chunk_state_row_sums(q, _laid_out(v, layout), states,
-                                                    time_first=layout != "heads first"))
+        got = np.array(chunked.chunk_state_row_sums(_laid_out(q, layout), _laid_out(v, layout),
+                                                    states, time_first=layout != "heads first"))
     want, size = _einsum_float64("zrctv,zctk,zrckv->zrct", v, q, states)
     tol = 3e-3 if dialect == "cuda" else 1e-5
     assert got.shape == want.shape
@@ -470,7 +485,7 @@ def test_tiled_carries_match_float64(dialect, direction, z, heads, c, steps, key
         args = (rows, values_, gates, start, normal(z, heads, c, keys, values))
         run, reference = chunked.chunk_cotangents, _cotangents_float64
         names = ["after", "dh0", "da"]
-    laid_out = (args[0], _laid_out(args[1], layout), *args[2:])
+    laid_out = (_laid_out(args[0], layout), _laid_out(args[1], layout), *args[2:])
     with simulate(dialect):
         got = [np.array(x) for x in run(*laid_out, time_first=layout != "heads first")]
     tol = 3e-3 if dialect == "cuda" else 1e-5

@@ -110,9 +110,10 @@ def test_every_kernel_and_dtype_is_covered():
                     for part in ("fwd", "bwd", "ends", "carries") for dtype in DTYPES} | {
         (source.name, "None") for source in
         (*_CHUNKED_PIECES, chunked.CHUNK_STATES, chunked.CHUNK_COTANGENTS,
-         chunked.SUMMED_STATE_PRODUCTS, chunked.CHUNK_STATE_ROW_SUMS,
-         rotlru.PASS)} | {  # the tiles' outputs and values' gradients in the inputs' dtype
-        (source.name, str(dtype)) for source in (chunked.CHUNK_OUTPUTS, chunked.CHUNK_SCORES_GRAD)
+         chunked.CHUNK_STATE_ROW_SUMS, rotlru.PASS)} | {
+        # the tiles' outputs and the gradients of the values, q and k in the inputs' dtype
+        (source.name, str(dtype)) for source in (chunked.CHUNK_OUTPUTS, chunked.CHUNK_SCORES_GRAD,
+                                                 chunked.SUMMED_STATE_PRODUCTS)
         for dtype in DTYPES[1:]}
 
 

@@ -291,32 +291,33 @@ def _forward(mm, q, k, v, g, h0):
 def _tiled_forward(mm, q, k, v, vs, g, h0, dtype=mx.float32, time_first=False):
     """``_forward`` as two kernels on matrix tiles, the chunk states
     (``chunked.chunk_states``) and the outputs (``chunked.chunk_outputs``,
-    written in ``dtype``), with the values' rows ``vs * v`` (``v`` in any
-    float dtype, and with ``y`` time first where ``time_first``: ``[B, C,
-    T, H, V]``) formed inside them; keeps only the states entering each
-    chunk."""
+    written in ``dtype``), with the values' rows ``vs * v`` formed inside
+    them (``q``, ``k`` and ``v`` in any float dtype, and with ``y`` time
+    first where ``time_first``: ``chunked.chunk_outputs``); keeps only the
+    states entering each chunk."""
     before, final = chunked.chunk_states(k, v, vs, g, h0, time_first)
     return chunked.chunk_outputs(q, k, v, vs, g, before, dtype, time_first), final, before
 
 
 def _tiled_backward(mm, q, k, v, vs, g, h0, before, dy, dfinal, time_first=False):
     """The backward of ``_tiled_forward``: ``_backward``'s steps, with the
-    state cotangents (``chunked.chunk_cotangents``), the states' parts of
-    ``dq`` and ``dk`` (``chunked.summed_state_products``), the row sums
-    with ``q S`` and ``k Y`` (``chunked.chunk_state_row_sums``) and the backward
-    within the chunks with the values' gradients and the gates' gradient
-    (``chunked.chunk_scores_grad``) on matrix tiles: no decays ``[T, T]``
-    or their gradient in memory, ``dy`` read in the outputs' dtype."""
+    state cotangents (``chunked.chunk_cotangents``), the row sums with ``q
+    S`` and ``k Y`` (``chunked.chunk_state_row_sums``), the backward within
+    the chunks with the values' gradients and the gates' gradient
+    (``chunked.chunk_scores_grad``) and the gradients of ``q`` and ``k``
+    from their two parts (``chunked.summed_state_products``) on matrix
+    tiles: no decays ``[T, T]`` or their gradient in memory, ``dy`` read
+    and every gradient but the gates' written in the caller's dtypes and
+    layout."""
     tf = time_first
     dy = mx.contiguous(dy)  # read by four kernels: one copy if it comes strided, not four
     cum, w = _cumulative(g), _to_end(g)  # [Z,R,C,T]
     dcum = chunked.chunk_state_row_sums(q, dy, before, tf)  # [Z,R,C,T]: dy . (q S)
-    dq = chunked.summed_state_products(dy, cum, before, tf)  # [Z,C,T,K]
     dend, dh0, da = chunked.chunk_cotangents(q, dy, g, dfinal, before, tf)
-    dk_ = chunked.summed_state_products(v, w * vs, dend, tf)  # [Z,C,T,K]
     dw = vs * chunked.chunk_state_row_sums(k, v, dend, tf)  # [Z,R,C,T]: (vs v) . (k Y)
     dv, dvs, dqk, dg = chunked.chunk_scores_grad(q, k, v, vs, dy, g, dend, dw, dcum, da, tf)
-    dq, dk_ = _through_scores(mm, q, k, dqk, dq, dk_)
+    dq = chunked.summed_state_products(dy, cum, before, dqk, k, False, tf)
+    dk_ = chunked.summed_state_products(v, w * vs, dend, dqk, q, True, tf)
     return dq, dk_, dv, dvs, dg, dh0
 
 
@@ -346,14 +347,14 @@ def _backward(mm, q, k, v, g, h0, before, raw, qk, decay, dy, dfinal):
     d_att = mm(dy, _tr(v))  # [Z,R,C,T,T]
     dv_ = mm(_tr(qk[:, None] * decay), dy, add=p * w)
     d_scores, d_decay = d_att * decay, d_att * qk[:, None]
-    dq, dk_ = _through_scores(mm, q, k, _heads_sum(d_scores), dq, dk_)
+    dq, dk_ = _through_scores(mm, q, k, d_scores, dq, dk_)
     return dq, dk_, dv_, _gate_grad(mm, g, decay, cum, d_decay, dw, dcum, da), dh0
 
 
-def _through_scores(mm, q, k, dqk, dq, dk_):
-    """``dq`` and ``dk`` with the parts through the scores ``q k^T`` added,
-    from their gradient ``dqk [Z,C,T,T]`` (summed over the heads that share
-    them)."""
+def _through_scores(mm, q, k, d_scores, dq, dk_):
+    """``dq`` and ``dk`` with the parts through the scores ``q k^T`` added
+    (shared by the heads: ``d_scores`` summed over them)."""
+    dqk = _heads_sum(d_scores)  # [Z,C,T,T]
     return mm(dqk, k, add=dq), mm(_tr(dqk), q, add=dk_)
 
 
@@ -439,7 +440,7 @@ def uses_tiles(length: int, dk: int, dv: int, arrays) -> bool:
 
 def scalar_gate_chunked_scan(q, k, v, g, h0, chunk: int | None = None, exact_fp32: bool = True,
                              dtype: mx.Dtype | None = None, v_scale: mx.array | None = None,
-                             values_time_first: bool = False):
+                             time_first: bool = False):
     """Chunked evaluation of the recurrence in the module docstring.
 
     q, k: [Z, L, K] (shared by the R heads of a group); v: [Z, R, L, V] in
@@ -447,9 +448,11 @@ def scalar_gate_chunked_scan(q, k, v, g, h0, chunk: int | None = None, exact_fp3
     (``ssd``'s ``dt * x``); g: [Z, R, L] linear-space gates; h0: [Z, R, K,
     V]; all but ``v`` float32/64. Returns y [Z, R, L, V] in ``dtype``
     (default ``q``'s) and the final state [Z, R, K, V].
-    ``values_time_first``: v and y laid out [B, L, H, V] instead, head ``b *
-    H + h`` being head ``z * R + r`` (``B H = Z R``): the matrix tiles read
-    and write that layout as it is, the other forms take a transposed copy.
+    ``time_first``: q and k laid out [B, L, G, K] instead (group ``b * G +
+    g`` being ``z``), v and y [B, L, H, V] (head ``b * H + h`` being head
+    ``z * R + r``), q, k and v in any float dtype: the matrix tiles read and
+    write these layouts as they are, the other forms take transposed
+    float32 copies.
     ``exact_fp32=False`` lets matmuls use TF32 where MLX does (enough for
     half-precision inputs); True keeps them float32-accurate.
     """
@@ -460,38 +463,42 @@ def scalar_gate_chunked_scan(q, k, v, g, h0, chunk: int | None = None, exact_fp3
     c = -(-length // steps)
     scales = () if v_scale is None else (v_scale,)
     tiled = _tiles(steps, dk, dv, exact_fp32) and _fused(
-        q, k, g, h0, *scales, extent=z * r * c * max(max(dk, steps, 128) * dv, steps * steps))
-    if values_time_first and not tiled:
+        g, h0, *scales, extent=z * r * c * max(max(dk, steps, 128) * dv, steps * steps))
+    if time_first and not tiled:
         b, _, h, _ = v.shape
+        q, k = (relayout(x, (0, 2, 1, 3), h0.dtype).reshape(z, length, dk) for x in (q, k))
         v = relayout(v, (0, 2, 1, 3), v.dtype).reshape(z, r, length, dv)
         y, final = scalar_gate_chunked_scan(q, k, v, g, h0, chunk, exact_fp32, dtype, v_scale)
         return relayout(y.reshape(b, h, length, dv), (0, 2, 1, 3), dtype), final
     if tiled and v_scale is None:  # the tiles scale every row
         v_scale = mx.ones(g.shape, h0.dtype)
     pad = c * steps - length
-    time_axis = 1 if values_time_first else 2
+    time_axis = 1 if time_first else 2
     if pad:
-        q, k = (mx.pad(x, [(0, 0), (0, pad), (0, 0)]) for x in (q, k))
+        q, k = (mx.pad(x, [(0, pad if axis == 1 else 0) for axis in range(x.ndim)])
+                for x in (q, k))
         v = mx.pad(v, [(0, pad if axis == time_axis else 0) for axis in range(4)])
         g = mx.pad(g, [(0, 0), (0, 0), (0, pad)], constant_values=1.0)
         if v_scale is not None:
             v_scale = mx.pad(v_scale, [(0, 0), (0, 0), (0, pad)])
-    rows = (q.reshape(z, c, steps, dk), k.reshape(z, c, steps, dk))
     g = g.reshape(z, r, c, steps)
-    if tiled:  # the tiles read v as it comes and scale its rows themselves
-        chunks = v.shape[:time_axis] + (c, steps) + v.shape[time_axis + 1:]
-        v = mx.contiguous(v)  # read by five kernels: one copy if it comes strided, not five
-        y, final, *_ = _block("scalar-tiled", exact_fp32, dtype, values_time_first)(
-            *rows, v.reshape(chunks), v_scale.reshape(g.shape), g, h0)
+    if tiled:  # the tiles read q, k and v as they come and scale v's rows themselves
+
+        def chunks(x, axis):  # axis split into [C, T]; one copy if x comes strided
+            return mx.contiguous(x).reshape(x.shape[:axis] + (c, steps) + x.shape[axis + 1:])
+
+        y, final, *_ = _block("scalar-tiled", exact_fp32, dtype, time_first)(
+            chunks(q, 1), chunks(k, 1), chunks(v, time_axis), v_scale.reshape(g.shape), g, h0)
         y = y.reshape(v.shape)
     else:
         v = v.astype(q.dtype)
         if v_scale is not None:
             v = _scaled_rows(v_scale, v)
+        rows = (q.reshape(z, c, steps, dk), k.reshape(z, c, steps, dk))
         y, final, *_ = _block("scalar", exact_fp32)(*rows, v.reshape(z, r, c, steps, dv), g, h0)
         y = y.reshape(v.shape).astype(dtype)
     if pad:
-        y = y[:, :length] if values_time_first else y[:, :, :length]
+        y = y[:, :length] if time_first else y[:, :, :length]
     return y, final
 
 

@@ -338,23 +338,43 @@ CHANNEL_SCORES_GRAD = Source(
 )
 
 
-def _value_layout(array: str) -> str:
-    """Body text that declares how ``array`` and the arrays laid out as it (the
-    values, the outputs and their gradients) are laid out: heads first ``[Z,
-    R, C, CH, VD]``, or time first ``[B, C, CH, H, VD]`` (baked ``VT``; head
-    ``zr = b * H + h``, so that ``[B, L, H, V]`` needs no copy). ``v_row``
-    steps from a row of a chunk to the next."""
+def _layout(array: str, heads: str, row: str, width: str) -> str:
+    """Body text that declares how ``array`` (and the arrays laid out as it)
+    is laid out: heads first ``[Z, C, CH, width]``, or time first ``[B, C,
+    CH, H, width]`` (baked ``TF``; head ``b * H + h`` is head ``z``, so that
+    the caller's ``[B, L, H, width]`` needs no copy). Declares ``heads`` (H,
+    time first) and ``row``, the step from a row of a chunk to the next."""
     return f"""
-    const int HV = VT ? {array}_shape[3] : 1;  // H, time first
-    const int v_row = VT ? HV * VD : VD;
+    const int {heads} = TF ? {array}_shape[3] : 1;
+    const int {row} = TF ? {heads} * {width} : {width};
 """
 
 
+def _offset(heads: str, width: str, z: str, c: str) -> str:
+    """The offset of the first row of chunk ``c`` of head ``z`` in a
+    ``_layout``."""
+    return (f"(TF ? ((({z}) / {heads} * C + ({c})) * CH * {heads} + ({z}) % {heads}) * {width}"
+            f" : (({z}) * C + ({c})) * CH * {width})")
+
+
+def _value_layout(array: str) -> str:
+    """``_layout`` of the values, the outputs and their gradients (``VD``
+    channels, heads ``zr``)."""
+    return _layout(array, "HV", "v_row", "VD")
+
+
 def _value_at(zr: str, c: str) -> str:
-    """The offset of the first row of chunk ``c`` of head ``zr`` in the
-    values' layout (``_value_layout``)."""
-    return (f"(VT ? ((({zr}) / HV * C + ({c})) * CH * HV + ({zr}) % HV) * VD"
-            f" : (({zr}) * C + ({c})) * CH * VD)")
+    return _offset("HV", "VD", zr, c)
+
+
+def _row_layout(array: str) -> str:
+    """``_layout`` of ``q`` and ``k`` and their gradients (``KD`` channels,
+    shared by the ``R`` heads ``zr`` of group ``zr / R``)."""
+    return _layout(array, "HQ", "qk_row", "KD")
+
+
+def _row_at(z: str, c: str) -> str:
+    return _offset("HQ", "KD", z, c)
 
 
 # A threadgroup of four warps a chunk and head (``chunk``: z, head and chunk
@@ -362,9 +382,9 @@ def _value_at(zr: str, c: str) -> str:
 # where the chunk's rows of q and k, of the per-head v-shaped arrays and of
 # the gates start.
 _CHUNK_THREADS = """
-    const int Z = q_shape[0];
-    const int C = q_shape[1];
+    const int Z = HEADS_shape[0];
     const int R = HEADS_shape[1];
+    const int C = HEADS_shape[2];
     const int tid = THREAD_ID % 128;
     const int chunk = THREAD_ID / 128;
     if (chunk >= Z * R * C) return;  // a whole threadgroup: no barrier is left half-met
@@ -372,9 +392,9 @@ _CHUNK_THREADS = """
     const bool rows = warp < CH / 16;  // this warp owns rows (uniform in the warp)
     const int c = chunk % C;
     const int zr = chunk / C;
-    const int qk_at = ((zr / R) * C + c) * CH * KD;
     const int g_at = chunk * CH;
-""" + _value_layout("v") + f"""    const int v_at = {_value_at("zr", "c")};
+""" + _value_layout("v") + _row_layout("q") + f"""    const int v_at = {_value_at("zr", "c")};
+    const int qk_at = {_row_at("zr / R", "c")};
 """
 
 
@@ -459,7 +479,7 @@ def _values_then_states(values: str | None, scaled: str, scale: str | None, stat
                 const int k0 = (@NEXT@ - INTRA) * 16;
                 for (int e = 0; e < AN; ++e) {
                     const int i = tid + e * 128;
-                    an[e] = @SCALED@[qk_at + (i / 16) * KD + k0 + i % 16];
+                    an[e] = @SCALED@[qk_at + (i / 16) * qk_row + k0 + i % 16];
                 }
                 for (int e = 0; e < VN; ++e) {
                     const int i = tid + e * 128;
@@ -576,7 +596,7 @@ CHUNK_OUTPUTS = Source(
 """ + _chunk_threads("before") + """    const int s_at = chunk * KD * VD;
 
     recurops_tile score[CH / 8];
-""" + _scores("q", "k", "qk_at", "KD", "KP", "0") + """    float vn[VN];
+""" + _scores("q", "k", "qk_at", "KD", "KP", "0", stride="qk_row") + """    float vn[VN];
     for (int e = 0; e < VN; ++e) {
         const int i = tid + e * 128;
         vn[e] = v[v_at + (i / VD) * v_row + i % VD];
@@ -661,7 +681,8 @@ CHUNK_SCORES_GRAD = Source(
         dcums[tid] = dcum[g_at + tid] + (tid == CH - 1 ? da[chunk] : 0.0f);
     }
     recurops_tile score[CH / 8];
-""" + _scores("q", "k", "qk_at", "KD", "KP", "DS", split=True) + """
+""" + _scores("q", "k", "qk_at", "KD", "KP", "DS", split=True,
+                                              stride="qk_row") + """
     if (rows) {
         for (int j = 0; j < CH / 8; ++j) {
             if (j < 2 * warp + 2) recurops_tile_store(score[j], sm, warp * 16 * LDP + j * 8, LDP);
@@ -764,56 +785,65 @@ CHUNK_SCORES_GRAD = Source(
         if (tid % 8 == 0) dvs[g_at + t] = sum;"""),
 )
 
-# Products of the chunks' rows with their states, summed over the heads that
-# share q and k, a threadgroup of four warps a chunk (z, c) on the matrix
-# tiles: out = sum_r (x_r * scale_r) S_r^T, warp w holding rows 16w..16w+15 of
-# out in its accumulators. It walks the heads' value channels in pieces of VP,
-# each piece of x (scaled as it is loaded) and of S staged in threadgroup
-# memory while the next one loads.
+# The gradient of q (or of k) of a chunk (z, c), a threadgroup of four warps on
+# the matrix tiles: out = sum_r (x_r * scale_r) S_r^T, summed over the heads
+# that share q and k, plus P rows with P the scores' gradient dqk (its
+# transpose with TRANS), warp w holding rows 16w..16w+15 of out in its
+# accumulators. It walks the heads' value channels in pieces of VP, then the
+# chunk's steps in pieces of VP, each piece (x scaled as it is loaded, S;
+# then P, rows) staged in threadgroup memory while the next one loads; out
+# leaves 16 rows at a time through threadgroup memory, in T.
 SUMMED_STATE_PRODUCTS = Source(
     "summed_state_products",
-    inputs=("x", "scale", "states"),
+    inputs=("x", "scale", "states", "dqk", "rows"),
     outputs=("out",),
     body="""
     // x [Z, R, C, CH, VD] or time first; scale [Z, R, C, CH]; states [Z, R, C, KD, VD];
-    // out [Z, C, CH, KD];
+    // dqk [Z, C, CH, CH]; rows and out [Z, C, CH, KD] or time first (out in T);
     // threadgroups of 128 threads (chassis.THREADS_PER_GROUP)
-    constexpr int VP = (VD % 16 == 0) ? 16 : 8;  // value channels a piece
+    constexpr int VP = (VD % 16 == 0) ? 16 : 8;  // channels (then steps) a piece
     constexpr int LDS = VP + 4;                  // the pieces' row stride
-    constexpr int XN = CH * VP / 128;            // a thread's share of a piece of x
-    constexpr int SN = KD * VP / 128;            // and of the states
+    constexpr int XN = CH * VP / 128;            // a thread's share of a piece of x or P
+    constexpr int SN = KD * VP / 128;            // and of the states or rows
     constexpr int SPLIT = VD / VP;               // pieces a head
-    SHARED float sm[(CH + KD) * LDS];
+    constexpr int LDO = KD + 4;                  // 16 rows of out
+    constexpr int STAGE = (CH + KD) * LDS;
+    SHARED float sm[STAGE > 16 * LDO ? STAGE : 16 * LDO];
 
     const int Z = states_shape[0];
     const int R = states_shape[1];
     const int C = states_shape[2];
-""" + _value_layout("x") + """    const int tid = THREAD_ID % 128;
+""" + _value_layout("x") + _row_layout("rows") + """    const int tid = THREAD_ID % 128;
     const int chunk = THREAD_ID / 128;  // z * C + c
     if (chunk >= Z * C) return;  // a whole threadgroup: no barrier is left half-met
     const int warp = tid / 32;
-    const bool rows = warp < CH / 16;  // this warp owns rows (uniform in the warp)
+    const bool rows_here = warp < CH / 16;  // this warp owns rows (uniform in the warp)
     const int z = chunk / C;
     const int c = chunk % C;
+    const int qk_at = """ + _row_at("z", "c") + """;
+    const int HEAD_PIECES = R * SPLIT;
 
     recurops_tile out_rows[KD / 8];
     for (int j = 0; j < KD / 8; ++j) recurops_tile_zero(out_rows[j]);
     float xn[XN];
     float sn[SN];
-    for (int p = 0; p < R * SPLIT + 1; ++p) {
+    for (int p = 0; p < HEAD_PIECES + CH / VP + 1; ++p) {
         if (p > 0) {  // stage the piece loaded last time round, and multiply it
             BARRIER();  // the products are done with the last piece
+            const bool steps = p - 1 >= HEAD_PIECES;  // a piece of P and rows
             for (int e = 0; e < XN; ++e) {
-                const int i = tid + e * 128;
-                sm[(i / VP) * LDS + i % VP] = xn[e];
+                const int i = tid + e * 128;  // P^T's pieces come in as rows s
+                if (steps && TRANS) sm[(i % CH) * LDS + i / CH] = xn[e];
+                else sm[(i / VP) * LDS + i % VP] = xn[e];
             }
             for (int e = 0; e < SN; ++e) {
-                const int i = tid + e * 128;
-                sm[(CH + i / VP) * LDS + i % VP] = sn[e];
+                const int i = tid + e * 128;  // rows come in as rows s
+                if (steps) sm[(CH + i % KD) * LDS + i / KD] = sn[e];
+                else sm[(CH + i / VP) * LDS + i % VP] = sn[e];
             }
             BARRIER();
         }
-        if (p < R * SPLIT) {  // load piece p: head p / SPLIT, channels from v0
+        if (p < HEAD_PIECES) {  // load piece p: head p / SPLIT, channels from v0
             const int at = (z * R + p / SPLIT) * C + c;  // the head's chunk
             const int v0 = (p % SPLIT) * VP;
             const int x_at = """ + _value_at("z * R + p / SPLIT", "c") + """ + v0;
@@ -826,8 +856,19 @@ SUMMED_STATE_PRODUCTS = Source(
                 const int i = tid + e * 128;
                 sn[e] = states[(at * KD + i / VP) * VD + v0 + i % VP];
             }
+        } else if (p < HEAD_PIECES + CH / VP) {  // steps s0.. of P and of rows
+            const int s0 = (p - HEAD_PIECES) * VP;
+            for (int e = 0; e < XN; ++e) {
+                const int i = tid + e * 128;
+                xn[e] = TRANS ? dqk[(chunk * CH + s0 + i / CH) * CH + i % CH]
+                              : dqk[(chunk * CH + i / VP) * CH + s0 + i % VP];
+            }
+            for (int e = 0; e < SN; ++e) {
+                const int i = tid + e * 128;
+                sn[e] = static_cast<float>(rows[qk_at + (s0 + i / KD) * qk_row + i % KD]);
+            }
         }
-        if (p > 0 && rows) {
+        if (p > 0 && rows_here) {
             for (int ks = 0; ks < VP; ks += 8) {
                 recurops_tile_a fa;
                 recurops_load_a(fa, sm + warp * 16 * LDS + ks, LDS);
@@ -837,9 +878,15 @@ SUMMED_STATE_PRODUCTS = Source(
             }
         }
     }
-    if (rows) {
-        for (int j = 0; j < KD / 8; ++j) {
-            recurops_tile_store(out_rows[j], out, (chunk * CH + warp * 16) * KD + j * 8, KD);
+    for (int piece = 0; piece < CH / 16; ++piece) {
+        BARRIER();  // the products (or the last piece's reads) are done with the array
+        if (warp == piece) {
+            for (int j = 0; j < KD / 8; ++j) recurops_tile_store(out_rows[j], sm, j * 8, LDO);
+        }
+        BARRIER();
+        for (int i = tid; i < 16 * KD; i += 128) {
+            out[qk_at + (piece * 16 + i / KD) * qk_row + i % KD] =
+                static_cast<T>(sm[(i / KD) * LDO + i % KD]);
         }
     }
 """,
@@ -900,10 +947,10 @@ _CARRY = """
     SHARED float gs[CH];
     SHARED float ws[CH + 1];  // the steps' weights, and the chunk's gate product last
 @DECLARE@
-    const int Z = @A@_shape[0];
-    const int C = @A@_shape[1];
+    const int Z = g_shape[0];
     const int R = g_shape[1];
-""" + _value_layout("@B@") + """    const int KB = KD / BK;
+    const int C = g_shape[2];
+""" + _value_layout("@B@") + _row_layout("@A@") + """    const int KB = KD / BK;
     const int VB = VD / BV;
     const int tid = THREAD_ID % 128;
     const int block = THREAD_ID / 128;
@@ -913,7 +960,7 @@ _CARRY = """
     const int vb = block % VB;
     const int kb = (block / VB) % KB;
     const int zr = block / (VB * KB);
-    const int a_at = (zr / R) * C * CH * KD + kb * BK;  // @A@[z, 0, 0, kb * BK]
+    const int a_at = """ + _row_at("zr / R", "0") + """ + kb * BK;
     const int b_at = """ + _value_at("zr", "0") + """ + vb * BV;
     const int g_at = zr * C * CH;
     const int row = kb * BK + warp * 16;  // the warp's first state row
@@ -929,7 +976,7 @@ _CARRY = """
     const int first = (@CHUNK@(0)) * CH;
     for (int e = 0; e < AN; ++e) {
         const int i = tid + e * 128;
-        an[e] = @A@[a_at + (first + i / BK) * KD + i % BK];
+        an[e] = @A@[a_at + (first + i / BK) * qk_row + i % BK];
     }
     for (int e = 0; e < BN; ++e) {
         const int i = tid + e * 128;
@@ -978,7 +1025,7 @@ _CARRY = """
                 const int step = (@CHUNK@(next / PIECES)) * CH + (next % PIECES) * SP;
                 for (int e = 0; e < AN; ++e) {
                     const int i = tid + e * 128;
-                    an[e] = @A@[a_at + (step + i / BK) * KD + i % BK];
+                    an[e] = @A@[a_at + (step + i / BK) * qk_row + i % BK];
                 }
                 for (int e = 0; e < BN; ++e) {
                     const int i = tid + e * 128;
@@ -1205,15 +1252,17 @@ def chunk_outputs(q, k, v, vs, g, before, dtype: mx.Dtype = mx.float32,
     """The chunks' outputs ``y = (q k^T * D) (vs * v) + cum * (q S)`` on
     matrix tiles.
 
-    ``q, k [Z, C, T, K]`` (shared by the ``R`` heads of a group), the
-    values' rows ``v [Z, R, C, T, V]`` (any float dtype) scaled by ``vs [Z,
-    R, C, T]``, gates ``g [Z, R, C, T]``, the states entering each chunk
-    ``before [Z, R, C, K, V]``; ``D[t, s] = prod_{s<r<=t} g[r]`` (0 above the
-    diagonal) and ``cum[t] = prod_{r<=t} g[r]``. Returns ``y [Z, R, C, T, V]``
-    in ``dtype``, rounded once from float32 (the products in TF32 on CUDA).
-    ``time_first``: ``v`` and ``y`` laid out ``[B, C, T, H, V]`` instead,
-    head ``b * H + h`` for ``Z R = B H`` (``[B, L, H, V]`` as it comes).
-    Shapes as ``tiles_take`` says.
+    ``q, k [Z, C, T, K]`` (any float dtype, shared by the ``R`` heads of a
+    group), the values' rows ``v [Z, R, C, T, V]`` (any float dtype) scaled
+    by ``vs [Z, R, C, T]``, gates ``g [Z, R, C, T]``, the states entering
+    each chunk ``before [Z, R, C, K, V]``; ``D[t, s] = prod_{s<r<=t} g[r]``
+    (0 above the diagonal) and ``cum[t] = prod_{r<=t} g[r]``. Returns ``y
+    [Z, R, C, T, V]`` in ``dtype``, rounded once from float32 (the products
+    in TF32 on CUDA). ``time_first``: ``q`` and ``k`` laid out ``[B, C, T,
+    G, K]`` (group ``b * G + g`` for ``Z = B G``), ``v`` and ``y`` ``[B, C,
+    T, H, V]`` (head ``b * H + h`` for ``Z R = B H``), so that the caller's
+    ``[B, L, G, K]`` and ``[B, L, H, V]`` need no copy. Shapes as
+    ``tiles_take`` says.
     """
     config = _chunk_launch(q, g, v, time_first)
     config["template"]["T"] = dtype
@@ -1225,15 +1274,15 @@ def _tile_template(steps: int, dk: int, dv: int, time_first: bool) -> dict:
     """What the tile kernels bake: the chunk length and head dims (which
     ``tiles_take`` must admit) and the values' layout."""
     assert tiles_take(steps, dk, dv), (steps, dk, dv)
-    return {"CH": steps, "KD": dk, "VD": dv, "VT": int(time_first)}
+    return {"CH": steps, "KD": dk, "VD": dv, "TF": int(time_first)}
 
 
 def _chunk_launch(q, heads, v, time_first: bool) -> dict:
     """A threadgroup a chunk and head, with the chunk length, head dims and
     values' layout baked (``q [Z, C, T, K]``, ``heads [Z, R, C, ...]``)."""
-    z, c, steps, dk = q.shape
-    return {"threads": z * heads.shape[1] * c * THREADS_PER_GROUP,
-            "template": _tile_template(steps, dk, v.shape[-1], time_first)}
+    z, r, c = heads.shape[:3]
+    return {"threads": z * r * c * THREADS_PER_GROUP,
+            "template": _tile_template(q.shape[2], q.shape[-1], v.shape[-1], time_first)}
 
 
 def chunk_scores_grad(q, k, v, vs, dy, g, dend, dw, dcum, da, time_first: bool = False):
@@ -1258,8 +1307,8 @@ def chunk_scores_grad(q, k, v, vs, dy, g, dend, dw, dcum, da, time_first: bool =
     gates' gradient ``dg [Z, R, C, T]`` (``scalar_chunked._gate_grad``'s
     formula with the decays' gradient ``dy (vs * v)^T * q k^T``, which is
     never written out). Float32 but ``v``'s gradient, the products for
-    ``u`` in TF32 on CUDA. ``time_first``: ``v``, ``dy`` and ``v``'s
-    gradient laid out as ``chunk_outputs`` says. Shapes as ``tiles_take``
+    ``u`` in TF32 on CUDA. ``time_first``: ``q``, ``k``, ``v``, ``dy`` and
+    ``v``'s gradient laid out as ``chunk_outputs`` says. Shapes as ``tiles_take``
     says.
     """
     config = _chunk_launch(q, g, v, time_first)
@@ -1272,21 +1321,29 @@ def chunk_scores_grad(q, k, v, vs, dy, g, dend, dw, dcum, da, time_first: bool =
                   init_value=0.0 if r > 1 else None, **config)
 
 
-def summed_state_products(x, scale, states, time_first: bool = False) -> mx.array:
-    """``sum_r (x_r * scale_r[..., None]) @ S_r^T`` on matrix tiles: the
-    products of each head's chunk rows with its chunk's state (or state
-    cotangent), summed over the ``R`` heads that share ``q`` and ``k``.
+def summed_state_products(x, scale, states, dqk, rows, transposed: bool = False,
+                          time_first: bool = False) -> mx.array:
+    """The gradient of ``q`` (or of ``k``) from its two parts, on matrix
+    tiles: ``sum_r (x_r * scale_r[..., None]) @ S_r^T``, the products of
+    each head's chunk rows with its chunk's state (or state cotangent)
+    summed over the ``R`` heads that share ``q`` and ``k``, plus ``dqk @
+    rows`` (``dqk^T @ rows`` if ``transposed``), the scores' gradient times
+    the other one of ``k`` and ``q``.
 
-    ``x [Z, R, C, T, V]`` (any float dtype; ``time_first`` as
-    ``chunk_outputs`` says), ``scale [Z, R, C, T]``, ``states [Z, R, C, K,
-    V]``. Returns ``[Z, C, T, K]``, float32 (the products in TF32 on CUDA).
+    ``x [Z, R, C, T, V]`` (any float dtype), ``scale [Z, R, C, T]``,
+    ``states [Z, R, C, K, V]``, ``dqk [Z, C, T, T]`` (float32), ``rows [Z,
+    C, T, K]`` (any float dtype); ``time_first``: ``x`` and ``rows`` laid
+    out as ``chunk_outputs`` says. Returns the gradient in ``rows``' dtype
+    and layout, rounded once from float32 (the products in TF32 on CUDA).
     Shapes as ``tiles_take`` says.
     """
     z, _, c, steps = scale.shape
     dk, dv = states.shape[-2:]
-    (out,) = launch(SUMMED_STATE_PRODUCTS, (x, scale, states),
-                    {"out": ((z, c, steps, dk), mx.float32)}, threads=z * c * THREADS_PER_GROUP,
-                    template=_tile_template(steps, dk, dv, time_first))
+    template = {**_tile_template(steps, dk, dv, time_first), "TRANS": int(transposed),
+                "T": rows.dtype}
+    (out,) = launch(SUMMED_STATE_PRODUCTS, (x, scale, states, dqk, rows),
+                    {"out": (rows.shape, rows.dtype)}, threads=z * c * THREADS_PER_GROUP,
+                    template=template)
     return out
 
 
@@ -1325,11 +1382,11 @@ def chunk_states(k, v, vs, g, h0, time_first: bool = False) -> tuple[mx.array, m
     rows ``v [Z, R, C, T, V]`` (any float dtype) scaled by ``vs [Z, R, C,
     T]``, ``g [Z, R, C, T]``, ``h0 [Z, R, K, V]``. Returns ``before [Z, R,
     C, K, V]`` (``S[0..C-1]``) and the final state ``S[C]``, float32 (the
-    products in TF32 on CUDA). ``time_first``: ``v`` laid out as
+    products in TF32 on CUDA). ``time_first``: ``k`` and ``v`` laid out as
     ``chunk_outputs`` says. Shapes as ``tiles_take`` says.
     """
-    z, c, steps, dk = k.shape
-    r, dv = g.shape[1], v.shape[-1]
+    z, r, c, steps = g.shape
+    dk, dv = k.shape[-1], v.shape[-1]
     return launch(CHUNK_STATES, (k, v, vs, g, h0),
                   {"before": ((z, r, c, dk, dv), mx.float32), "final": (h0.shape, mx.float32)},
                   **_carry_launch(z, r, steps, dk, dv, time_first))
@@ -1356,8 +1413,8 @@ def chunk_cotangents(q, dy, g, dfinal, before,
     the gradient of ``a``, ``sum Y[c+1] * before[c]`` (``[Z, R, C]``),
     float32.
     """
-    z, c, steps, dk = q.shape
-    r, dv = g.shape[1], dy.shape[-1]
+    z, r, c, steps = g.shape
+    dk, dv = q.shape[-1], dy.shape[-1]
     config = _carry_launch(z, r, steps, dk, dv, time_first)
     blocks = config["threads"] // THREADS_PER_GROUP // (z * r)
     after, dh0, parts = launch(

@@ -55,10 +55,9 @@ def fallback(q, k, v, g, state):
         return heads_last(y), final.reshape(b, h, dk, dv)
     # per-head gates: the scalar-gate chunked form, heads folded into the batch
 
-    y, final = scalar_gate_chunked_scan(  # v [B, L, H, V] as it comes: the tiles read it so
-        heads_first(q), heads_first(k), v, heads_first(g).reshape(b * h, 1, length),
-        state.reshape(b * h, 1, dk, dv), exact_fp32=exact, dtype=out_dtype,
-        values_time_first=True,
+    y, final = scalar_gate_chunked_scan(  # q, k, v [B, L, H, X] as they come: tiles read them so
+        q, k, v, heads_first(g).reshape(b * h, 1, length),
+        state.reshape(b * h, 1, dk, dv), exact_fp32=exact, dtype=out_dtype, time_first=True,
     )
     return y, final.reshape(b, h, dk, dv)
 

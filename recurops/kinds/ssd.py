@@ -74,22 +74,16 @@ def fallback(x, dt, A, B, C, state):
 
 def _fallback_per_head(x, dt, A, B, C, state, exact, out_dtype):
     """A [H]: scalar gates per head; the R = H // G heads of a group share B and C."""
-    dt, A, B, C = (t.astype(state.dtype) for t in (dt, A, B, C))
+    dt, A = (t.astype(state.dtype) for t in (dt, A))
     b, length, h, p = x.shape
     groups, n = B.shape[2], B.shape[3]
     r = h // groups
-
-    def groups_first(t):  # [B, L, G, N] -> [B*G, L, N] (no copy for one group)
-        if groups > 1:
-            t = mx.moveaxis(t, 2, 1)
-        return t.reshape(b * groups, length, n)
-
     dt_heads = mx.swapaxes(dt, 1, 2)  # [B, H, L]
     gate = mx.exp(dt_heads * A[:, None])
-    y, final = scalar_gate_chunked_scan(  # values dt * x, x [B, L, H, P] as it comes
-        groups_first(C), groups_first(B), x, gate.reshape(b * groups, r, length),
+    y, final = scalar_gate_chunked_scan(  # values dt * x; C, B, x [B, L, X, Y] as they come
+        C, B, x, gate.reshape(b * groups, r, length),
         mx.swapaxes(state, -1, -2).reshape(b * groups, r, n, p), exact_fp32=exact,
-        dtype=out_dtype, v_scale=dt_heads.reshape(b * groups, r, length), values_time_first=True,
+        dtype=out_dtype, v_scale=dt_heads.reshape(b * groups, r, length), time_first=True,
     )
     return y, mx.swapaxes(final.reshape(b, h, n, p), -1, -2)
 
