@@ -290,6 +290,28 @@ def test_tiled_outputs_match_float64(dialect, z, heads, c, steps, keys, values, 
     assert mx.array_equal(y_half, y.astype(mx.bfloat16)).item()
 
 
+@pytest.mark.parametrize("dialect", ["cuda", "metal"])
+@given(z=st.integers(1, 3), c=st.integers(1, 3), steps=st.sampled_from(chunked.TILED_STEPS),
+       keys=st.sampled_from([16, 48, 128]), half=st.booleans(), layout=LAYOUTS, seed=seeds)
+def test_chunk_scores_match_float64(dialect, z, c, steps, keys, half, layout, seed):
+    """``chunk_scores`` (what heads that share ``q`` and ``k`` read) against
+    float64 on and below the diagonal, where the tile kernels read them:
+    float32-accurate in both dialects (split TF32 products on CUDA), from
+    ``q`` and ``k`` in float32 or bfloat16, in each layout."""
+    q, k, *_ = _chunk_inputs(seed, z, 1, c, steps, keys, 8)
+    if half:
+        q, k = (x.astype(mx.bfloat16) for x in (q, k))
+    with simulate(dialect):
+        got = chunked.chunk_scores(*(_laid_out(x, layout) for x in (q, k)),
+                                   time_first=layout != "heads first")
+    q, k = (np.array(x.astype(mx.float32), np.float64) for x in (q, k))
+    want = q @ k.swapaxes(-1, -2)
+    lower = np.tril(np.ones((steps, steps), bool))
+    assert got.shape == want.shape
+    np.testing.assert_allclose(np.array(got)[..., lower], want[..., lower], rtol=1e-5,
+                               atol=1e-5 * np.abs(want).max())
+
+
 def _decays_float64(g):
     """A chunk's decays ``D[t, s] = prod_{s<r<=t} g[r]`` (0 for ``t < s``) in float64."""
     steps = g.shape[0]

@@ -110,10 +110,12 @@ def test_every_kernel_and_dtype_is_covered():
                     for part in ("fwd", "bwd", "ends", "carries") for dtype in DTYPES} | {
         (source.name, "None") for source in
         (*_CHUNKED_PIECES, chunked.CHUNK_STATES, chunked.CHUNK_COTANGENTS,
-         chunked.CHUNK_STATE_ROW_SUMS, rotlru.PASS)} | {
-        # the tiles' outputs and the gradients of the values, q and k in the inputs' dtype
-        (source.name, str(dtype)) for source in (chunked.CHUNK_OUTPUTS, chunked.CHUNK_SCORES_GRAD,
-                                                 chunked.SUMMED_STATE_PRODUCTS)
+         chunked.CHUNK_STATE_ROW_SUMS, chunked.CHUNK_SCORES, rotlru.PASS)} | {
+        # the tiles' outputs and the gradients of the values, q and k in the inputs' dtype,
+        # for one head and for heads that share q and k (reading their scores)
+        (source.name, str(dtype)) for source in (
+            chunked.CHUNK_OUTPUTS, chunked.CHUNK_OUTPUTS_FROM_SCORES, chunked.CHUNK_SCORES_GRAD,
+            chunked.CHUNK_SCORES_GRAD_FROM_SCORES, chunked.SUMMED_STATE_PRODUCTS)
         for dtype in DTYPES[1:]}
 
 
@@ -351,7 +353,10 @@ def test_tile_kernels_fit_metal_threadgroup_memory():
                 block = {"CH": steps, "KD": dk, "VD": dv}
                 carry = chunked._carry_launch(1, 1, steps, dk, dv, False)["template"]
                 for source, template in ((chunked.CHUNK_OUTPUTS, block),
+                                         (chunked.CHUNK_OUTPUTS_FROM_SCORES, block),
                                          (chunked.CHUNK_SCORES_GRAD, block),
+                                         (chunked.CHUNK_SCORES_GRAD_FROM_SCORES, block),
+                                         (chunked.CHUNK_SCORES, block),
                                          (chunked.SUMMED_STATE_PRODUCTS, block),
                                          (chunked.CHUNK_STATE_ROW_SUMS, block),
                                          (chunked.CHUNK_STATES, carry),

@@ -25,13 +25,14 @@ are passes over whole arrays that MLX would run as several kernels each:
   MLX code materializes them, ``[K, T, T]`` a chunk.
 
 * ``chunk_states``, ``chunk_cotangents``, ``chunk_outputs``,
-  ``chunk_scores_grad``, ``summed_state_products`` and
-  ``chunk_state_row_sums``: with half-precision inputs and one gate per
-  head, the chunk states, their cotangents, the chunks' outputs, the
-  backward within the chunks (with the values' and the gates' gradients),
-  the states' parts of the gradients of ``q`` and ``k`` (summed over the
-  heads that share them) and the row sums with the products of the rows
-  and the states, as block-level kernels on the warp-level matrix tiles
+  ``chunk_scores_grad``, ``summed_state_products``,
+  ``chunk_state_row_sums`` and ``chunk_scores``: with half-precision
+  inputs and one gate per head, the chunk states, their cotangents, the
+  chunks' outputs, the backward within the chunks (with the values' and
+  the gates' gradients), the states' parts of the gradients of ``q`` and
+  ``k`` (summed over the heads that share them), the row sums with the
+  products of the rows and the states, and the scores ``q k^T`` once for
+  the heads that share them, as block-level kernels on the warp-level matrix tiles
   (``chassis.TILES``: TF32 tensor cores on CUDA, ``simdgroup_matrix`` on
   Metal), which replace the matmuls and most of the passes of the forward
   and the backward.
@@ -561,24 +562,72 @@ def _rows_out(each: str) -> str:
 """
 
 
+# The scores q k^T of a chunk (z, c), float32-accurate (split products), a
+# threadgroup of four warps on the matrix tiles, for the R > 1 heads that
+# share q and k to read instead of each computing them: only the tiles on or
+# below the diagonal are written (the rest of scores is never read).
+CHUNK_SCORES = Source(
+    "chunk_scores",
+    inputs=("q", "k"),
+    outputs=("scores",),
+    body="""
+    // q, k [Z, C, CH, KD] or time first ([B, C, CH, G, KD], Z = B G); scores [Z, C, CH, CH];
+    // threadgroups of 128 threads (chassis.THREADS_PER_GROUP)
+    constexpr int KP = 16;       // channels a piece
+    constexpr int LDS = KP + 4;  // their row stride
+    SHARED float sm[2 * CH * LDS];
+    const int C = q_shape[1];
+    const int Z = TF ? q_shape[0] * q_shape[3] : q_shape[0];
+""" + _row_layout("q") + """    const int tid = THREAD_ID % 128;
+    const int chunk = THREAD_ID / 128;  // z * C + c
+    if (chunk >= Z * C) return;  // a whole threadgroup: no barrier is left half-met
+    const int warp = tid / 32;
+    const bool rows = warp < CH / 16;  // this warp owns rows (uniform in the warp)
+    const int qk_at = """ + _row_at("chunk / C", "chunk % C") + """;
+    recurops_tile score[CH / 8];
+""" + _scores("q", "k", "qk_at", "KD", "KP", "0", split=True, stride="qk_row") + """
+    if (rows) {
+        for (int j = 0; j < CH / 8; ++j) {
+            if (j < 2 * warp + 2) {
+                recurops_tile_store(score[j], scores, (chunk * CH + warp * 16) * CH + j * 8, CH);
+            }
+        }
+    }
+""",
+)
+
+# Where the chunk's [CH, CH] block of its group's scores (or of their
+# gradient) starts.
+_GROUP_AT = "    const int group_at = ((zr / R) * C + c) * CH * CH;\n"
+
+
 # The chunk's outputs, one threadgroup of four warps a chunk and head, on the
 # warp-level matrix tiles (chassis.TILES; TF32 on CUDA). Warp w owns output
 # rows 16w..16w+15. Threadgroup memory (at most 8192 floats, Metal's 32 KB),
 # one array used in turn as
-#   q and k pieces of KP channels (the scores q k^T, held in the accumulators),
+#   q and k pieces of KP channels (the scores q k^T, held in the accumulators;
+#       read from chunk_scores instead with from_scores),
 #   P [CH][CH+4] (the scores times the decays), then 16 rows of v, or a
 #       16-channel piece of q * cum and 16 rows of S, after it;
 #   16 rows of the outputs at a time, cast to y's dtype T on the way out;
 # and cum [CH], the chunk's gate products. Each piece's loads for the next
 # piece are issued before its products. Row strides are padded so the
 # fragments' lanes hit distinct banks.
-CHUNK_OUTPUTS = Source(
-    "chunk_outputs",
-    inputs=("q", "k", "v", "vs", "g", "before"),
-    outputs=("y",),
-    body="""
-    // q, k [Z, C, CH, KD]; v, y [Z, R, C, CH, VD] or time first; vs, g [Z, R, C, CH];
-    // before [Z, R, C, KD, VD];
+def _chunk_outputs(from_scores: bool) -> Source:
+    if from_scores:
+        scores = _GROUP_AT
+        score_at = "scores[group_at + t * CH + s]"
+    else:
+        scores = "\n    recurops_tile score[CH / 8];\n" + _scores(
+            "q", "k", "qk_at", "KD", "KP", "0", stride="qk_row")
+        score_at = "sm[t * LDP + s]"
+    return Source(
+        "chunk_outputs_from_scores" if from_scores else "chunk_outputs",
+        inputs=("q", "scores" if from_scores else "k", "v", "vs", "g", "before"),
+        outputs=("y",),
+        body="""
+    // q, k [Z, C, CH, KD] (or q and its scores [Z, C, CH, CH] from chunk_scores);
+    // v, y [Z, R, C, CH, VD] or time first; vs, g [Z, R, C, CH]; before [Z, R, C, KD, VD];
     // the values' rows vs * v (v in any float dtype); y in T, the rest float32;
     // threadgroups of 128 threads (chassis.THREADS_PER_GROUP)
     constexpr int KP = 16;                        // channels a piece of the scores
@@ -593,22 +642,20 @@ CHUNK_OUTPUTS = Source(
     SHARED float sm[SIZE];
     SHARED float cum[CH];
 
-""" + _chunk_threads("before") + """    const int s_at = chunk * KD * VD;
-
-    recurops_tile score[CH / 8];
-""" + _scores("q", "k", "qk_at", "KD", "KP", "0", stride="qk_row") + """    float vn[VN];
+""" + _chunk_threads("before") + "    const int s_at = chunk * KD * VD;\n" + scores + """
+    float vn[VN];
     for (int e = 0; e < VN; ++e) {
         const int i = tid + e * 128;
         vn[e] = v[v_at + (i / VD) * v_row + i % VD];
     }
-    BARRIER();  // P overwrites the last piece
+""" + ("" if from_scores else """    BARRIER();  // P overwrites the last piece
     if (rows) {
         for (int j = 0; j < CH / 8; ++j) {
             if (j < 2 * warp + 2) recurops_tile_store(score[j], sm, warp * 16 * LDP + j * 8, LDP);
         }
     }
     BARRIER();
-
+""") + """
     // times the decays D[t, s] = prod_{s<r<=t} g[r] and the rows' scales vs[s], a
     // thread a column; zero above
     if (tid < CH) {
@@ -616,7 +663,7 @@ CHUNK_OUTPUTS = Source(
         float p = vs[g_at + s];
         for (int t = 0; t < CH; ++t) {
             if (t > s) p *= g[g_at + t];
-            sm[t * LDP + s] = (t >= s) ? sm[t * LDP + s] * p : 0.0f;
+            sm[t * LDP + s] = (t >= s) ? """ + score_at + """ * p : 0.0f;
         }
     } else if (tid == 127) {
         float p = 1.0f;
@@ -637,7 +684,11 @@ CHUNK_OUTPUTS = Source(
             y[v_at + (piece * 16 + i / VD) * v_row + i % VD] =
                 static_cast<T>(sm[(i / VD) * LDY + i % VD]);
         }"""),
-)
+    )
+
+
+CHUNK_OUTPUTS = _chunk_outputs(from_scores=False)
+CHUNK_OUTPUTS_FROM_SCORES = _chunk_outputs(from_scores=True)
 
 
 # The backward within a chunk, a threadgroup of four warps a chunk and head on
@@ -649,13 +700,35 @@ CHUNK_OUTPUTS = Source(
 # 8192 floats, Metal's 32 KB): [CH][CH+4] for q k^T, then P, then pieces of
 # w * k; after it one array used in turn for the pieces of the scores, 32
 # rows of dy v^T at a time (then of the decays' gradient), and 16 rows of dy
-# or of dend; and the chunk's gates, cum's gradient and w.
-CHUNK_SCORES_GRAD = Source(
-    "chunk_scores_grad",
-    inputs=("q", "k", "v", "vs", "dy", "g", "dend", "dw", "dcum", "da"),
-    outputs=("dv", "dvs", "dscores", "dg"),
-    body="""
-    // q, k [Z, C, CH, KD]; v, dy, dv [Z, R, C, CH, VD] or time first;
+# or of dend; and the chunk's gates, cum's gradient and w. With from_scores
+# q k^T comes from chunk_scores.
+def _chunk_scores_grad(from_scores: bool) -> Source:
+    if from_scores:
+        scores = """    for (int i = tid; i < CH * CH; i += 128) {
+        const int t = i / CH;
+        const int s = i % CH;
+        if (s <= t) sm[t * LDP + s] = scores[group_at + i];
+    }
+    recurops_tile score[CH / 8];
+"""
+    else:
+        scores = "    recurops_tile score[CH / 8];\n" + _scores(
+            "q", "k", "qk_at", "KD", "KP", "DS", split=True, stride="qk_row") + """
+    if (rows) {
+        for (int j = 0; j < CH / 8; ++j) {
+            if (j < 2 * warp + 2) recurops_tile_store(score[j], sm, warp * 16 * LDP + j * 8, LDP);
+        }
+    }
+    BARRIER();  // the products are done with the last piece
+"""
+    return Source(
+        "chunk_scores_grad_from_scores" if from_scores else "chunk_scores_grad",
+        inputs=("q", "k", *(("scores",) if from_scores else ()), "v", "vs", "dy", "g", "dend",
+                "dw", "dcum", "da"),
+        outputs=("dv", "dvs", "dscores", "dg"),
+        body="""
+    // q, k [Z, C, CH, KD] (and their scores [Z, C, CH, CH] from chunk_scores);
+    // v, dy, dv [Z, R, C, CH, VD] or time first;
     // vs, g, dw, dcum, dg, dvs [Z, R, C, CH];
     // dend [Z, R, C, KD, VD]; da [Z, R, C]; dscores [Z, C, CH, CH]; the values' rows
     // vs * v (v in any float dtype, dv in T); threadgroups of 128 threads
@@ -673,24 +746,13 @@ CHUNK_SCORES_GRAD = Source(
     SHARED float dcums[CH];  // dcum + e_{CH-1} da
     SHARED float ws[CH];     // w = D[CH-1, :]
 
-""" + _chunk_threads("dend") + """    const int s_at = chunk * KD * VD;
-    const int ds_at = ((zr / R) * C + c) * CH * CH;  // the chunk's scores' gradient
-
+""" + _chunk_threads("dend") + "    const int s_at = chunk * KD * VD;\n" + _GROUP_AT + """
     if (tid < CH) {
         gates[tid] = g[g_at + tid];
         dcums[tid] = dcum[g_at + tid] + (tid == CH - 1 ? da[chunk] : 0.0f);
     }
-    recurops_tile score[CH / 8];
-""" + _scores("q", "k", "qk_at", "KD", "KP", "DS", split=True,
-                                              stride="qk_row") + """
-    if (rows) {
-        for (int j = 0; j < CH / 8; ++j) {
-            if (j < 2 * warp + 2) recurops_tile_store(score[j], sm, warp * 16 * LDP + j * 8, LDP);
-        }
-    }
-    BARRIER();  // the products are done with the last piece
-""" + _scores("dy", "v", "v_at", "VD", "VP", "DS", split=True,
-                                              stride="v_row") + """
+""" + scores + _scores("dy", "v", "v_at", "VD", "VP", "DS", split=True,
+                         stride="v_row") + """
     // 32 rows t of dy v^T at a time. First a thread a column s, with D[t, s] =
     // prod_{s<r<=t} g[r] as a running product: dscores = dy v^T * D, P = q k^T * D,
     // and the decays' gradient dD = dy v^T * q k^T (its last row plus dw, that of
@@ -721,9 +783,9 @@ CHUNK_SCORES_GRAD = Source(
                 const float dyv = sm[DS + (t - band) * LDP + s] * vs_s;  // dy (vs * v)^T
                 const float qk = sm[t * LDP + s];
                 if (R == 1) {
-                    dscores[ds_at + t * CH + s] = on ? dyv * p : 0.0f;
+                    dscores[group_at + t * CH + s] = on ? dyv * p : 0.0f;
                 } else if (on) {  // summed over the heads that share q and k; zeros above
-                    ATOMIC_ADD(&dscores[ds_at + t * CH + s], dyv * p);
+                    ATOMIC_ADD(&dscores[group_at + t * CH + s], dyv * p);
                 }
                 sm[DS + (t - band) * LDP + s] =
                     (on ? dyv * qk : 0.0f) + (t == CH - 1 ? dw[g_at + s] : 0.0f);
@@ -783,7 +845,11 @@ CHUNK_SCORES_GRAD = Source(
         }
         sum = LANE_SUM(sum, 1, 4);
         if (tid % 8 == 0) dvs[g_at + t] = sum;"""),
-)
+    )
+
+
+CHUNK_SCORES_GRAD = _chunk_scores_grad(from_scores=False)
+CHUNK_SCORES_GRAD_FROM_SCORES = _chunk_scores_grad(from_scores=True)
 
 # The gradient of q (or of k) of a chunk (z, c), a threadgroup of four warps on
 # the matrix tiles: out = sum_r (x_r * scale_r) S_r^T, summed over the heads
@@ -1258,7 +1324,9 @@ def chunk_outputs(q, k, v, vs, g, before, dtype: mx.Dtype = mx.float32,
     each chunk ``before [Z, R, C, K, V]``; ``D[t, s] = prod_{s<r<=t} g[r]``
     (0 above the diagonal) and ``cum[t] = prod_{r<=t} g[r]``. Returns ``y
     [Z, R, C, T, V]`` in ``dtype``, rounded once from float32 (the products
-    in TF32 on CUDA). ``time_first``: ``q`` and ``k`` laid out ``[B, C, T,
+    in TF32 on CUDA, but for the scores of ``R > 1`` heads, which
+    ``chunk_scores`` computes once a group, float32-accurate).
+    ``time_first``: ``q`` and ``k`` laid out ``[B, C, T,
     G, K]`` (group ``b * G + g`` for ``Z = B G``), ``v`` and ``y`` ``[B, C,
     T, H, V]`` (head ``b * H + h`` for ``Z R = B H``), so that the caller's
     ``[B, L, G, K]`` and ``[B, L, H, V]`` need no copy. Shapes as
@@ -1266,8 +1334,27 @@ def chunk_outputs(q, k, v, vs, g, before, dtype: mx.Dtype = mx.float32,
     """
     config = _chunk_launch(q, g, v, time_first)
     config["template"]["T"] = dtype
-    (y,) = launch(CHUNK_OUTPUTS, (q, k, v, vs, g, before), {"y": (v.shape, dtype)}, **config)
+    if g.shape[1] > 1:  # heads that share q and k read their scores, computed once
+        source, k = CHUNK_OUTPUTS_FROM_SCORES, chunk_scores(q, k, time_first)
+    else:
+        source = CHUNK_OUTPUTS
+    (y,) = launch(source, (q, k, v, vs, g, before), {"y": (v.shape, dtype)}, **config)
     return y
+
+
+def chunk_scores(q, k, time_first: bool = False) -> mx.array:
+    """The scores ``q k^T`` of each chunk on matrix tiles, float32-accurate
+    (split products on CUDA): ``q, k [Z, C, T, K]`` (any float dtype; time
+    first ``[B, C, T, G, K]`` as ``chunk_outputs`` says) -> ``[Z, C, T, T]``
+    float32, of which only the 16 x 16 tiles on or below the diagonal are
+    written."""
+    c, steps, dk = q.shape[1], q.shape[2], q.shape[-1]
+    z = q.shape[0] * q.shape[3] if time_first else q.shape[0]
+    assert steps in TILED_STEPS and dk % 16 == 0, (steps, dk)
+    (scores,) = launch(CHUNK_SCORES, (q, k), {"scores": ((z, c, steps, steps), mx.float32)},
+                       threads=z * c * THREADS_PER_GROUP,
+                       template={"CH": steps, "KD": dk, "TF": int(time_first)})
+    return scores
 
 
 def _tile_template(steps: int, dk: int, dv: int, time_first: bool) -> dict:
@@ -1314,7 +1401,9 @@ def chunk_scores_grad(q, k, v, vs, dy, g, dend, dw, dcum, da, time_first: bool =
     config = _chunk_launch(q, g, v, time_first)
     config["template"]["T"] = v.dtype
     z, r, c, steps = g.shape
-    return launch(CHUNK_SCORES_GRAD, (q, k, v, vs, dy, g, dend, dw, dcum, da),
+    shared = (chunk_scores(q, k, time_first),) if r > 1 else ()  # as in chunk_outputs
+    source = CHUNK_SCORES_GRAD_FROM_SCORES if shared else CHUNK_SCORES_GRAD
+    return launch(source, (q, k, *shared, v, vs, dy, g, dend, dw, dcum, da),
                   {"dv": (v.shape, v.dtype), "dvs": (g.shape, mx.float32),
                    "dscores": ((z, c, steps, steps), mx.float32),
                    "dg": (g.shape, mx.float32)},
