@@ -32,10 +32,10 @@ are passes over whole arrays that MLX would run as several kernels each:
   the gates' gradients), the states' parts of the gradients of ``q`` and
   ``k`` (summed over the heads that share them), the row sums with the
   products of the rows and the states, and the scores ``q k^T`` once for
-  the heads that share them, as block-level kernels on the warp-level matrix tiles
-  (``chassis.TILES``: TF32 tensor cores on CUDA, ``simdgroup_matrix`` on
-  Metal), which replace the matmuls and most of the passes of the forward
-  and the backward.
+  the heads that share them, as block-level kernels on the warp-level
+  matrix tiles (``chassis.TILES``: TF32 tensor cores on CUDA,
+  ``simdgroup_matrix`` on Metal), which replace the matmuls and most of
+  the passes of the forward and the backward.
 
 Everything is float32, but for the values, the outputs and their
 gradients, which the tile kernels read and write in their own dtype, heads
@@ -405,15 +405,15 @@ def _chunk_threads(heads: str) -> str:
     return _CHUNK_THREADS.replace("HEADS", heads)
 
 
-def _scores(left: str, right: str, at: str, width: str, piece: str, base: str,
-            split: bool = False, stride: str | None = None) -> str:
+def _scores(left: str, right: str, at: str, width: str, stride: str, piece: str, base: str,
+            split: bool = False) -> str:
     """Body text that computes the scores ``left right^T`` of a chunk (both
-    ``[CH, width]`` rows from ``at``) into the accumulators ``score[CH / 8]``
-    of the warps that own rows (``rows``), only the tiles on or below the
-    diagonal, over pieces of ``piece`` channels staged at ``sm[base]`` (``2 *
-    CH * LDS`` floats), loading the next piece while it multiplies this one.
-    ``split``: float32-accurate products (``chassis.TILES``' split ones);
-    ``stride``: from one row to the next (default ``width``)."""
+    ``[CH, width]`` rows from ``at``, ``stride`` apart) into the accumulators
+    ``score[CH / 8]`` of the warps that own rows (``rows``), only the tiles on
+    or below the diagonal, over pieces of ``piece`` channels staged at
+    ``sm[base]`` (``2 * CH * LDS`` floats), loading the next piece while it
+    multiplies this one.
+    ``split``: float32-accurate products (``chassis.TILES``' split ones)."""
     suffix = "_split" if split else ""
     return """
     // the scores @L@ @R@^T over pieces of @P@ channels; only tiles on or below the diagonal
@@ -457,7 +457,7 @@ def _scores(left: str, right: str, at: str, width: str, piece: str, base: str,
         }
     }
 """.replace("@L@", left).replace("@R@", right).replace("@AT@", at).replace(
-        "@ST@", stride or width).replace("@W@", width).replace("@P@", piece).replace(
+        "@ST@", stride).replace("@W@", width).replace("@P@", piece).replace(
         "@B@", base).replace("@S@", suffix)
 
 
@@ -585,7 +585,7 @@ CHUNK_SCORES = Source(
     const bool rows = warp < CH / 16;  // this warp owns rows (uniform in the warp)
     const int qk_at = """ + _row_at("chunk / C", "chunk % C") + """;
     recurops_tile score[CH / 8];
-""" + _scores("q", "k", "qk_at", "KD", "KP", "0", split=True, stride="qk_row") + """
+""" + _scores("q", "k", "qk_at", "KD", "qk_row", "KP", "0", split=True) + """
     if (rows) {
         for (int j = 0; j < CH / 8; ++j) {
             if (j < 2 * warp + 2) {
@@ -619,14 +619,14 @@ def _chunk_outputs(from_scores: bool) -> Source:
         score_at = "scores[group_at + t * CH + s]"
     else:
         scores = "\n    recurops_tile score[CH / 8];\n" + _scores(
-            "q", "k", "qk_at", "KD", "KP", "0", stride="qk_row")
+            "q", "k", "qk_at", "KD", "qk_row", "KP", "0")
         score_at = "sm[t * LDP + s]"
     return Source(
         "chunk_outputs_from_scores" if from_scores else "chunk_outputs",
-        inputs=("q", "scores" if from_scores else "k", "v", "vs", "g", "before"),
+        inputs=("q", "k", *(("scores",) if from_scores else ()), "v", "vs", "g", "before"),
         outputs=("y",),
         body="""
-    // q, k [Z, C, CH, KD] (or q and its scores [Z, C, CH, CH] from chunk_scores);
+    // q, k [Z, C, CH, KD] (and their scores [Z, C, CH, CH] from chunk_scores);
     // v, y [Z, R, C, CH, VD] or time first; vs, g [Z, R, C, CH]; before [Z, R, C, KD, VD];
     // the values' rows vs * v (v in any float dtype); y in T, the rest float32;
     // threadgroups of 128 threads (chassis.THREADS_PER_GROUP)
@@ -713,7 +713,7 @@ def _chunk_scores_grad(from_scores: bool) -> Source:
 """
     else:
         scores = "    recurops_tile score[CH / 8];\n" + _scores(
-            "q", "k", "qk_at", "KD", "KP", "DS", split=True, stride="qk_row") + """
+            "q", "k", "qk_at", "KD", "qk_row", "KP", "DS", split=True) + """
     if (rows) {
         for (int j = 0; j < CH / 8; ++j) {
             if (j < 2 * warp + 2) recurops_tile_store(score[j], sm, warp * 16 * LDP + j * 8, LDP);
@@ -751,8 +751,8 @@ def _chunk_scores_grad(from_scores: bool) -> Source:
         gates[tid] = g[g_at + tid];
         dcums[tid] = dcum[g_at + tid] + (tid == CH - 1 ? da[chunk] : 0.0f);
     }
-""" + scores + _scores("dy", "v", "v_at", "VD", "VP", "DS", split=True,
-                         stride="v_row") + """
+""" + scores + _scores("dy", "v", "v_at", "VD", "v_row", "VP", "DS",
+                         split=True) + """
     // 32 rows t of dy v^T at a time. First a thread a column s, with D[t, s] =
     // prod_{s<r<=t} g[r] as a running product: dscores = dy v^T * D, P = q k^T * D,
     // and the decays' gradient dD = dy v^T * q k^T (its last row plus dw, that of
@@ -1334,11 +1334,9 @@ def chunk_outputs(q, k, v, vs, g, before, dtype: mx.Dtype = mx.float32,
     """
     config = _chunk_launch(q, g, v, time_first)
     config["template"]["T"] = dtype
-    if g.shape[1] > 1:  # heads that share q and k read their scores, computed once
-        source, k = CHUNK_OUTPUTS_FROM_SCORES, chunk_scores(q, k, time_first)
-    else:
-        source = CHUNK_OUTPUTS
-    (y,) = launch(source, (q, k, v, vs, g, before), {"y": (v.shape, dtype)}, **config)
+    shared = _shared_scores(q, k, g, time_first)
+    source = CHUNK_OUTPUTS_FROM_SCORES if shared else CHUNK_OUTPUTS
+    (y,) = launch(source, (q, k, *shared, v, vs, g, before), {"y": (v.shape, dtype)}, **config)
     return y
 
 
@@ -1355,6 +1353,13 @@ def chunk_scores(q, k, time_first: bool = False) -> mx.array:
                        threads=z * c * THREADS_PER_GROUP,
                        template={"CH": steps, "KD": dk, "TF": int(time_first)})
     return scores
+
+
+def _shared_scores(q, k, heads, time_first: bool) -> tuple:
+    """What the tile kernels read besides ``q`` and ``k``: the scores from
+    ``chunk_scores``, computed once, where ``R > 1`` heads share them
+    (``heads [Z, R, ...]``); nothing where each head computes its own."""
+    return (chunk_scores(q, k, time_first),) if heads.shape[1] > 1 else ()
 
 
 def _tile_template(steps: int, dk: int, dv: int, time_first: bool) -> dict:
@@ -1401,7 +1406,7 @@ def chunk_scores_grad(q, k, v, vs, dy, g, dend, dw, dcum, da, time_first: bool =
     config = _chunk_launch(q, g, v, time_first)
     config["template"]["T"] = v.dtype
     z, r, c, steps = g.shape
-    shared = (chunk_scores(q, k, time_first),) if r > 1 else ()  # as in chunk_outputs
+    shared = _shared_scores(q, k, g, time_first)
     source = CHUNK_SCORES_GRAD_FROM_SCORES if shared else CHUNK_SCORES_GRAD
     return launch(source, (q, k, *shared, v, vs, dy, g, dend, dw, dcum, da),
                   {"dv": (v.shape, v.dtype), "dvs": (g.shape, mx.float32),
