@@ -15,7 +15,7 @@ import functools
 import mlx.core as mx
 import numpy as np
 import pytest
-from cases import TOLERANCE, cotangents, draw_call, make_call, run, run_vjp
+from cases import EXAMPLE_SIZES, TOLERANCE, cotangents, draw_call, make_call, run, run_vjp
 from hypothesis import given
 from hypothesis import strategies as st
 from test_paths import assert_gradients_match, assert_matches_spec
@@ -663,6 +663,20 @@ def test_per_channel_lengths_compile_few_kernels(dialect, monkeypatch):
     steps = {dict(template)["STEPS"] for name, template in compiled
              if name == chunked.CHANNEL_SCORES.name}
     assert {8, 32} <= steps
+
+
+@pytest.mark.parametrize("kind", ["ssd", "gla"])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_forward_mode_differentiation_says_it_is_not_supported(kind, per_channel):
+    """``mx.jvp`` through the chunked form (decays per head or per channel)
+    raises a clear error: its forward runs with gradients stopped, which
+    would otherwise give zero tangents."""
+    sizes = {**EXAMPLE_SIZES[kind], f"{'A' if kind == 'ssd' else 'g'}_per_channel": per_channel}
+    call = make_call(kind, np.random.default_rng(0), sizes=sizes, length=40)
+    x, *rest = call.inputs
+    with pytest.raises(NotImplementedError, match="mx.jvp"):
+        mx.jvp(lambda x: recurops.scan(kind, x, *rest, impl="fallback")[0], [x],
+               [mx.ones_like(x)])
 
 
 @pytest.mark.parametrize("dtype, to", [(mx.bfloat16, mx.float32), (mx.float32, mx.bfloat16),

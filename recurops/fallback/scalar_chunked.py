@@ -380,20 +380,40 @@ def _gate_grad(mm, g, decay, cum, d_decay, dw, dcum, da):
     return shifted + cum_shift * mm(dcum[..., None, :], decay)[..., 0, :]
 
 
-def _checkpointed(forward, backward, by_rows: bool = True):
-    """``forward`` (outputs y, final state and what ``backward`` needs) as a
-    custom function whose vjp is ``backward``; both split over CPU streams
-    along the leading axis if ``by_rows`` (every array's leading axis ``Z``)."""
+def _checkpointed(forward, backward, inputs: int, by_rows: bool = True):
+    """``forward`` (of ``inputs`` arrays; outputs y, the final state and what
+    ``backward`` needs) with ``backward`` as its vjp, both split over CPU
+    streams along the leading axis if ``by_rows`` (every array's leading axis
+    ``Z``).
+
+    The forward runs on the inputs with their gradients stopped, and a custom
+    function takes its outputs in with the inputs and hands y and the final
+    state on: so the backward holds the saved arrays, as inputs, and not y
+    with them (the outputs of one MLX primitive keep each other alive until
+    the last is freed)."""
     run = split_rows if by_rows else lambda fn, arrays, _: fn(*arrays)
 
     @mx.custom_function
-    def block(*arrays):
-        return run(forward, arrays, arrays[0].shape[0])
+    def hand_on(*arrays):  # the inputs, y, the final state, the saved arrays
+        return arrays[inputs], arrays[inputs + 1]
 
-    @block.vjp
-    def block_vjp(primals, cotangents, outputs):
-        saved, (dy, dfinal) = outputs[2:], cotangents[:2]
-        return run(backward, (*primals, *saved, dy, dfinal), primals[0].shape[0])
+    @hand_on.vjp
+    def hand_on_vjp(primals, cotangents, _):
+        dy, dfinal = cotangents
+        grads = run(backward, (*primals[:inputs], *primals[inputs + 2:], dy, dfinal),
+                    primals[0].shape[0])
+        # the forward's outputs take no gradient (their inputs' is stopped)
+        return (*grads, *(mx.broadcast_to(mx.zeros((), a.dtype), a.shape)
+                          for a in primals[inputs:]))
+
+    @hand_on.jvp
+    def hand_on_jvp(primals, tangents):
+        raise NotImplementedError("recurops.scan supports reverse-mode differentiation "
+                                  "(mx.grad, mx.vjp), not forward mode (mx.jvp)")
+
+    def block(*arrays):
+        stopped = tuple(mx.stop_gradient(a) for a in arrays)
+        return hand_on(*arrays, *run(forward, stopped, arrays[0].shape[0]))
 
     return block
 
@@ -415,6 +435,7 @@ def _block(form: str, exact_fp32: bool, dtype: mx.Dtype = mx.float32, time_first
     }[form]
     # the tiles run on a GPU (on the CPU only simulated), where nothing is split
     return _checkpointed(functools.partial(forward, mm), functools.partial(backward, mm),
+                         inputs=6 if form == "scalar-tiled" else 5,
                          by_rows=form != "scalar-tiled")
 
 
@@ -487,7 +508,7 @@ def scalar_gate_chunked_scan(q, k, v, g, h0, chunk: int | None = None, exact_fp3
         def chunks(x, axis):  # axis split into [C, T]; one copy if x comes strided
             return mx.contiguous(x).reshape(x.shape[:axis] + (c, steps) + x.shape[axis + 1:])
 
-        y, final, *_ = _block("scalar-tiled", exact_fp32, dtype, time_first)(
+        y, final = _block("scalar-tiled", exact_fp32, dtype, time_first)(
             chunks(q, 1), chunks(k, 1), chunks(v, time_axis), v_scale.reshape(g.shape), g, h0)
         y = y.reshape(v.shape)
     else:
@@ -495,7 +516,7 @@ def scalar_gate_chunked_scan(q, k, v, g, h0, chunk: int | None = None, exact_fp3
         if v_scale is not None:
             v = _scaled_rows(v_scale, v)
         rows = (q.reshape(z, c, steps, dk), k.reshape(z, c, steps, dk))
-        y, final, *_ = _block("scalar", exact_fp32)(*rows, v.reshape(z, r, c, steps, dv), g, h0)
+        y, final = _block("scalar", exact_fp32)(*rows, v.reshape(z, r, c, steps, dv), g, h0)
         y = y.reshape(v.shape).astype(dtype)
     if pad:
         y = y[:, :length] if time_first else y[:, :, :length]
@@ -603,7 +624,7 @@ def channel_gate_chunked_scan(q, k, v, g, h0, chunk: int | None = None, exact_fp
         q, k, v = (mx.pad(x, widths) for x in (q, k, v))
         g = mx.pad(g, widths, constant_values=1.0)
     c = (length + pad) // steps
-    y, final, *_ = _block("channel", exact_fp32)(
+    y, final = _block("channel", exact_fp32)(
         q.reshape(z, c, steps, dk),
         k.reshape(z, c, steps, dk),
         v.reshape(z, c, steps, dv),
