@@ -589,16 +589,18 @@ def test_tiled_form_matches_spec(dialect, kind, data):
 
 
 @pytest.mark.skipif(gpu_backend() is None, reason="no Metal or CUDA GPU")
+@pytest.mark.parametrize("with_state", [True, False])
 @pytest.mark.parametrize("kind,sizes", [
     ("ssd", {"H": 4, "G": 2, "P": 64, "N": 64, "A_per_channel": False}),
     ("gla", {"H": 2, "K": 128, "V": 128, "g_per_channel": False}),
 ])
-def test_tiled_form_on_gpu_matches_spec(kind, sizes, monkeypatch):
+def test_tiled_form_on_gpu_matches_spec(kind, sizes, with_state, monkeypatch):
     """On a real GPU: a bfloat16 call whose 64-step chunks' outputs and
-    their backward run on the matrix tiles (three chunks, the last one partial, an initial state),
-    values and every gradient against SPEC section 3."""
+    their backward run on the matrix tiles (three chunks, the last one
+    partial, with an initial state and without), values and every gradient
+    against SPEC section 3."""
     call = make_call(kind, np.random.default_rng(7), sizes=sizes, length=150, batch=(2,),
-                     dtype=mx.bfloat16, with_state=True)
+                     dtype=mx.bfloat16, with_state=with_state)
     tiled = []
     _record_tile_kernels(monkeypatch, tiled)
     tol = TOLERANCE[mx.bfloat16]
