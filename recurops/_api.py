@@ -9,7 +9,7 @@ from typing import NamedTuple
 import mlx.core as mx
 
 from . import _interop
-from ._kind import STEP_FORM_STEPS, Bound, Kind, bind, channel_slicing, promote
+from ._kind import STEP_FORM_STEPS, Bound, Kind, bind, channel_slicing, promote, state_dtype
 from .fallback import threads
 from .kinds import KINDS
 
@@ -159,12 +159,12 @@ def scan(kind: str, *inputs, state=None, impl: str = "auto", **named) -> tuple[m
     path = _choose(spec, bound, arrays, impl).path
 
     out_dtype = promote(x.dtype for x in arrays)
-    state_dtype = mx.float64 if out_dtype == mx.float64 else mx.float32
     flat = math.prod(bound.batch)
     state_shape = bound.shape_of(spec.state)
-    if state is None:
-        state = mx.zeros(state_shape, state_dtype)
-    state = state.astype(state_dtype).reshape(flat, *state_shape[len(bound.batch):])
+    zero_state, dtype = state is None, state_dtype(arrays)
+    if zero_state:  # lazy: in memory only where a path reads it
+        state = mx.zeros(state_shape, dtype)
+    state = state.astype(dtype).reshape(flat, *state_shape[len(bound.batch):])
     args = tuple(
         x.reshape(flat, *x.shape[len(bound.batch):]) if i.batched else x
         for i, x in zip(spec.inputs, arrays)
@@ -184,7 +184,8 @@ def scan(kind: str, *inputs, state=None, impl: str = "auto", **named) -> tuple[m
         y, final = threads.split(spec.fallback, (*args, state), bound.dims[spec.independent],
                                  take, join)
     else:
-        y, final = spec.fallback(*args, state)
+        y, final = spec.fallback(
+            *args, None if zero_state and spec.fallback_state_optional else state)
 
     y = y.astype(out_dtype).reshape(bound.shape_of(spec.output))
     return y, final.reshape(state_shape)

@@ -29,6 +29,12 @@ def promote(dtypes) -> mx.Dtype:
     return dtypes.pop() if len(dtypes) == 1 else mx.float32
 
 
+def state_dtype(arrays) -> mx.Dtype:
+    """The state's dtype for a call on ``arrays``: float64 where they
+    promote to it, else float32."""
+    return mx.float64 if promote(x.dtype for x in arrays) == mx.float64 else mx.float32
+
+
 @functools.cache
 def _parse(shape: str) -> tuple[bool, tuple[tuple[int, str], ...]]:
     """``"... L 2P"`` -> (batched=True, ((1, "L"), (2, "P")))."""
@@ -62,8 +68,10 @@ class Kind:
 
     ``reference``, ``fallback`` and ``kernel.run`` all take the inputs in
     declared order with the batch dimensions flattened to one leading axis
-    ``B``, plus ``state`` (never None, float32 or float64), and return
-    ``(y, final_state)`` with ``y`` in float32/float64; the API casts ``y``.
+    ``B``, plus ``state`` (float32 or float64; None only for a ``fallback``
+    that declares ``fallback_state_optional``: zeros it need not have in
+    memory), and return ``(y, final_state)`` with ``y`` in
+    float32/float64; the API casts ``y``.
 
     ``independent`` names a symbol whose channels never interact (an axis
     ``cX`` holds ``X`` groups of ``c`` consecutive values): the fallback may
@@ -81,6 +89,7 @@ class Kind:
     kernel: object = None
     domain: str = ""
     independent: str = ""
+    fallback_state_optional: bool = False
     extra: dict = field(default_factory=dict)
 
     @property

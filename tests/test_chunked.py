@@ -484,16 +484,19 @@ def _cotangents_float64(q, dy, g, dfinal, before):
 @pytest.mark.parametrize("direction", ["states", "cotangents"])
 @given(z=st.integers(1, 2), heads=st.integers(1, 2), c=st.integers(1, 4),
        steps=st.sampled_from(chunked.TILED_STEPS), keys=st.sampled_from([16, 48, 80, 128]),
-       values=st.sampled_from([8, 40, 96, 128]), layout=LAYOUTS, seed=seeds)
-def test_tiled_carries_match_float64(dialect, direction, z, heads, c, steps, keys, values, layout,
-                                     seed):
+       values=st.sampled_from([8, 40, 96, 128]), initial=st.booleans(), layout=LAYOUTS,
+       seed=seeds)
+def test_tiled_carries_match_float64(dialect, direction, z, heads, c, steps, keys, values,
+                                     initial, layout, seed):
     """``chunk_states`` and ``chunk_cotangents`` (the state cotangents newest
     chunk first, and the chunk gate products' gradient summed over the
     threadgroups' blocks) on matrix tiles against float64: every chunk length
     (one to three pieces a chunk), the state split into blocks of rows and of
     columns (80 keys in blocks of 16, 96 values in blocks of 32), heads
     sharing ``k`` or ``q``, gates of exactly 0 and 1, several chunks, the
-    values (or the outputs' gradient) in each of their layouts."""
+    values (or the outputs' gradient) in each of their layouts; with an
+    initial state, or without (``chunk_states`` from zeros it is not given,
+    ``chunk_cotangents`` with no cotangent for it)."""
     if executor.available() is not None:
         pytest.skip(executor.available())
     rng = np.random.default_rng(seed)
@@ -501,21 +504,27 @@ def test_tiled_carries_match_float64(dialect, direction, z, heads, c, steps, key
     rows, values_ = normal(z, c, steps, keys), normal(z, heads, c, steps, values)
     gates, start = _gates(rng, (z, heads, c, steps)), normal(z, heads, keys, values)
     if direction == "states":  # the values' rows scaled
+        start = start if initial else mx.zeros_like(start)
         args = (rows, values_, normal(z, heads, c, steps), gates, start)
         run, reference, names = chunked.chunk_states, _states_float64, ["before", "final"]
+        given = args if initial else (*args[:4], None)
     else:  # and the states entering the chunks
         args = (rows, values_, gates, start, normal(z, heads, c, keys, values))
-        run, reference = chunked.chunk_cotangents, _cotangents_float64
-        names = ["after", "dh0", "da"]
-    laid_out = (_laid_out(args[0], layout), _laid_out(args[1], layout), *args[2:])
+        run = functools.partial(chunked.chunk_cotangents, initial=initial)
+        reference, names, given = _cotangents_float64, ["after", "dh0", "da"], args
+    laid_out = (_laid_out(given[0], layout), _laid_out(given[1], layout), *given[2:])
     with simulate(dialect):
-        got = [np.array(x) for x in run(*laid_out, time_first=layout != "heads first")]
+        got = run(*laid_out, time_first=layout != "heads first")
     tol = 3e-3 if dialect == "cuda" else 1e-5
     wants = reference(*args)
     sizes = [np.abs(want).max() for want in wants]
     if direction == "cotangents":  # da sums K*V products: its size is that of the terms
         sizes[2] = np.abs(wants[0] * np.array(args[4], np.float64)).sum((-1, -2)).max()
+    if direction == "cotangents" and not initial:  # no cotangent for an initial state
+        assert got[1] is None
+        got, wants, sizes, names = ([x[0], x[2]] for x in (got, wants, sizes, names))
     for name, x, want, size in zip(names, got, wants, sizes, strict=True):
+        x = np.array(x)
         assert x.shape == want.shape, name
         np.testing.assert_allclose(x, want, rtol=tol, atol=tol * size, err_msg=name)
 
@@ -580,16 +589,18 @@ def test_tiled_form_matches_spec(dialect, kind, data):
 
 
 @pytest.mark.skipif(gpu_backend() is None, reason="no Metal or CUDA GPU")
+@pytest.mark.parametrize("with_state", [True, False])
 @pytest.mark.parametrize("kind,sizes", [
     ("ssd", {"H": 4, "G": 2, "P": 64, "N": 64, "A_per_channel": False}),
     ("gla", {"H": 2, "K": 128, "V": 128, "g_per_channel": False}),
 ])
-def test_tiled_form_on_gpu_matches_spec(kind, sizes, monkeypatch):
+def test_tiled_form_on_gpu_matches_spec(kind, sizes, with_state, monkeypatch):
     """On a real GPU: a bfloat16 call whose 64-step chunks' outputs and
-    their backward run on the matrix tiles (three chunks, the last one partial, an initial state),
-    values and every gradient against SPEC section 3."""
+    their backward run on the matrix tiles (three chunks, the last one
+    partial, with an initial state and without), values and every gradient
+    against SPEC section 3."""
     call = make_call(kind, np.random.default_rng(7), sizes=sizes, length=150, batch=(2,),
-                     dtype=mx.bfloat16, with_state=True)
+                     dtype=mx.bfloat16, with_state=with_state)
     tiled = []
     _record_tile_kernels(monkeypatch, tiled)
     tol = TOLERANCE[mx.bfloat16]

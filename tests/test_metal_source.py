@@ -58,9 +58,9 @@ def _call(kind, sizes, dtype):
     return arrays
 
 
-def _grads(kind, arrays, impl="kernel"):
+def _grads(kind, arrays, impl="kernel", state=None):
     def loss(*a):
-        return recurops.scan(kind, *a, impl=impl)[0].astype(mx.float32).sum()
+        return recurops.scan(kind, *a, state=state, impl=impl)[0].astype(mx.float32).sum()
 
     return mx.grad(loss, tuple(range(len(arrays))))(*arrays)
 
@@ -90,7 +90,10 @@ def _launches(dialect):
                 mx.eval(_grads(kind, _call(kind, sizes, mx.float32), impl="fallback"))
         for dtype in (mx.bfloat16, mx.float16):  # outputs on matrix tiles
             for kind, sizes in _TILED.items():
-                mx.eval(_grads(kind, _call(kind, sizes, dtype), impl="fallback"))
+                arrays = _call(kind, sizes, dtype)
+                start = mx.ones_like(recurops.scan(kind, *arrays)[1])
+                for state in (None, start):  # with and without an initial state
+                    mx.eval(_grads(kind, arrays, impl="fallback", state=state))
     unique = {launch.wrapped.kernel_name: launch for launch in sim.launches}
     return list(unique.values())
 
@@ -110,6 +113,7 @@ def test_every_kernel_and_dtype_is_covered():
                     for part in ("fwd", "bwd", "ends", "carries") for dtype in DTYPES} | {
         (source.name, "None") for source in
         (*_CHUNKED_PIECES, chunked.CHUNK_STATES, chunked.CHUNK_COTANGENTS,
+         chunked.CHUNK_STATES_FROM_ZEROS, chunked.CHUNK_COTANGENTS_TO_ZEROS,
          chunked.CHUNK_STATE_ROW_SUMS, chunked.CHUNK_SCORES, rotlru.PASS)} | {
         # the tiles' outputs and the gradients of the values, q and k in the inputs' dtype,
         # for one head and for heads that share q and k (reading their scores)
@@ -360,7 +364,9 @@ def test_tile_kernels_fit_metal_threadgroup_memory():
                                          (chunked.SUMMED_STATE_PRODUCTS, block),
                                          (chunked.CHUNK_STATE_ROW_SUMS, block),
                                          (chunked.CHUNK_STATES, carry),
-                                         (chunked.CHUNK_COTANGENTS, carry)):
+                                         (chunked.CHUNK_STATES_FROM_ZEROS, carry),
+                                         (chunked.CHUNK_COTANGENTS, carry),
+                                         (chunked.CHUNK_COTANGENTS_TO_ZEROS, carry)):
                     label = f"{source.name}_{steps}_{dk}_{dv}"
                     checks.append(_threadgroup_check(source, template, label))
     syntax_check("".join(checks))

@@ -288,19 +288,20 @@ def _forward(mm, q, k, v, g, h0):
     return y, final, before, raw, qk, decay
 
 
-def _tiled_forward(mm, q, k, v, vs, g, h0, dtype=mx.float32, time_first=False):
+def _tiled_forward(mm, q, k, v, vs, g, *h0, dtype=mx.float32, time_first=False):
     """``_forward`` as two kernels on matrix tiles, the chunk states
     (``chunked.chunk_states``) and the outputs (``chunked.chunk_outputs``,
     written in ``dtype``), with the values' rows ``vs * v`` formed inside
     them (``q``, ``k`` and ``v`` in any float dtype, and with ``y`` time
     first where ``time_first``: ``chunked.chunk_outputs``); keeps only the
-    states entering each chunk."""
-    before, final = chunked.chunk_states(k, v, vs, g, h0, time_first)
+    states entering each chunk. Without ``h0`` the state starts at zeros."""
+    before, final = chunked.chunk_states(k, v, vs, g, *(h0 or (None,)), time_first)
     return chunked.chunk_outputs(q, k, v, vs, g, before, dtype, time_first), final, before
 
 
-def _tiled_backward(mm, q, k, v, vs, g, h0, before, dy, dfinal, time_first=False):
-    """The backward of ``_tiled_forward``: ``_backward``'s steps, with the
+def _tiled_backward(mm, q, k, v, vs, g, *rest, time_first=False):
+    """The backward of ``_tiled_forward`` (``rest``: ``h0`` if it took one,
+    then ``before``, ``dy``, ``dfinal``): ``_backward``'s steps, with the
     state cotangents (``chunked.chunk_cotangents``), the row sums with ``q
     S`` and ``k Y`` (``chunked.chunk_state_row_sums``), the backward within
     the chunks with the values' gradients and the gates' gradient
@@ -310,15 +311,16 @@ def _tiled_backward(mm, q, k, v, vs, g, h0, before, dy, dfinal, time_first=False
     and every gradient but the gates' written in the caller's dtypes and
     layout."""
     tf = time_first
+    *h0, before, dy, dfinal = rest
     dy = mx.contiguous(dy)  # read by four kernels: one copy if it comes strided, not four
     cum, w = _cumulative(g), _to_end(g)  # [Z,R,C,T]
     dcum = chunked.chunk_state_row_sums(q, dy, before, tf)  # [Z,R,C,T]: dy . (q S)
-    dend, dh0, da = chunked.chunk_cotangents(q, dy, g, dfinal, before, tf)
+    dend, dh0, da = chunked.chunk_cotangents(q, dy, g, dfinal, before, tf, initial=bool(h0))
     dw = vs * chunked.chunk_state_row_sums(k, v, dend, tf)  # [Z,R,C,T]: (vs v) . (k Y)
     dv, dvs, dqk, dg = chunked.chunk_scores_grad(q, k, v, vs, dy, g, dend, dw, dcum, da, tf)
     dq = chunked.summed_state_products(dy, cum, before, dqk, k, False, tf)
     dk_ = chunked.summed_state_products(v, w * vs, dend, dqk, q, True, tf)
-    return dq, dk_, dv, dvs, dg, dh0
+    return dq, dk_, dv, dvs, dg, *([dh0] if h0 else [])
 
 
 def _backward(mm, q, k, v, g, h0, before, raw, qk, decay, dy, dfinal):
@@ -419,11 +421,13 @@ def _checkpointed(forward, backward, inputs: int, by_rows: bool = True):
 
 
 @functools.cache
-def _block(form: str, exact_fp32: bool, dtype: mx.Dtype = mx.float32, time_first: bool = False):
+def _block(form: str, exact_fp32: bool, dtype: mx.Dtype = mx.float32, time_first: bool = False,
+           initial: bool = True):
     """The custom function of one form: ``"scalar"`` gates, ``"scalar-tiled"``
     (scalar gates, the forward, the state cotangents and the backward within
     the chunks on matrix tiles; the outputs in ``dtype``, the values time
-    first where ``time_first``) or ``"channel"`` (per-channel gates).
+    first where ``time_first``; without an initial state, zeros, where not
+    ``initial``) or ``"channel"`` (per-channel gates).
     ``exact_fp32`` routes matmuls through ``precise.matmul`` (float32
     inputs: no TF32)."""
     mm = precise.matmul if exact_fp32 else precise.plain_matmul
@@ -435,7 +439,7 @@ def _block(form: str, exact_fp32: bool, dtype: mx.Dtype = mx.float32, time_first
     }[form]
     # the tiles run on a GPU (on the CPU only simulated), where nothing is split
     return _checkpointed(functools.partial(forward, mm), functools.partial(backward, mm),
-                         inputs=6 if form == "scalar-tiled" else 5,
+                         inputs=5 + initial if form == "scalar-tiled" else 5,
                          by_rows=form != "scalar-tiled")
 
 
@@ -467,7 +471,8 @@ def scalar_gate_chunked_scan(q, k, v, g, h0, chunk: int | None = None, exact_fp3
     q, k: [Z, L, K] (shared by the R heads of a group); v: [Z, R, L, V] in
     any float dtype, its rows scaled by ``v_scale [Z, R, L]`` where given
     (``ssd``'s ``dt * x``); g: [Z, R, L] linear-space gates; h0: [Z, R, K,
-    V]; all but ``v`` float32/64. Returns y [Z, R, L, V] in ``dtype``
+    V], or None for zeros (which the matrix tiles never have in memory);
+    all but ``v`` float32/64. Returns y [Z, R, L, V] in ``dtype``
     (default ``q``'s) and the final state [Z, R, K, V].
     ``time_first``: q and k laid out [B, L, G, K] instead (group ``b * G +
     g`` being ``z``), v and y [B, L, H, V] (head ``b * H + h`` being head
@@ -484,15 +489,17 @@ def scalar_gate_chunked_scan(q, k, v, g, h0, chunk: int | None = None, exact_fp3
     c = -(-length // steps)
     scales = () if v_scale is None else (v_scale,)
     tiled = _tiles(steps, dk, dv, exact_fp32) and _fused(
-        g, h0, *scales, extent=z * r * c * max(max(dk, steps, 128) * dv, steps * steps))
+        g, *scales, extent=z * r * c * max(max(dk, steps, 128) * dv, steps * steps))
+    if h0 is None and not tiled:
+        h0 = mx.zeros((z, r, dk, dv), g.dtype)
     if time_first and not tiled:
         b, _, h, _ = v.shape
-        q, k = (relayout(x, (0, 2, 1, 3), h0.dtype).reshape(z, length, dk) for x in (q, k))
+        q, k = (relayout(x, (0, 2, 1, 3), g.dtype).reshape(z, length, dk) for x in (q, k))
         v = relayout(v, (0, 2, 1, 3), v.dtype).reshape(z, r, length, dv)
         y, final = scalar_gate_chunked_scan(q, k, v, g, h0, chunk, exact_fp32, dtype, v_scale)
         return relayout(y.reshape(b, h, length, dv), (0, 2, 1, 3), dtype), final
     if tiled and v_scale is None:  # the tiles scale every row
-        v_scale = mx.ones(g.shape, h0.dtype)
+        v_scale = mx.ones(g.shape, g.dtype)
     pad = c * steps - length
     time_axis = 1 if time_first else 2
     if pad:
@@ -508,8 +515,10 @@ def scalar_gate_chunked_scan(q, k, v, g, h0, chunk: int | None = None, exact_fp3
         def chunks(x, axis):  # axis split into [C, T]; one copy if x comes strided
             return mx.contiguous(x).reshape(x.shape[:axis] + (c, steps) + x.shape[axis + 1:])
 
-        y, final = _block("scalar-tiled", exact_fp32, dtype, time_first)(
-            chunks(q, 1), chunks(k, 1), chunks(v, time_axis), v_scale.reshape(g.shape), g, h0)
+        initial = () if h0 is None else (h0,)
+        y, final = _block("scalar-tiled", exact_fp32, dtype, time_first, bool(initial))(
+            chunks(q, 1), chunks(k, 1), chunks(v, time_axis), v_scale.reshape(g.shape), g,
+            *initial)
         y = y.reshape(v.shape)
     else:
         v = v.astype(q.dtype)
@@ -607,13 +616,15 @@ def _channel_backward(mm, q, k, v, g, h0, before, scores, qc, kw, a, dy, dfinal)
 def channel_gate_chunked_scan(q, k, v, g, h0, chunk: int | None = None, exact_fp32: bool = True):
     """The recurrence with one gate per key channel: ``S <- diag(g) S + k v^T``.
 
-    q, k, g: [Z, L, K]; v: [Z, L, V]; h0: [Z, K, V]. Returns y [Z, L, V]
-    and the final state [Z, K, V]. Same chunked form and hand-written
+    q, k, g: [Z, L, K]; v: [Z, L, V]; h0: [Z, K, V] (None: zeros). Returns
+    y [Z, L, V] and the final state [Z, K, V]. Same chunked form and hand-written
     backward as the scalar case with the decays kept per channel;
     ``chunk`` defaults to ``CHANNEL_CHUNK`` for the device.
     """
     z, length, dk = q.shape
     dv = v.shape[-1]
+    if h0 is None:
+        h0 = mx.zeros((z, dk, dv), g.dtype)
     # short calls take the power of two at or above their length: the GPU's
     # kernels bake the chunk length in, so a new short length compiles nothing
     shortest = 1 << (length - 1).bit_length()

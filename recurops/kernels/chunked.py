@@ -1000,7 +1000,7 @@ CHUNK_STATE_ROW_SUMS = Source(
 # direction's own: the chunk order, the step weights and what follows the write.
 _CARRY = """
     // @A@ [Z, C, CH, KD] (shared by the R heads of a group); @B@ [Z, R, C, CH, VD] or time first;
-    // g [Z, R, C, CH]; @START@, @LAST@ [Z, R, KD, VD]; @OUT@ [Z, R, C, KD, VD];
+    // g [Z, R, C, CH]; the first and last state [Z, R, KD, VD]; @OUT@ [Z, R, C, KD, VD];
     // threadgroups of 128 threads (chassis.THREADS_PER_GROUP)
     constexpr int SP = (CH % 32 == 0) ? 32 : 16;  // steps a piece
     constexpr int PIECES = CH / SP;
@@ -1034,7 +1034,7 @@ _CARRY = """
     recurops_tile h[BV / 8];
     if (rows) {
         for (int j = 0; j < BV / 8; ++j) {
-            recurops_tile_load(h[j], @START@, (zr * KD + row) * VD + vb * BV + j * 8, VD);
+@START@
         }
     }
     float an[AN];
@@ -1110,15 +1110,22 @@ _CARRY = """
             if (p + 1 < PIECES) BARRIER();  // the products are done with this piece
         }
     }
-    if (rows) {
-        for (int j = 0; j < BV / 8; ++j) {
-            recurops_tile_store(h[j], @LAST@, (zr * KD + row) * VD + vb * BV + j * 8, VD);
-        }
-    }
-"""
+@LAST@"""
 
 
-def _carry(name, inputs, outputs, hooks: dict) -> Source:
+def _carry(name, inputs, outputs, hooks: dict, start: str | None, last: str | None) -> Source:
+    """``_CARRY`` with its hooks, starting from the state ``start`` (an
+    input; zeros if None) and writing the last one to ``last`` (an output;
+    nowhere if None)."""
+    hooks = {**hooks, "START": f"""
+            recurops_tile_load(h[j], {start}, (zr * KD + row) * VD + vb * BV + j * 8, VD);"""
+             if start else "            recurops_tile_zero(h[j]);",
+             "LAST": f"""    if (rows) {{
+        for (int j = 0; j < BV / 8; ++j) {{
+            recurops_tile_store(h[j], {last}, (zr * KD + row) * VD + vb * BV + j * 8, VD);
+        }}
+    }}
+""" if last else ""}
     body = _CARRY
     for hook, text in hooks.items():
         body = body.replace(f"@{hook}@", text)
@@ -1127,38 +1134,52 @@ def _carry(name, inputs, outputs, hooks: dict) -> Source:
 
 
 # The states entering each chunk: S[c+1] = a[c] S[c] + k^T (w * vs * v), w[s] =
-# prod_{s<r<CH} g[r].
-CHUNK_STATES = _carry(
-    "chunk_tile_states", ("k", "v", "vs", "g", "h0"), ("before", "final"),
-    {"A": "k", "B": "v", "START": "h0", "OUT": "before", "LAST": "final",
-     "CHUNK": "", "DECLARE": "", "WRITTEN": "", "AFTER_WRITE": "",
-     "WEIGHT": """
+# prod_{s<r<CH} g[r], from S[0] = h0 (zeros with initial=False).
+def _chunk_states(initial: bool) -> Source:
+    return _carry(
+        "chunk_tile_states" if initial else "chunk_tile_states_from_zeros",
+        ("k", "v", "vs", "g", *(("h0",) if initial else ())), ("before", "final"),
+        {"A": "k", "B": "v", "OUT": "before",
+         "CHUNK": "", "DECLARE": "", "WRITTEN": "", "AFTER_WRITE": "",
+         "WEIGHT": """
             float p = vs[g_at + c * CH + tid];  // the row's scale, then w
             for (int r = CH - 1; r > tid; --r) p *= gs[r];
-            ws[tid] = p;"""})
+            ws[tid] = p;"""},
+        start="h0" if initial else None, last="final")
+
+
+CHUNK_STATES = _chunk_states(initial=True)
+CHUNK_STATES_FROM_ZEROS = _chunk_states(initial=False)
 
 # Their cotangents, newest chunk first: Y[c] = a[c] Y[c+1] + q^T (cum * dy)
 # from Y[C] = dfinal, cum[t] = prod_{r<=t} g[r]; after[c] = Y[c+1], and the
 # gradient of a[c], sum Y[c+1] * before[c], in parts (a warp's rows of a
-# threadgroup's block).
-CHUNK_COTANGENTS = _carry(
-    "chunk_tile_cotangents", ("q", "dy", "g", "dfinal", "before"), ("after", "dh0", "parts"),
-    {"A": "q", "B": "dy", "START": "dfinal", "OUT": "after", "LAST": "dh0",
-     "CHUNK": "(C - 1) - ",
-     "DECLARE": """
+# threadgroup's block); dh0 = Y[0] (not written with initial=False).
+def _chunk_cotangents(initial: bool) -> Source:
+    return _carry(
+        "chunk_tile_cotangents" if initial else "chunk_tile_cotangents_to_zeros",
+        ("q", "dy", "g", "dfinal", "before"), ("after", *(("dh0",) if initial else ()), "parts"),
+        {"A": "q", "B": "dy", "OUT": "after",
+         "CHUNK": "(C - 1) - ",
+         "DECLARE": """
     float part = 0.0f;  // the lane's share of the chunk's sum for the gradient of a""",
-     "WRITTEN": """
+         "WRITTEN": """
                 recurops_tile s;  // the same block of the state before the chunk
                 recurops_tile_load(s, before, at, VD);
                 part += recurops_tile_dot(h[j], s);""",
-     "AFTER_WRITE": """
+         "AFTER_WRITE": """
         part = WARP_SUM(part);
         if (LANE_ID == 0) parts[((zr * C + c) * KB * VB + kb * VB + vb) * 4 + warp] = part;
         part = 0.0f;""",
-     "WEIGHT": """
+         "WEIGHT": """
             float p = 1.0f;
             for (int r = 0; r <= tid; ++r) p *= gs[r];
-            ws[tid] = p;"""})
+            ws[tid] = p;"""},
+        start="dfinal", last="dh0" if initial else None)
+
+
+CHUNK_COTANGENTS = _chunk_cotangents(initial=True)
+CHUNK_COTANGENTS_TO_ZEROS = _chunk_cotangents(initial=False)
 
 
 # Shapes the kernels on matrix tiles (chunk_states, chunk_cotangents,
@@ -1474,15 +1495,18 @@ def chunk_states(k, v, vs, g, h0, time_first: bool = False) -> tuple[mx.array, m
 
     ``k [Z, C, T, K]`` (shared by the ``R`` heads of a group), the values'
     rows ``v [Z, R, C, T, V]`` (any float dtype) scaled by ``vs [Z, R, C,
-    T]``, ``g [Z, R, C, T]``, ``h0 [Z, R, K, V]``. Returns ``before [Z, R,
+    T]``, ``g [Z, R, C, T]``, ``h0 [Z, R, K, V]`` (None: zeros, which are
+    never in memory). Returns ``before [Z, R,
     C, K, V]`` (``S[0..C-1]``) and the final state ``S[C]``, float32 (the
     products in TF32 on CUDA). ``time_first``: ``k`` and ``v`` laid out as
     ``chunk_outputs`` says. Shapes as ``tiles_take`` says.
     """
     z, r, c, steps = g.shape
     dk, dv = k.shape[-1], v.shape[-1]
-    return launch(CHUNK_STATES, (k, v, vs, g, h0),
-                  {"before": ((z, r, c, dk, dv), mx.float32), "final": (h0.shape, mx.float32)},
+    source, start = (CHUNK_STATES, (h0,)) if h0 is not None else (CHUNK_STATES_FROM_ZEROS, ())
+    return launch(source, (k, v, vs, g, *start),
+                  {"before": ((z, r, c, dk, dv), mx.float32),
+                   "final": ((z, r, dk, dv), mx.float32)},
                   **_carry_launch(z, r, steps, dk, dv, time_first))
 
 
@@ -1493,8 +1517,8 @@ def _carry_launch(z, r, steps, dk, dv, time_first: bool) -> dict:
             "template": {**_tile_template(steps, dk, dv, time_first), "BK": bk, "BV": bv}}
 
 
-def chunk_cotangents(q, dy, g, dfinal, before,
-                     time_first: bool = False) -> tuple[mx.array, mx.array, mx.array]:
+def chunk_cotangents(q, dy, g, dfinal, before, time_first: bool = False,
+                     initial: bool = True) -> tuple[mx.array, mx.array | None, mx.array]:
     """The reverse of ``chunk_states`` on matrix tiles, from the outputs'
     gradient: ``Y[c] = a[c] Y[c+1] + q^T (cum * dy)`` from ``Y[C] = dfinal``,
     ``cum[t] = prod_{r<=t} g[r]`` over the chunk's steps.
@@ -1503,16 +1527,17 @@ def chunk_cotangents(q, dy, g, dfinal, before,
     C, T, V]`` (any float dtype; ``time_first`` as ``chunk_outputs`` says),
     ``g [Z, R, C, T]``, ``dfinal [Z, R, K, V]``, the states entering each
     chunk ``before [Z, R, C, K, V]``. Returns ``Y[1..C]`` (the cotangent of
-    the state after each chunk), ``Y[0]`` (that of the initial state) and
-    the gradient of ``a``, ``sum Y[c+1] * before[c]`` (``[Z, R, C]``),
-    float32.
+    the state after each chunk), ``Y[0]`` (that of the initial state; None
+    without one, ``initial=False``) and the gradient of ``a``, ``sum Y[c+1]
+    * before[c]`` (``[Z, R, C]``), float32.
     """
     z, r, c, steps = g.shape
     dk, dv = q.shape[-1], dy.shape[-1]
     config = _carry_launch(z, r, steps, dk, dv, time_first)
     blocks = config["threads"] // THREADS_PER_GROUP // (z * r)
-    after, dh0, parts = launch(
-        CHUNK_COTANGENTS, (q, dy, g, dfinal, before),
-        {"after": (before.shape, mx.float32), "dh0": (dfinal.shape, mx.float32),
-         "parts": ((z, r, c, blocks * THREADS_PER_GROUP // WARP), mx.float32)}, **config)
-    return after, dh0, parts.sum(-1)
+    outputs = {"after": (before.shape, mx.float32),
+               **({"dh0": (dfinal.shape, mx.float32)} if initial else {}),
+               "parts": ((z, r, c, blocks * THREADS_PER_GROUP // WARP), mx.float32)}
+    after, *dh0, parts = launch(CHUNK_COTANGENTS if initial else CHUNK_COTANGENTS_TO_ZEROS,
+                                (q, dy, g, dfinal, before), outputs, **config)
+    return after, dh0[0] if initial else None, parts.sum(-1)

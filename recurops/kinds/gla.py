@@ -9,7 +9,7 @@
 
 import mlx.core as mx
 
-from .._kind import Input, Kind
+from .._kind import Input, Kind, state_dtype
 from ..fallback.precise import needs_exact_fp32
 from ..fallback.scalar_chunked import (
     channel_gate_chunked_scan,
@@ -35,14 +35,19 @@ def reference(q, k, v, g, state):
 
 
 def fallback(q, k, v, g, state):
+    """The chunked forms; ``state`` None: zeros."""
     exact = needs_exact_fp32(q, k, v, g)
     out_dtype = mx.result_type(q, k, v, g)
+    dtype = state_dtype((q, k, v, g))
     b, length, h, dk = q.shape
     dv = v.shape[-1]
 
     def heads_first(x):  # [B, L, H, X] -> [B*H, L, X] in float32, moved before the cast
         x = x.transpose(0, 2, 1, 3) if x.ndim == 4 else x.transpose(0, 2, 1)
-        return x.reshape(b * h, length, -1).astype(state.dtype)
+        return x.reshape(b * h, length, -1).astype(dtype)
+
+    def by_head(s, *heads):  # the state [B, H, K, V] as [B*H, *heads, K, V]
+        return None if s is None else s.reshape(b * h, *heads, dk, dv)
 
     def heads_last(y):  # [B*H, L, V] -> [B, L, H, V] in the inputs' dtype
         return relayout(y.reshape(b, h, length, dv), (0, 2, 1, 3), out_dtype)
@@ -50,14 +55,14 @@ def fallback(q, k, v, g, state):
     if g.ndim == 4:  # one gate per key channel
         y, final = channel_gate_chunked_scan(
             heads_first(q), heads_first(k), heads_first(v), heads_first(g),
-            state.reshape(b * h, dk, dv), exact_fp32=exact,
+            by_head(state), exact_fp32=exact,
         )
         return heads_last(y), final.reshape(b, h, dk, dv)
     # per-head gates: the scalar-gate chunked form, heads folded into the batch
 
     y, final = scalar_gate_chunked_scan(  # q, k, v [B, L, H, X] as they come: tiles read them so
         q, k, v, heads_first(g).reshape(b * h, 1, length),
-        state.reshape(b * h, 1, dk, dv), exact_fp32=exact, dtype=out_dtype, time_first=True,
+        by_head(state, 1), exact_fp32=exact, dtype=out_dtype, time_first=True,
     )
     return y, final.reshape(b, h, dk, dv)
 
@@ -76,5 +81,6 @@ KIND = Kind(
     domain="0 <= g <= 1",
     reference=reference,
     fallback=fallback,
+    fallback_state_optional=True,
     kernel=KERNEL,
 )

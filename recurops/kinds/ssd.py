@@ -10,7 +10,7 @@ recurrence (keys ``dt * B``, values ``x``, queries ``C``, gates
 
 import mlx.core as mx
 
-from .._kind import Input, Kind
+from .._kind import Input, Kind, state_dtype
 from ..fallback.precise import needs_exact_fp32
 from ..fallback.scalar_chunked import (
     channel_gate_chunked_scan,
@@ -47,16 +47,18 @@ def reference(x, dt, A, B, C, state):
 
 
 def fallback(x, dt, A, B, C, state):
+    """The chunked forms; ``state`` None: zeros."""
     exact = needs_exact_fp32(x, dt, A, B, C)
     out_dtype = mx.result_type(x, dt, A, B, C)
+    dtype = state_dtype((x, dt, A, B, C))
     if A.ndim == 1 or A.shape[-1] == 1:
-        return _fallback_per_head(x, dt, A.reshape(-1), B, C, state, exact, out_dtype)
+        return _fallback_per_head(x, dt, A.reshape(-1), B, C, state, exact, out_dtype, dtype)
     # A [H, N]: one gate per head and state channel, the per-channel chunked
     # form. The inputs move heads-first before x's cast, and the keys and gates
     # are made heads-first: each takes one pass over [B, H, L, X].
     b, length, h, p = x.shape
     n = A.shape[-1]
-    dt, A, B, C = (t.astype(state.dtype) for t in (dt, A, B, C))
+    dt, A, B, C = (t.astype(dtype) for t in (dt, A, B, C))
     dt_heads = mx.swapaxes(dt, 1, 2)[..., None]  # [B, H, L, 1]
 
     def heads_first(t):  # [B, H, L, X] -> [B*H, L, X]
@@ -64,17 +66,18 @@ def fallback(x, dt, A, B, C, state):
 
     y, final = channel_gate_chunked_scan(
         heads_first(_by_head(C, h)), heads_first(dt_heads * _by_head(B, h)),
-        heads_first(mx.swapaxes(x, 1, 2)).astype(state.dtype),
+        heads_first(mx.swapaxes(x, 1, 2)).astype(dtype),
         heads_first(mx.exp(dt_heads * A[:, None])),
-        mx.swapaxes(state, -1, -2).reshape(b * h, n, p), exact_fp32=exact,
+        None if state is None else mx.swapaxes(state, -1, -2).reshape(b * h, n, p),
+        exact_fp32=exact,
     )
     y = relayout(y.reshape(b, h, length, p), (0, 2, 1, 3), out_dtype)
     return y, mx.swapaxes(final.reshape(b, h, n, p), -1, -2)
 
 
-def _fallback_per_head(x, dt, A, B, C, state, exact, out_dtype):
+def _fallback_per_head(x, dt, A, B, C, state, exact, out_dtype, dtype):
     """A [H]: scalar gates per head; the R = H // G heads of a group share B and C."""
-    dt, A = (t.astype(state.dtype) for t in (dt, A))
+    dt, A = (t.astype(dtype) for t in (dt, A))
     b, length, h, p = x.shape
     groups, n = B.shape[2], B.shape[3]
     r = h // groups
@@ -82,7 +85,8 @@ def _fallback_per_head(x, dt, A, B, C, state, exact, out_dtype):
     gate = mx.exp(dt_heads * A[:, None])
     y, final = scalar_gate_chunked_scan(  # values dt * x; C, B, x [B, L, X, Y] as they come
         C, B, x, gate.reshape(b * groups, r, length),
-        mx.swapaxes(state, -1, -2).reshape(b * groups, r, n, p), exact_fp32=exact,
+        None if state is None else mx.swapaxes(state, -1, -2).reshape(b * groups, r, n, p),
+        exact_fp32=exact,
         dtype=out_dtype, v_scale=dt_heads.reshape(b * groups, r, length), time_first=True,
     )
     return y, mx.swapaxes(final.reshape(b, h, n, p), -1, -2)
@@ -104,5 +108,6 @@ KIND = Kind(
     domain="dt >= 0, A <= 0",
     reference=reference,
     fallback=fallback,
+    fallback_state_optional=True,
     kernel=KERNEL,
 )
