@@ -295,7 +295,7 @@ def _tiled_forward(mm, q, k, v, vs, g, *h0, dtype=mx.float32, time_first=False):
     them (``q``, ``k`` and ``v`` in any float dtype, and with ``y`` time
     first where ``time_first``: ``chunked.chunk_outputs``); keeps only the
     states entering each chunk. Without ``h0`` the state starts at zeros."""
-    before, final = chunked.chunk_states(k, v, vs, g, *(h0 or (None,)), time_first)
+    before, final = chunked.chunk_states(k, v, vs, g, h0[0] if h0 else None, time_first)
     return chunked.chunk_outputs(q, k, v, vs, g, before, dtype, time_first), final, before
 
 
