@@ -588,6 +588,39 @@ def test_tiled_form_matches_spec(dialect, kind, data):
     assert set(tiled) == set(_TILE_KERNELS), "a part did not run on matrix tiles"
 
 
+@pytest.mark.parametrize("dialect", ["cuda", "metal"])
+@pytest.mark.parametrize("kind,sizes", [
+    ("ssd", {"H": 4, "G": 2, "P": 16, "N": 16, "A_per_channel": False}),
+    ("gla", {"H": 2, "K": 16, "V": 24, "g_per_channel": False}),
+])
+def test_no_initial_state_is_a_zero_one(dialect, kind, sizes):
+    """``state=None`` on the matrix tiles (the chunk states start from zeros
+    they are never given; no cotangent is written for the state) gives the
+    outputs, the final state and every input's gradient of an explicit zero
+    state, bit for bit."""
+    call = make_call(kind, np.random.default_rng(3), sizes=sizes, length=70, batch=(2,),
+                     dtype=mx.bfloat16)
+    tiled = []
+    with pytest.MonkeyPatch.context() as patch, _gpu_form(dialect, patch):
+        patch.setitem(scalar_chunked.CHUNK, "gpu", 32)
+        _record_tile_kernels(patch, tiled)
+        zeros = mx.zeros_like(recurops.scan(kind, *call.inputs)[1])
+        weights = mx.array(np.random.default_rng(4).normal(size=call.inputs[0].shape[:-1]))
+
+        def step(state):
+            def loss(*inputs):
+                y, final = recurops.scan(kind, *inputs, state=state, impl="fallback")
+                return (y.astype(mx.float32).sum(-1) * weights).sum() + final.sum(), (y, final)
+
+            argnums = tuple(range(len(call.inputs)))
+            (_, outputs), grads = mx.value_and_grad(loss, argnums)(*call.inputs)
+            return [np.array(x.astype(mx.float32)) for x in (*outputs, *grads)]
+
+        for got, want in zip(step(None), step(zeros), strict=True):
+            np.testing.assert_array_equal(got, want)
+    assert set(tiled) == set(_TILE_KERNELS), "a part did not run on matrix tiles"
+
+
 @pytest.mark.skipif(gpu_backend() is None, reason="no Metal or CUDA GPU")
 @pytest.mark.parametrize("with_state", [True, False])
 @pytest.mark.parametrize("kind,sizes", [
