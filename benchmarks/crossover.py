@@ -25,10 +25,13 @@ import gpu  # noqa: E402
 
 import recurops  # noqa: E402
 
-# (kind, shape) around the tiled bound (2.5e7 updates) and the plain one (1.2e8)
+# (kind, shape) around the tiled bound (1.8e7 updates) and the plain one (1.2e8)
 SHAPES = [
     ("gla", dict(batch=1, length=256, heads=8, dk=64, dv=64)),  # 0.08e8 updates
+    ("ssd", dict(batch=1, length=512, heads=12, p=64, n=16)),  # 0.06e8
+    ("ssd", dict(batch=2, length=512, heads=12, p=64, n=16)),  # 0.13e8
     ("gla", dict(batch=2, length=256, heads=8, dk=64, dv=64)),  # 0.17e8
+    ("ssd", dict(batch=3, length=512, heads=12, p=64, n=16)),  # 0.19e8, issue #3's small ssd shape
     ("gla", dict(batch=1, length=512, heads=12, dk=64, dv=64)),  # 0.25e8
     ("ssd", dict(batch=2, length=256, heads=8, p=64, n=128)),  # 0.34e8
     ("gla", dict(batch=1, length=1024, heads=8, dk=64, dv=64)),  # 0.34e8

@@ -33,6 +33,10 @@ def test_crossover_only_for_large_states_over_long_sequences():
     # 2.5e7 updates (B=1 H=12) take the tiled fallback, 1.7e7 (B=2 T=256 H=8) the kernel
     assert large_state_crossover(gla_small, "K", "V", 32, 12, tiled=True) is not None
     assert large_state_crossover({**gla_small, "L": 256}, "K", "V", 32, 16, tiled=True) is None
+    # issue #3's small ssd shape, B=3 L=512 H=12 N=16 (1.9e7 updates): the tiled fallback
+    ssd_small = {"P": 64, "N": 16, "L": 512}
+    assert large_state_crossover(ssd_small, "P", "N", 32, 3 * 12, tiled=True) is not None
+    assert large_state_crossover(ssd_small, "P", "N", 32, 3 * 12) is None
     heads = -(-LARGE_WORK // (4096 * 512))  # the fewest with enough updates at L=512
     gla = {"K": 64, "V": 64, "L": 512}
     reason = large_state_crossover(gla, "K", "V", 32, heads=heads)
@@ -93,10 +97,10 @@ def test_backward_spans_plan_apart_only_where_checkpoints_allow():
     ((64, 128), 36, False, mx.float32, "kernel"),  # fewer heads: the kernel
     ((64, 128), 37, True, mx.float32, "fallback"),  # per-channel decays: the same rule
     ((64, 128), 36, True, mx.float32, "kernel"),
-    # half precision, per-head decays: the fallback on matrix tiles from 2.5e7 updates
-    ((64, 128), 8, False, mx.bfloat16, "fallback"),  # 8 x 2 heads x 8192 x L=200 >= 2.5e7
-    ((64, 128), 7, False, mx.bfloat16, "kernel"),
-    ((64, 128), 8, True, mx.bfloat16, "kernel"),  # per-channel: no tiles
+    # half precision, per-head decays: the fallback on matrix tiles from 1.8e7 updates
+    ((64, 128), 6, False, mx.bfloat16, "fallback"),  # 6 x 2 heads x 8192 x L=200 >= 1.8e7
+    ((64, 128), 5, False, mx.bfloat16, "kernel"),
+    ((64, 128), 6, True, mx.bfloat16, "kernel"),  # per-channel: no tiles
     ((64, 120), 36, False, mx.bfloat16, "kernel"),  # N=120: no tiles (16 does not divide it)
 ])
 def test_auto_follows_the_crossover_and_kernel_can_still_be_forced(dims, batch, per_channel,

@@ -777,7 +777,7 @@ def in_one_dtype(*arrays) -> tuple[mx.Dtype, tuple]:
 
 LARGE_STATE = 512  # state elements per head above which the chunked fallback can train faster
 LARGE_WORK = 12 * 10**7  # ... when the sweep makes at least this many state updates (all heads x L)
-TILED_WORK = 25 * 10**6  # ... or this many, where the fallback's chunks run on matrix tiles
+TILED_WORK = 18 * 10**6  # ... or this many, where the fallback's chunks run on matrix tiles
 CROSSOVER_SEG = 32  # sequences of up to 4 x this many steps stay on the kernel, as measured
 
 
@@ -808,11 +808,13 @@ def large_state_crossover(dims: dict, rows: str, cols: str, seg: int, heads: int
     ``tiled``: the fallback's chunks would run on matrix tiles (half-precision
     inputs, per-head decays; ``scalar_chunked.uses_tiles``). Then the bound is
     ``TILED_WORK``: H100, bf16, forward+backward, ``benchmarks/crossover.py``
-    at 36c0ca6 (``q`` and ``k`` read as they come, the scores once a
-    group), three rounds: the fallback faster in every round at 2.5e7
-    updates (gla B=1 T=512 H=12 K=V=64: 0.74-0.79 against 0.87-0.91 ms)
-    and from 5.0e7, the rounds overlapping at 1.7e7 and 3.4e7. Earlier
-    bounds and their runs: docs/kernels.md, "Dispatch".
+    at 32d5f21, three rounds: the kernel faster in every round at 1.7e7
+    updates (gla B=2 T=256 H=8 K=V=64: 0.90-0.99 against 1.02-1.09 ms), the
+    fallback ahead at 1.9e7 (issue #3's ssd B=3 L=512 H=12 N=16: 0.87-1.30
+    against 1.22-1.64 ms here, and faster in each of five rounds of
+    ``bench.py --gpu``, 1.05-1.28 against 1.34-1.50 ms) and in every round
+    from 2.5e7; below 1.7e7 the two are level. Earlier bounds
+    and their runs: docs/kernels.md, "Dispatch".
     """
     size = dims[rows] * dims[cols]
     work = size * heads * dims["L"]
