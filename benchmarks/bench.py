@@ -510,7 +510,12 @@ def table(results: list) -> str:
 
 
 def markdown(report: dict) -> str:
-    """The results as a Markdown table (for docs/benchmarks.md)."""
+    """The results as a Markdown table (for docs/benchmarks.md); a GPU
+    mode's results as ``tables.py`` writes them (docs/kernels.md)."""
+    if "cases" in report:  # written by --gpu
+        import tables
+
+        return "\n\n".join(tables.case_table(case) for case in report["cases"])
     lines = [
         "| case | L | path | fwd ms | fwd+bwd ms | peak MB (fwd+bwd) "
         "| recurops speedup fwd | fwd+bwd |",
