@@ -42,7 +42,7 @@ def fallback(q, k, v, g, state):
     b, length, h, dk = q.shape
     dv = v.shape[-1]
 
-    def heads_first(x):  # [B, L, H, X] -> [B*H, L, X] in float32, moved before the cast
+    def heads_first(x):  # [B, L, H, X] -> [B*H, L, X] in the state's dtype, moved before the cast
         x = x.transpose(0, 2, 1, 3) if x.ndim == 4 else x.transpose(0, 2, 1)
         return x.reshape(b * h, length, -1).astype(dtype)
 
